@@ -1,0 +1,102 @@
+"""The ``removalnet`` command line.
+
+Subcommands live in ``removalnet/commands/<name>.py``; each module defines ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. Every subcommand accepts ``--config FILE.yaml``: the
+file's keys (the long option names, with dashes or underscores) become defaults that options given on the
+command line override. Errors in the user's input print one line, ``error: ...``, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from . import __version__, commands
+from .utils import RemovalNetError
+
+log = logging.getLogger("removalnet")
+
+
+def _discover() -> list:
+    mods = []
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{commands.__name__}.{info.name}")
+        if all(hasattr(mod, a) for a in ("NAME", "HELP", "add_arguments", "run")):
+            mods.append(mod)
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="removalnet",
+        description="DNN fingerprint removal attacks (RemovalNet and baselines) and the ownership verifiers "
+                    "they are measured against.")
+    parser.add_argument("--version", action="version", version=f"removalnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _discover():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        g = p.add_argument_group("output")
+        g.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only results and errors")
+        g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        p.add_argument("--config", metavar="FILE.yaml",
+                       help="YAML file of option defaults (keys are option names); command-line options win")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run, _parser=p)
+    return parser
+
+
+def _apply_config(args: argparse.Namespace, argv: Sequence[str]) -> argparse.Namespace:
+    if not getattr(args, "config", None):
+        return args
+    path = Path(args.config)
+    if not path.exists():
+        raise RemovalNetError(f"config file {str(path)!r} does not exist")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RemovalNetError(f"config file {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(cfg, dict):
+        raise RemovalNetError(f"config file {str(path)!r} must hold a mapping of option names to values")
+    parser: argparse.ArgumentParser = args._parser
+    dests = {a.dest for a in parser._actions}
+    defaults = {}
+    for key, value in cfg.items():
+        dest = str(key).replace("-", "_")
+        if dest not in dests or dest in ("config", "help"):
+            raise RemovalNetError(f"config file {str(path)!r}: unknown option {key!r} for '{args.command}'")
+        defaults[dest] = value
+    parser.set_defaults(**defaults)
+    return parser.parse_args(list(argv)[list(argv).index(args.command) + 1:], namespace=argparse.Namespace(
+        command=args.command, _run=args._run, _parser=parser))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s")
+    try:
+        args = _apply_config(args, argv)
+        return int(args._run(args) or 0)
+    except RemovalNetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

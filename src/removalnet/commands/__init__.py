@@ -1,0 +1,1 @@
+"""Subcommands of the ``removalnet`` CLI, one module each (see ``removalnet.cli``)."""

@@ -1,0 +1,8 @@
+"""Architectures with the layer split of the paper. Importing this package registers every model."""
+from .registry import create_model, list_models, model_info, register_model
+from .split import Normalize, SplitModel, split_module
+from . import small  # noqa: F401  (registers vgg_small, resnet_small)
+from . import paper  # noqa: F401  (registers the paper's torchvision architectures)
+
+__all__ = ["create_model", "list_models", "model_info", "register_model", "SplitModel", "Normalize",
+           "split_module"]
