@@ -3,6 +3,7 @@ from .registry import create_model, list_models, model_info, register_model
 from .split import Normalize, SplitModel, split_module
 from . import small  # noqa: F401  (registers vgg_small, resnet_small)
 from . import paper  # noqa: F401  (registers the paper's torchvision architectures)
+from .paper import from_torchvision, torchvision_model
 
 __all__ = ["create_model", "list_models", "model_info", "register_model", "SplitModel", "Normalize",
-           "split_module"]
+           "split_module", "from_torchvision", "torchvision_model"]

@@ -17,8 +17,8 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-@register_model("vgg_small", family="small", description="3-block VGG-style CNN (~0.3M params), 28/32 px")
-def vgg_small(num_classes: int, in_chans: int, input_size: int, width: int = 32, mean=None, std=None):
+@register_model("vgg_small", family="small", description="3-block VGG-style CNN (~73k params at width 16), 28/32 px")
+def vgg_small(num_classes: int, in_chans: int, input_size: int, width: int = 16, mean=None, std=None):
     w = [width, 2 * width, 4 * width]
     blocks, cin = [], in_chans
     for c in w:
@@ -37,8 +37,8 @@ def _stage(cin: int, cout: int, stride: int, n: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@register_model("resnet_small", family="small", description="ResNet-style CNN, stem + 3 stages (~0.7M params)")
-def resnet_small(num_classes: int, in_chans: int, input_size: int, width: int = 32, depth: int = 1,
+@register_model("resnet_small", family="small", description="ResNet-style CNN, stem + 3 stages (~78k params at width 16)")
+def resnet_small(num_classes: int, in_chans: int, input_size: int, width: int = 16, depth: int = 1,
                  mean=None, std=None):
     w = [width, 2 * width, 4 * width]
     stem = nn.Sequential(*_conv_bn(in_chans, w[0]))

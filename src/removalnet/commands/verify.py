@@ -1,0 +1,177 @@
+"""``removalnet verify``: measure suspects against a victim with the ownership verifiers.
+
+The fingerprint data D_fp is the verifier's own: the TEST split of the victim's dataset (the ``dataset``
+key of the victim's sidecar, or ``--data``), never an attacker's substitute set. Each verifier extracts
+its fingerprint once (stored under ``--fp-cache DIR`` when given, and reused by later runs); every
+suspect is then scored with every chosen verifier. With ``--references`` (independently trained models),
+each metric's threshold tau is calibrated from them (paper section 4.1.4, ``--rule``) and every value
+gets a verdict: "copy" when a distance < tau or a similarity > tau.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from typing import Any
+
+import yaml
+
+from ..checkpoint import load_checkpoint
+from ..data import load_dataset
+from ..utils import RemovalNetError, resolve_device, weights_hash
+from ..verify import MIN_REFERENCES, RULES, FingerprintCache, calibrate, create_verifier, list_verifiers, verdict
+
+NAME = "verify"
+HELP = "score suspect models against a victim with the ownership verifiers (DeepJudge, ZEST, ModelDiff, ...)"
+
+log = logging.getLogger("removalnet")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--victim", required=True, metavar="CKPT", help="victim checkpoint (.safetensors with sidecar)")
+    p.add_argument("--suspect", required=True, action="extend", nargs="+", metavar="CKPT",
+                   help="suspect checkpoint(s); repeatable")
+    p.add_argument("--verifier", action="extend", nargs="+", metavar="NAME", default=None,
+                   help=f"verifier(s) to run (default: all registered: {', '.join(list_verifiers())})")
+    p.add_argument("--references", nargs="+", default=[], metavar="CKPT",
+                   help=f"independently trained reference models for the thresholds (>= {MIN_REFERENCES} recommended)")
+    p.add_argument("--rule", choices=RULES, default="minmax",
+                   help="threshold rule: minmax (the paper), normal (mean -/+ k std) or percentile")
+    p.add_argument("--k", type=float, default=2.0, help="k of the 'normal' rule")
+    p.add_argument("--q", type=float, default=5.0, help="percentile of the 'percentile' rule")
+    p.add_argument("--data", default=None, metavar="DATASET",
+                   help="fingerprint data: this dataset's test split (default: the victim's dataset)")
+    p.add_argument("--data-root", default=None, help="where the dataset's files are, if not the default place")
+    p.add_argument("--param", action="append", default=[], metavar="VERIFIER.KEY=VALUE",
+                   help="verifier parameter (value parsed as YAML), repeatable; e.g. --param deepjudge.max_iters=200")
+    p.add_argument("--fp-cache", default=None, metavar="DIR", help="store and reuse fingerprints in DIR")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fingerprint extraction")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+
+
+def _parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for item in items:
+        key, sep, value = item.partition("=")
+        vname, dot, pname = key.partition(".")
+        if not sep or not dot or not vname or not pname:
+            raise RemovalNetError(f"--param {item!r}: expected VERIFIER.KEY=VALUE, e.g. deepjudge.max_iters=200")
+        if vname not in out:
+            raise RemovalNetError(f"--param {item!r}: verifier {vname!r} is not among those run ({', '.join(names)})")
+        try:
+            out[vname][pname] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise RemovalNetError(f"--param {item!r}: cannot parse the value ({str(e).splitlines()[0]})") from e
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    names = list(dict.fromkeys(args.verifier or list_verifiers()))
+    if not names:
+        raise RemovalNetError("no verifier is available")
+    params = _parse_params(args.param, names)
+    verifiers = [create_verifier(n, **params[n]) for n in names]
+    metrics = [m for v in verifiers for m in v.metrics]
+
+    victim, vmeta = load_checkpoint(args.victim, device=device)
+    dataset = args.data or vmeta.get("dataset")
+    if not dataset:
+        raise RemovalNetError("the victim's sidecar names no dataset: give the fingerprint data with --data")
+    data = load_dataset(dataset, "test", args.data_root, in_chans=vmeta.get("in_chans"),
+                        input_size=vmeta.get("input_size"))
+    cache = FingerprintCache(args.fp_cache) if args.fp_cache else None
+    fps, extract_info = {}, {}
+    for v in verifiers:
+        t0 = time.perf_counter()
+        fp = (cache.get_or_extract(v, victim, data, seed=args.seed, device=device) if cache
+              else v.extract(victim, data, seed=args.seed, device=device))
+        fps[v.name] = fp
+        extract_info[v.name] = {"key": fp.key, "params": fp.params, "seconds": round(time.perf_counter() - t0, 3),
+                                "meta": {k: val for k, val in fp.meta.items() if k != "versions"}}
+        log.info(f"{v.name}: fingerprint {fp.key[:12]} ready in {time.perf_counter() - t0:.1f}s")
+
+    def score_all(model) -> tuple[dict[str, float], dict[str, str]]:
+        values, errors = {}, {}
+        for v in verifiers:
+            try:
+                values.update(v.score(fps[v.name], victim, model, device=device))
+            except RemovalNetError as e:
+                for m in v.metrics:
+                    errors[m.name] = str(e)
+        return values, errors
+
+    taus: dict[str, float] = {}
+    ref_values: dict[str, list[float]] = {m.name: [] for m in metrics}
+    if args.references:
+        if len(args.references) < MIN_REFERENCES:
+            print(f"warning: thresholds from {len(args.references)} reference model(s); at least {MIN_REFERENCES} "
+                  "independently trained models are recommended", file=sys.stderr)
+        for path in args.references:
+            ref, _ = load_checkpoint(path, device=device)
+            values, errors = score_all(ref)
+            if errors:
+                metric, msg = next(iter(errors.items()))
+                raise RemovalNetError(f"reference {path}: {metric} failed: {msg}")
+            for k, val in values.items():
+                ref_values[k].append(val)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # warned above
+            taus = calibrate(ref_values, metrics, args.rule, k=args.k, q=args.q)
+
+    suspects = []
+    for path in args.suspect:
+        model, _ = load_checkpoint(path, device=device)
+        values, errors = score_all(model)
+        rows = {}
+        for m in metrics:
+            row: dict[str, Any] = {"direction": m.direction, "value": values.get(m.name),
+                                   "tau": taus.get(m.name), "copy": None}
+            if m.name in errors:
+                row["error"] = errors[m.name]
+            elif m.name in taus:
+                row["copy"] = verdict(m, values[m.name], taus[m.name])
+            rows[m.name] = row
+        judged = [r["copy"] for r in rows.values() if r["copy"] is not None]
+        suspects.append({"path": str(path), "weights_hash": weights_hash(model), "metrics": rows,
+                         "copy_votes": sum(judged), "judged": len(judged)})
+
+    result = {"victim": str(args.victim), "victim_hash": weights_hash(victim), "data": f"{dataset}:test",
+              "data_size": len(data), "seed": args.seed, "rule": args.rule if taus else None,
+              "references": list(args.references), "reference_values": ref_values if taus else {},
+              "taus": taus, "fingerprints": extract_info, "suspects": suspects}
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True, allow_nan=True))
+    else:
+        print(_table(result, metrics))
+    return 0
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.3e}"
+
+
+def _table(result: dict, metrics) -> str:
+    lines = [f"victim {result['victim']}  fingerprint data {result['data']} ({result['data_size']} images)"]
+    if result["taus"]:
+        lines.append(f"thresholds: rule {result['rule']} from {len(result['references'])} reference model(s)")
+    else:
+        lines.append("thresholds: none (give --references to get verdicts)")
+    header = f"{'metric':<10} {'direction':<10} {'value':>11} {'tau':>11}  verdict"
+    for s in result["suspects"]:
+        lines += ["", f"suspect {s['path']}", header, "-" * len(header)]
+        for name, r in s["metrics"].items():
+            if "error" in r:
+                lines.append(f"{name:<10} {r['direction']:<10} {'n/a':>11} {_fmt(r['tau']):>11}  error: {r['error']}")
+                continue
+            v = "-" if r["copy"] is None else ("copy" if r["copy"] else "not a copy")
+            lines.append(f"{name:<10} {r['direction']:<10} {_fmt(r['value']):>11} {_fmt(r['tau']):>11}  {v}")
+        if s["judged"]:
+            lines.append(f"=> judged a copy by {s['copy_votes']}/{s['judged']} metrics")
+    return "\n".join(lines)

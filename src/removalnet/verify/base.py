@@ -1,0 +1,454 @@
+"""Common machinery of the ownership verifiers (paper, section 2.2: extraction E and verification V).
+
+A verifier turns the victim and the verifier's own data D_fp into a :class:`Fingerprint`
+(``extract``, the paper's E(F_V, D)), then measures a suspect against it (``score``, the distance
+or similarity d of V(F_V, F_S, D_fp, d)). Each verifier reports one or more :class:`Metric`\\ s, each
+with a direction: ``"distance"`` (larger = less related) or ``"similarity"`` (larger = more related).
+
+Subclasses implement two methods::
+
+    @register_verifier
+    class MyVerifier(Verifier):
+        name = "my"
+        metrics = (Metric("MY-D", "distance"),)
+        defaults = {"num_points": 100}          # batch_size is added by the base class
+
+        def _check_params(self):                # validate self.params, raise RemovalNetError
+            check_int(self.params, "num_points", minimum=1)
+
+        def _extract(self, victim, data, *, seed, generator, device):
+            ...                                 # victim: eval mode, on device, parameters frozen
+            return tensors, meta                # dict[str, Tensor], JSON-able dict
+
+        def _score(self, fp, victim, suspect, *, device):
+            ...                                 # read extraction settings from fp.params / fp.meta
+            return {"MY-D": value}
+
+The base class validates parameters, seeds every RNG from ``seed`` (and hands a seeded
+``torch.Generator`` to ``_extract``), puts the models in eval mode on the device with frozen
+parameters and restores their mode, device and ``requires_grad`` flags afterwards, checks that a
+fingerprint belongs to the victim and the verifier before scoring, and stores fingerprints as
+safetensors + JSON (never pickle).
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Literal, NamedTuple, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..utils import RemovalNetError, atomic_path, atomic_write_json, package_versions, resolve_device, \
+    seed_everything, weights_hash
+
+__all__ = [
+    "Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
+    "list_verifiers", "verifier_class", "all_metrics", "fingerprint_key", "data_digest", "prepared_models",
+    "dataset_tensors", "batched_apply", "batched_logits", "check_int", "check_float", "check_bool",
+    "check_choice", "FORMAT_VERSION",
+]
+
+FORMAT_VERSION = 1
+
+
+class Metric(NamedTuple):
+    """A verifier's output. ``direction``: "distance" (larger = less related) or "similarity"."""
+    name: str
+    direction: Literal["distance", "similarity"]
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _jsonable(obj: Any, what: str) -> Any:
+    """A JSON round trip of ``obj`` (tuples become lists), so stored and in-memory values compare equal."""
+    try:
+        return json.loads(json.dumps(obj, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise RemovalNetError(f"{what} must be JSON-serialisable (plain numbers, strings, lists, dicts): {e}") from e
+
+
+def fingerprint_key(verifier: str, params: dict, victim_hash: str, seed: int, data: str | None = None) -> str:
+    """sha256 of (verifier name, canonical JSON of the parameters, victim weights hash, seed[, data digest])."""
+    payload = {"verifier": verifier, "params": params, "victim_hash": victim_hash, "seed": seed}
+    if data is not None:
+        payload["data"] = data
+    return hashlib.sha256(_canonical_json(payload).encode()).hexdigest()
+
+
+def data_digest(data: Dataset, samples: int = 8) -> str:
+    """A cheap identity of a dataset: its length and the bytes of ``samples`` evenly spaced items.
+
+    Part of the fingerprint cache key, so that the same victim measured on another D_fp is not served
+    a stale fingerprint.
+    """
+    n = len(data)  # type: ignore[arg-type]
+    h = hashlib.sha256(f"len={n}".encode())
+    if n:
+        idx = sorted({round(i * (n - 1) / max(1, samples - 1)) for i in range(min(samples, n))})
+        for i in idx:
+            x, y = data[i][0], data[i][1]
+            x = torch.as_tensor(x).detach().cpu().contiguous()
+            h.update(str((i, tuple(x.shape), str(x.dtype), int(y))).encode())
+            h.update(x.numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Fingerprint:
+    """What ``extract`` produced: the verifier's probing inputs and the victim's values on them.
+
+    ``params``: the verifier's parameters at extraction. ``meta``: JSON values (seed, resolved
+    settings, counts, timings, versions). ``tensors``: CPU tensors, stored with safetensors.
+    """
+    verifier: str
+    params: dict
+    victim_hash: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta.get("seed", 0))
+
+    @property
+    def key(self) -> str:
+        """sha256 of (verifier name, parameters that decide the fingerprint, victim hash, seed, data)."""
+        runtime = set(self.meta.get("runtime_params", ()))
+        params = {k: v for k, v in self.params.items() if k not in runtime}
+        return fingerprint_key(self.verifier, params, self.victim_hash, self.seed, self.meta.get("data_digest"))
+
+    @staticmethod
+    def _paths(path: str | Path) -> tuple[Path, Path]:
+        path = Path(path)
+        if path.suffix in (".safetensors", ".json"):
+            path = path.with_suffix("")
+        return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+    def save(self, path: str | Path) -> None:
+        """Write ``<path>.safetensors`` (tensors) then ``<path>.json`` (everything else), each atomically."""
+        st_path, js_path = self._paths(path)
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.tensors.items()}
+        with atomic_path(st_path) as tmp:
+            save_file(tensors, str(tmp), metadata={"verifier": self.verifier, "victim_hash": self.victim_hash})
+        atomic_write_json(js_path, {
+            "format_version": FORMAT_VERSION, "verifier": self.verifier, "params": self.params,
+            "victim_hash": self.victim_hash, "meta": self.meta, "key": self.key,
+            "tensors": sorted(tensors),
+        })
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Fingerprint":
+        """Read a fingerprint written by :meth:`save` (safetensors + JSON; no pickle)."""
+        st_path, js_path = cls._paths(path)
+        for p in (st_path, js_path):
+            if not p.is_file():
+                raise RemovalNetError(f"fingerprint file {p} does not exist")
+        try:
+            info = json.loads(js_path.read_text())
+            tensors = load_file(str(st_path))
+        except Exception as e:  # corrupt JSON / safetensors header
+            raise RemovalNetError(f"cannot read fingerprint {st_path.with_suffix('')}: {e}") from e
+        if info.get("format_version") != FORMAT_VERSION:
+            raise RemovalNetError(f"fingerprint {js_path} has format version {info.get('format_version')!r}, "
+                                  f"this version of removalnet reads {FORMAT_VERSION}")
+        if sorted(tensors) != sorted(info.get("tensors", [])):
+            raise RemovalNetError(f"fingerprint {st_path} does not hold the tensors its JSON lists "
+                                  "(the two files are from different extractions)")
+        return cls(verifier=info["verifier"], params=info["params"], victim_hash=info["victim_hash"],
+                   tensors=tensors, meta=info.get("meta", {}))
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _bad(params: dict, name: str, msg: str) -> RemovalNetError:
+    return RemovalNetError(f"parameter {name}={params[name]!r}: {msg}")
+
+
+def check_int(params: dict, name: str, *, minimum: int | None = None, maximum: int | None = None,
+              allow_none: bool = False) -> None:
+    v = params[name]
+    if v is None and allow_none:
+        return
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _bad(params, name, "must be an integer")
+    if minimum is not None and v < minimum:
+        raise _bad(params, name, f"must be >= {minimum}")
+    if maximum is not None and v > maximum:
+        raise _bad(params, name, f"must be <= {maximum}")
+
+
+def check_float(params: dict, name: str, *, minimum: float | None = None, maximum: float | None = None,
+                min_exclusive: bool = False, allow_none: bool = False) -> None:
+    v = params[name]
+    if v is None and allow_none:
+        return
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise _bad(params, name, "must be a finite number")
+    if minimum is not None and (v <= minimum if min_exclusive else v < minimum):
+        raise _bad(params, name, f"must be {'>' if min_exclusive else '>='} {minimum}")
+    if maximum is not None and v > maximum:
+        raise _bad(params, name, f"must be <= {maximum}")
+
+
+def check_bool(params: dict, name: str) -> None:
+    if not isinstance(params[name], bool):
+        raise _bad(params, name, "must be true or false")
+
+
+def check_choice(params: dict, name: str, choices: Sequence[Any]) -> None:
+    if params[name] not in choices:
+        raise _bad(params, name, f"must be one of {', '.join(map(repr, choices))}")
+
+
+# ------------------------------------------------------------------------------------ model handling
+@contextlib.contextmanager
+def prepared_models(*models: nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode, on ``device``, parameters frozen; restores training flags, devices and requires_grad.
+
+    Gradients with respect to inputs still flow (test generation, PGD); no parameter gradient is built.
+    """
+    saved = []
+    for m in models:
+        if not isinstance(m, nn.Module):
+            raise RemovalNetError(f"expected a torch model (nn.Module), got {type(m).__name__}")
+        p = next(iter(m.parameters()), None)
+        if p is None:
+            p = next(iter(m.buffers()), None)
+        saved.append((m, m.training, p.device if p is not None else device,
+                      [(q, q.requires_grad) for q in m.parameters()],
+                      {name: mod.training for name, mod in m.named_modules()}))
+    try:
+        for m, *_ in saved:
+            m.to(device).eval()
+            for q in m.parameters():
+                q.requires_grad_(False)
+        yield
+    finally:
+        for m, _, dev, flags, modes in saved:
+            for q, rg in flags:
+                q.requires_grad_(rg)
+            for name, mod in m.named_modules():
+                mod.training = modes.get(name, mod.training)
+            m.to(dev)
+
+
+def dataset_tensors(data: Dataset, indices: Sequence[int] | None = None, *, batch_size: int = 512
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (x, y) items of ``data`` (all, or ``indices`` in that order) into CPU tensors (float32, int64)."""
+    ds = data if indices is None else Subset(data, list(indices))
+    if len(ds) == 0:  # type: ignore[arg-type]
+        raise RemovalNetError("the verifier's data set is empty")
+    xs, ys = [], []
+    for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
+        xs.append(torch.as_tensor(x, dtype=torch.float32))
+        ys.append(torch.as_tensor(y, dtype=torch.int64))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def batched_apply(fn, x: torch.Tensor, *, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``torch.cat([fn(chunk on device) for chunks of x])`` on the CPU, without gradients."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs.append(fn(x[i:i + batch_size].to(device)).detach().float().cpu())
+    return torch.cat(outs)
+
+
+def batched_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int, device: torch.device) -> torch.Tensor:
+    return batched_apply(model, x, batch_size=batch_size, device=device)
+
+
+# --------------------------------------------------------------------------------------- the verifier
+class Verifier(abc.ABC):
+    """Base class of every verifier; see the module docstring for what subclasses implement.
+
+    Parameters are keyword arguments; unknown names and bad values raise :class:`RemovalNetError`.
+    ``batch_size`` (default 256) bounds every forward pass. Parameters listed in ``runtime_params``
+    change speed, not the fingerprint: they are left out of the cache key and may differ between
+    extraction and scoring; every other parameter must match the fingerprint's.
+    """
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[Metric, ...]]
+    defaults: ClassVar[dict[str, Any]] = {}
+    runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    _base_defaults: ClassVar[dict[str, Any]] = {"batch_size": 256}
+
+    def __init__(self, **params: Any):
+        allowed = {**self._base_defaults, **self.defaults}
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise RemovalNetError(f"unknown parameter {unknown[0]!r} for verifier {self.name!r}; "
+                                  f"known: {', '.join(sorted(allowed))}")
+        self.params: dict[str, Any] = _jsonable({**allowed, **params}, f"parameters of verifier {self.name!r}")
+        check_int(self.params, "batch_size", minimum=1)
+        self._check_params()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.metrics)
+
+    def _check_params(self) -> None:
+        """Validate ``self.params`` (raise RemovalNetError naming the parameter). Default: nothing more."""
+
+    def fingerprint_params(self) -> dict:
+        return {k: v for k, v in self.params.items() if k not in self.runtime_params}
+
+    def key(self, victim: nn.Module, data: Dataset, *, seed: int = 0) -> str:
+        """The key the fingerprint of (this verifier, victim, data, seed) will have."""
+        return fingerprint_key(self.name, self.fingerprint_params(), weights_hash(victim), seed, data_digest(data))
+
+    # ------------------------------------------------------------------------------------ extraction
+    def extract(self, victim: nn.Module, data: Dataset, *, seed: int = 0,
+                device: str | torch.device | None = None) -> Fingerprint:
+        """E(F_V, D_fp): build the fingerprint from the verifier's own data ``data`` (a Dataset of (x, y))."""
+        dev = resolve_device(device)
+        if not isinstance(victim, nn.Module):
+            raise RemovalNetError(f"the victim must be a torch model (nn.Module), got {type(victim).__name__}")
+        try:
+            n = len(data)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise RemovalNetError(f"the verifier's data must be a sized Dataset of (x, y), got {type(data).__name__}") from e
+        if n == 0:
+            raise RemovalNetError("the verifier's data set is empty")
+        vhash = weights_hash(victim)
+        digest = data_digest(data)
+        generator = seed_everything(seed)
+        t0 = time.perf_counter()
+        with prepared_models(victim, device=dev):
+            tensors, meta = self._extract(victim, data, seed=seed, generator=generator, device=dev)
+        elapsed = time.perf_counter() - t0
+        if weights_hash(victim) != vhash:
+            raise AssertionError(f"{self.name}: extraction modified the victim's weights")
+        bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise AssertionError(f"{self.name}: fingerprint entry {bad[0]!r} is not a tensor")
+        meta = _jsonable({**meta, "seed": seed, "data_digest": digest, "data_size": n,
+                          "runtime_params": sorted(self.runtime_params), "extract_seconds": round(elapsed, 3),
+                          "device": str(dev), "versions": package_versions()}, f"{self.name} fingerprint meta")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        return Fingerprint(verifier=self.name, params=dict(self.params), victim_hash=vhash, tensors=tensors, meta=meta)
+
+    @abc.abstractmethod
+    def _extract(self, victim: nn.Module, data: Dataset, *, seed: int, generator: torch.Generator,
+                 device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
+        """Return (tensors, meta). ``victim`` is in eval mode on ``device`` with frozen parameters."""
+
+    # -------------------------------------------------------------------------------------- scoring
+    def check_fingerprint(self, fp: Fingerprint, victim: nn.Module) -> None:
+        if not isinstance(fp, Fingerprint):
+            raise RemovalNetError(f"expected a Fingerprint, got {type(fp).__name__}")
+        if fp.verifier != self.name:
+            raise RemovalNetError(f"this fingerprint was made by verifier {fp.verifier!r}, not {self.name!r}")
+        if fp.victim_hash != weights_hash(victim):
+            raise RemovalNetError(
+                f"this {self.name} fingerprint belongs to another victim (weights hash {fp.victim_hash[:12]}..., "
+                f"the given victim has {weights_hash(victim)[:12]}...): extract it from this victim")
+        mine, theirs = self.fingerprint_params(), {k: v for k, v in fp.params.items() if k not in self.runtime_params}
+        for k in sorted(set(mine) | set(theirs)):
+            if mine.get(k) != theirs.get(k):
+                raise RemovalNetError(f"the fingerprint was extracted with {k}={theirs.get(k)!r}, this {self.name} "
+                                      f"verifier has {k}={mine.get(k)!r}")
+
+    def score(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *,
+              device: str | torch.device | None = None) -> dict[str, float]:
+        """d(F_V, F_S) on the fingerprint: one float per metric of this verifier."""
+        dev = resolve_device(device)
+        self.check_fingerprint(fp, victim)
+        if not isinstance(suspect, nn.Module):
+            raise RemovalNetError(f"the suspect must be a torch model (nn.Module), got {type(suspect).__name__}")
+        with prepared_models(victim, suspect, device=dev):
+            out = self._score(fp, victim, suspect, device=dev)
+        if set(out) != set(self.metric_names):
+            raise AssertionError(f"{self.name}: _score returned {sorted(out)}, expected {list(self.metric_names)}")
+        return {m: float(out[m]) for m in self.metric_names}
+
+    @abc.abstractmethod
+    def _score(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *,
+               device: torch.device) -> dict[str, float]:
+        """Return {metric name: value}; models are in eval mode on ``device`` with frozen parameters."""
+
+
+# ------------------------------------------------------------------------------------------- registry
+_VERIFIERS: dict[str, type[Verifier]] = {}
+
+
+def register_verifier(cls: type[Verifier]) -> type[Verifier]:
+    """Class decorator: register a Verifier subclass under ``cls.name`` (names and metric names unique)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} has no verifier name")
+    if name in _VERIFIERS and _VERIFIERS[name] is not cls:
+        raise ValueError(f"verifier {name!r} registered twice")
+    metrics = getattr(cls, "metrics", ())
+    if not metrics:
+        raise ValueError(f"verifier {name!r} declares no metrics")
+    taken = {m.name: v for v, c in _VERIFIERS.items() if v != name for m in c.metrics}
+    for m in metrics:
+        if not isinstance(m, Metric) or m.direction not in ("distance", "similarity"):
+            raise ValueError(f"verifier {name!r}: {m!r} is not a Metric with direction distance/similarity")
+        if m.name in taken:
+            raise ValueError(f"metric {m.name!r} of verifier {name!r} is already declared by {taken[m.name]!r}")
+    _VERIFIERS[name] = cls
+    return cls
+
+
+def list_verifiers() -> list[str]:
+    return sorted(_VERIFIERS)
+
+
+def verifier_class(name: str) -> type[Verifier]:
+    if name not in _VERIFIERS:
+        raise RemovalNetError(f"unknown verifier {name!r}; known: {', '.join(list_verifiers()) or 'none'}")
+    return _VERIFIERS[name]
+
+
+def create_verifier(name: str, **params: Any) -> Verifier:
+    return verifier_class(name)(**params)
+
+
+def all_metrics() -> dict[str, Metric]:
+    """Every registered metric by name (verifiers in name order, metrics in declared order)."""
+    return {m.name: m for v in list_verifiers() for m in _VERIFIERS[v].metrics}
+
+
+# -------------------------------------------------------------------------------------------- caching
+class FingerprintCache:
+    """Fingerprints on disk under ``directory``, keyed by :attr:`Fingerprint.key`.
+
+    ``get_or_extract`` loads the stored fingerprint when one with the same key exists, else extracts
+    and stores it; scoring further suspects then never regenerates it.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def path_for(self, verifier: Verifier, key: str) -> Path:
+        return self.directory / f"{verifier.name}-{key[:24]}"
+
+    def get_or_extract(self, verifier: Verifier, victim: nn.Module, data: Dataset, *, seed: int = 0,
+                       device: str | torch.device | None = None) -> Fingerprint:
+        key = verifier.key(victim, data, seed=seed)
+        path = self.path_for(verifier, key)
+        if Fingerprint._paths(path)[1].is_file():
+            fp = Fingerprint.load(path)
+            if fp.key == key:
+                return fp
+        fp = verifier.extract(victim, data, seed=seed, device=device)
+        if fp.key != key:
+            raise AssertionError(f"{verifier.name}: fingerprint key changed during extraction")
+        fp.save(path)
+        return fp

@@ -1,0 +1,132 @@
+"""SAC: sample correlation (Guan et al., "Are You Stealing My Model? Sample Correlation for
+Fingerprinting Deep Neural Networks", NeurIPS 2022). Not one of the paper's verifiers; a strong,
+simple check that a user also wants.
+
+Extraction picks ``num_samples`` probing inputs from the verifier's data (seeded):
+
+* ``source="wrong"`` (SAC-w, default): samples the victim misclassifies (argmax F_V(x) != y), taken in
+  a seeded random order. If the data holds fewer, all of them are used (at least 2 are needed).
+* ``source="cutmix"`` (SAC-m): CutMix variants of random samples. As in the SAC reference, each
+  sample gets a square patch of side ``2 * floor(cut_ratio * size / 2)`` pixels (cut_ratio 0.2) from
+  another sample, centred in a corner region (centre coordinates outside the middle 2/3 of both axes);
+  here every sample draws its own partner and position.
+
+Score: for a model F, the N x N correlation matrix ``C_F[a, b] = (1 - cos(F(x_a), F(x_b))) / 2`` (the
+reference's ``correlation``: cosine distance scaled to [0, 1]), and ``SAC = mean |C_S - C_V|`` over all
+N^2 entries (a distance; 0 for identical outputs). ``output``: "logits" (default; the reference
+correlates raw model outputs) or "softmax".
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..utils import RemovalNetError
+from .base import Fingerprint, Metric, Verifier, batched_logits, check_choice, check_float, check_int, \
+    dataset_tensors, register_verifier
+
+__all__ = ["SAC", "correlation_matrix", "sac_distance", "cutmix"]
+
+SOURCES = ("wrong", "cutmix")
+OUTPUTS = ("logits", "softmax")
+
+
+def correlation_matrix(outputs: torch.Tensor) -> torch.Tensor:
+    """N x N matrix (1 - cos(o_a, o_b)) / 2 of the rows of ``outputs`` (float64)."""
+    o = F.normalize(outputs.double(), dim=-1, eps=1e-12)
+    return (1.0 - o @ o.T) / 2.0
+
+
+def sac_distance(c_v: torch.Tensor, c_s: torch.Tensor) -> float:
+    """mean |C_S - C_V| over all entries."""
+    if c_v.shape != c_s.shape:
+        raise RemovalNetError(f"correlation matrices differ in shape: {tuple(c_v.shape)} vs {tuple(c_s.shape)}")
+    return float((c_s.double() - c_v.double()).abs().mean())
+
+
+def cutmix(x: torch.Tensor, generator: torch.Generator | None = None, cut_ratio: float = 0.2) -> torch.Tensor:
+    """CutMix variants of ``x`` (N x C x H x W, N >= 2): a corner-region patch from another sample each."""
+    n, _, h, w = x.shape
+    if n < 2:
+        raise RemovalNetError("cutmix needs at least 2 samples")
+    partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n   # never the sample itself
+    out = x.clone()
+    half_h, half_w = int(h * cut_ratio) // 2, int(w * cut_ratio) // 2
+
+    def corner_centres(size: int) -> torch.Tensor:
+        # the reference redraws a centre while size/6 < c < 5 size/6
+        allowed = torch.tensor([c for c in range(size) if not size / 6 < c < 5 * size / 6])
+        return allowed[torch.randint(0, len(allowed), (n,), generator=generator)]
+
+    cy, cx = corner_centres(h), corner_centres(w)
+    for a in range(n):
+        y0, y1 = max(0, int(cy[a]) - half_h), min(h, int(cy[a]) + half_h)
+        x0, x1 = max(0, int(cx[a]) - half_w), min(w, int(cx[a]) + half_w)
+        out[a, :, y0:y1, x0:x1] = x[partner[a], :, y0:y1, x0:x1]
+    return out
+
+
+@register_verifier
+class SAC(Verifier):
+    """Sample correlation: metric SAC (distance) on misclassified samples or CutMix variants.
+
+    Parameters: ``num_samples`` (100), ``source`` ("wrong" or "cutmix"), ``cut_ratio`` (0.2, CutMix
+    patch side as a fraction of the image), ``output`` ("logits" or "softmax").
+    """
+
+    name = "sac"
+    metrics = (Metric("SAC", "distance"),)
+    defaults = {"num_samples": 100, "source": "wrong", "cut_ratio": 0.2, "output": "logits"}
+
+    def _check_params(self) -> None:
+        p = self.params
+        check_int(p, "num_samples", minimum=2)
+        check_choice(p, "source", SOURCES)
+        check_float(p, "cut_ratio", minimum=0.0, maximum=1.0, min_exclusive=True)
+        check_choice(p, "output", OUTPUTS)
+
+    def _outputs(self, model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        z = batched_logits(model, x, batch_size=self.params["batch_size"], device=device)
+        return F.softmax(z, dim=-1) if self.params["output"] == "softmax" else z
+
+    def _extract(self, victim: nn.Module, data: Dataset, *, seed: int, generator: torch.Generator,
+                 device: torch.device):
+        p = self.params
+        n_data = len(data)  # type: ignore[arg-type]
+        order = torch.randperm(n_data, generator=generator)
+        meta: dict = {}
+        if p["source"] == "cutmix":
+            idx = order[:p["num_samples"]]
+            x, _ = dataset_tensors(data, idx.tolist())
+            if len(x) < 2:
+                raise RemovalNetError("SAC with source='cutmix' needs at least 2 samples in the verifier's data")
+            x = cutmix(x, generator, p["cut_ratio"])
+        else:  # misclassified by the victim, scanned in seeded random order, one batch at a time
+            chosen, xs = [], []
+            scan = max(p["batch_size"], p["num_samples"])
+            for lo in range(0, n_data, scan):
+                part = order[lo:lo + scan]
+                xb, yb = dataset_tensors(data, part.tolist())
+                wrong = batched_logits(victim, xb, batch_size=p["batch_size"], device=device).argmax(1) != yb
+                chosen.append(part[wrong])
+                xs.append(xb[wrong])
+                if sum(len(c) for c in chosen) >= p["num_samples"]:
+                    break
+            idx, x = torch.cat(chosen)[:p["num_samples"]], torch.cat(xs)[:p["num_samples"]]
+            if len(idx) < 2:
+                raise RemovalNetError(f"SAC with source='wrong' needs at least 2 samples the victim misclassifies; "
+                                      f"the verifier's data has {len(idx)}")
+            if len(idx) < p["num_samples"]:
+                meta["note"] = (f"the victim misclassifies only {len(idx)} samples of the data; "
+                                f"num_samples={p['num_samples']} was asked")
+        corr = correlation_matrix(self._outputs(victim, x, device))
+        meta["num_samples"] = len(x)
+        return {"indices": idx, "samples": x, "correlation_victim": corr.float()}, meta
+
+    def _score(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *, device: torch.device):
+        x = fp.tensors["samples"]
+        c_v = correlation_matrix(self._outputs(victim, x, device))
+        c_s = correlation_matrix(self._outputs(suspect, x, device))
+        return {"SAC": sac_distance(c_v, c_s)}

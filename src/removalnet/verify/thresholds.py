@@ -1,0 +1,169 @@
+"""Decision thresholds tau from independently trained reference models (paper, section 4.1.4).
+
+The paper follows ModelDiff: train several reference models like F_V but independently of it; tau is
+the lowest distance (or the highest similarity) that any reference model reaches against the victim
+(rule ``"minmax"``, the default). A suspect is judged a copy when its distance < tau (similarity > tau);
+a value equal to tau is not a copy, so no reference model is ever judged a copy of the victim.
+
+Two further rules, which tolerate one outlying reference and tell how far the references spread:
+
+* ``"normal"``: fit a normal distribution to the reference values, tau = mean - k*std for distances
+  and mean + k*std for similarities (sample std, ddof=1; ``k`` default 2.0, i.e. about 2.3% of
+  independent models beyond tau if the values are normal). Needs at least 2 references.
+* ``"percentile"``: tau = the ``q``-th percentile (distances) or the (100 - q)-th percentile
+  (similarities) of the reference values (numpy's linear interpolation; ``q`` default 5.0), then moved by
+  ``margin`` times the reference range towards "not a copy" (``margin`` default 0.0).
+
+At least :data:`MIN_REFERENCES` (5) reference models are recommended; fewer give a warning.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..utils import RemovalNetError
+from .base import Fingerprint, Metric, Verifier, all_metrics
+
+__all__ = ["RULES", "MIN_REFERENCES", "calibrate", "verdict", "false_positive_rate", "calibrate_models",
+           "Calibration", "resolve_metric"]
+
+RULES = ("minmax", "normal", "percentile")
+MIN_REFERENCES = 5
+
+
+def resolve_metric(metric: Metric | str, metrics: Mapping[str, Metric] | Iterable[Metric] | None = None) -> Metric:
+    """A :class:`Metric` from itself or its name (looked up in ``metrics``, else in every registered verifier)."""
+    if isinstance(metric, Metric):
+        return metric
+    table = _metric_table(metrics) if metrics is not None else all_metrics()
+    if metric not in table:
+        raise RemovalNetError(f"unknown metric {metric!r}; known: {', '.join(table) or 'none'}")
+    return table[metric]
+
+
+def _metric_table(metrics: Mapping[str, Metric] | Iterable[Metric | str]) -> dict[str, Metric]:
+    if isinstance(metrics, Mapping):
+        return {name: resolve_metric(m) for name, m in metrics.items()}
+    out = {}
+    for m in metrics:
+        m = resolve_metric(m)
+        out[m.name] = m
+    return out
+
+
+def _finite(values: Sequence[float], what: str) -> np.ndarray:
+    arr = np.asarray([float(v) for v in values], dtype=np.float64)
+    if arr.size and not np.all(np.isfinite(arr)):
+        raise RemovalNetError(f"{what} contains a non-finite value: {values!r}")
+    return arr
+
+
+def _tau(values: np.ndarray, direction: str, rule: str, k: float, q: float, margin: float, name: str) -> float:
+    if values.size == 0:
+        raise RemovalNetError(f"no reference values for metric {name!r}: cannot calibrate its threshold")
+    dist = direction == "distance"
+    if rule == "minmax":
+        return float(values.min() if dist else values.max())
+    if rule == "normal":
+        if values.size < 2:
+            raise RemovalNetError(f"rule 'normal' needs at least 2 reference values for {name!r}, got 1")
+        mu, sd = float(values.mean()), float(values.std(ddof=1))
+        return mu - k * sd if dist else mu + k * sd
+    # percentile
+    spread = float(values.max() - values.min())
+    if dist:
+        return float(np.percentile(values, q)) - margin * spread
+    return float(np.percentile(values, 100.0 - q)) + margin * spread
+
+
+def calibrate(values_by_metric: Mapping[str, Sequence[float]], metrics: Mapping[str, Metric] | Iterable[Metric | str],
+              rule: str = "minmax", *, k: float = 2.0, q: float = 5.0, margin: float = 0.0,
+              min_references: int = MIN_REFERENCES) -> dict[str, float]:
+    """tau per metric from the values reference models reach against the victim.
+
+    Args:
+        values_by_metric: metric name -> the reference models' values (one per reference model).
+        metrics: the metrics to calibrate (Metric objects or registered names); every one needs values.
+        rule: "minmax" (paper section 4.1.4), "normal" (mean -/+ k*std) or "percentile" (q, margin).
+    """
+    if rule not in RULES:
+        raise RemovalNetError(f"unknown threshold rule {rule!r}; known: {', '.join(RULES)}")
+    for name, v, lo in (("k", k, 0.0), ("q", q, 0.0), ("margin", margin, 0.0)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < lo:
+            raise RemovalNetError(f"threshold parameter {name}={v!r} must be a finite number >= {lo}")
+    if q > 100:
+        raise RemovalNetError(f"threshold parameter q={q!r} must be <= 100")
+    table = _metric_table(metrics)
+    taus = {}
+    for name, metric in table.items():
+        if name not in values_by_metric:
+            raise RemovalNetError(f"no reference values for metric {name!r}: cannot calibrate its threshold")
+        values = _finite(values_by_metric[name], f"reference values of {name}")
+        if 0 < values.size < min_references:
+            warnings.warn(f"threshold for {name} calibrated from {values.size} reference model(s); "
+                          f"at least {min_references} are recommended", stacklevel=2)
+        taus[name] = _tau(values, metric.direction, rule, k, q, margin, name)
+    return taus
+
+
+def verdict(metric: Metric | str, value: float, tau: float) -> bool:
+    """True (a copy) when a distance is strictly below tau or a similarity strictly above it."""
+    m = resolve_metric(metric)
+    value, tau = float(value), float(tau)
+    if math.isnan(value) or math.isnan(tau):
+        raise RemovalNetError(f"cannot judge {m.name}: value {value} / threshold {tau} is not a number")
+    return value < tau if m.direction == "distance" else value > tau
+
+
+def false_positive_rate(metric: Metric | str, values: Sequence[float], tau: float) -> float:
+    """Fraction of held-out independent models (their values against the victim) judged copies."""
+    m = resolve_metric(metric)
+    vals = _finite(values, f"values of {m.name}")
+    if vals.size == 0:
+        raise RemovalNetError(f"no independent-model values for {m.name}: cannot compute a false-positive rate")
+    return float(np.mean([verdict(m, v, tau) for v in vals]))
+
+
+class Calibration(NamedTuple):
+    taus: dict[str, float]
+    values: dict[str, list[float]]
+
+
+def calibrate_models(verifiers: Sequence[Verifier], fingerprints: Mapping[str, Fingerprint] | Sequence[Fingerprint],
+                     victim: nn.Module, reference_models: Sequence[nn.Module], *, rule: str = "minmax",
+                     device: str | torch.device | None = None, **rule_params: float) -> Calibration:
+    """Score every reference model with every verifier, then :func:`calibrate` (returns taus and raw values).
+
+    ``fingerprints``: the victim's fingerprints, by verifier name or in the order of ``verifiers``.
+    """
+    verifiers = list(verifiers)
+    if isinstance(fingerprints, Mapping):
+        missing = [v.name for v in verifiers if v.name not in fingerprints]
+        if missing:
+            raise RemovalNetError(f"no fingerprint given for verifier {missing[0]!r}")
+        fps = [fingerprints[v.name] for v in verifiers]
+    else:
+        fps = list(fingerprints)
+        if len(fps) != len(verifiers):
+            raise RemovalNetError(f"{len(verifiers)} verifiers but {len(fps)} fingerprints")
+    refs = list(reference_models)
+    if not refs:
+        raise RemovalNetError("calibrating thresholds needs at least one reference model")
+    if len(refs) < MIN_REFERENCES:
+        warnings.warn(f"thresholds calibrated from {len(refs)} reference model(s); at least {MIN_REFERENCES} "
+                      "independently trained models are recommended", stacklevel=2)
+    values: dict[str, list[float]] = {m.name: [] for v in verifiers for m in v.metrics}
+    metrics = [m for v in verifiers for m in v.metrics]
+    for ref in refs:
+        for v, fp in zip(verifiers, fps):
+            for name, val in v.score(fp, victim, ref, device=device).items():
+                values[name].append(val)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # already warned once above
+        taus = calibrate(values, metrics, rule, **rule_params)
+    return Calibration(taus, values)

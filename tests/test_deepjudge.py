@@ -1,0 +1,260 @@
+"""DeepJudge: metric math on hand-made tensors, seed ranking, test generation, identity, neuron alignment."""
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from removalnet import create_model
+from removalnet.data import load_dataset
+from removalnet.train import TrainConfig, train_model
+from removalnet.utils import RemovalNetError, weights_hash
+from removalnet.verify import calibrate_models, verdict
+from removalnet.verify.deepjudge import (DeepJudge, channel_means, generate_tests, jsd, lad, lod, robd,
+                                         seed_confidence, select_seeds)
+
+SMALL = dict(num_seeds=16, max_tests=24, max_iters=60, step=0.05, pgd_steps=5, batch_size=64)
+
+
+# ------------------------------------------------------------------------------------------ metric math
+def _ab():
+    # shape (N=2, C=3, H=1, W=2), NCHW. Sample 0:
+    #   a: channel 0 = [0, 2] (mean 1), channel 1 = [4, 4] (mean 4), channel 2 = [1, 2] (mean 1.5)
+    #   b: channel 0 = [3, 3] (mean 3), channel 1 = [0, 0] (mean 0), channel 2 = [2, 2] (mean 2)
+    # Sample 1 is the same in a and b (contributes 0).
+    a = torch.tensor([[[[0., 2.]], [[4., 4.]], [[1., 2.]]], [[[1., 1.]], [[2., 3.]], [[0., 5.]]]])
+    b = torch.tensor([[[[3., 3.]], [[0., 0.]], [[2., 2.]]], [[[1., 1.]], [[2., 3.]], [[0., 5.]]]])
+    return a, b
+
+
+def _nhwc_port_means(z):
+    """What a port that reshapes NCHW as if it were NHWC computes: (N, -1, last axis) averaged over axis 1."""
+    return z.reshape(z.shape[0], -1, z.shape[-1]).mean(dim=1)
+
+
+def test_channel_axis_is_one():
+    a, b = _ab()
+    assert torch.equal(channel_means(a)[0], torch.tensor([1.0, 4.0, 1.5]))
+    assert torch.equal(channel_means(b)[0], torch.tensor([3.0, 0.0, 2.0]))
+    # the NHWC misreading gives 2 "neurons": a -> [(0+4+1)/3, (2+4+2)/3] = [5/3, 8/3]
+    assert _nhwc_port_means(a)[0].tolist() == pytest.approx([5 / 3, 8 / 3])
+
+
+def test_lod_golden_nchw():
+    a, b = _ab()
+    # sample 0: mean differences [1-3, 4-0, 1.5-2] = [-2, 4, -0.5]; L2 = sqrt(4 + 16 + 0.25) = 4.5; sample 1: 0
+    assert lod(a, b, 2) == pytest.approx(4.5 / 2)
+    # L1 = 2 + 4 + 0.5 = 6.5 -> 3.25
+    assert lod(a, b, 1) == pytest.approx(6.5 / 2)
+    # NHWC misreading: a -> [5/3, 8/3], b -> [5/3, 5/3], difference [0, 1]: L2 = 1 -> 0.5 (a port would report 0.5)
+    wrong = float(torch.linalg.vector_norm(_nhwc_port_means(a) - _nhwc_port_means(b), dim=1).mean())
+    assert wrong == pytest.approx(0.5)
+    assert lod(a, b, 2) != pytest.approx(wrong)
+    # (N, C) input is taken as already averaged
+    assert lod(channel_means(a), channel_means(b)) == pytest.approx(2.25)
+
+
+def test_lad_golden_nchw():
+    a, b = _ab()
+    # sample 0, a: means [1, 4, 1.5], min 1, max 4 -> [0, 1, 0.1667] -> active [0, 1, 0]
+    #           b: means [3, 0, 2],   min 0, max 3 -> [1, 0, 0.6667] -> active [1, 0, 1]
+    # |difference| = [1, 1, 1] -> 3 / 3 neurons = 1; sample 1: 0 -> LAD = (1 + 0) / 2 = 0.5
+    assert lad(a, b, 0.5) == pytest.approx(0.5)
+    # NHWC misreading: a [5/3, 8/3] -> [0, 1] active [0, 1]; b [5/3, 5/3] all equal -> none active: 1/2 per
+    # sample 0 -> 0.25 overall, which differs from 0.5
+    assert lad(_nhwc_port_means(a), _nhwc_port_means(b)) == pytest.approx(0.25)
+
+
+def test_lad_threshold_is_strict_and_flat_rows_are_inactive():
+    a = torch.tensor([[0.0, 0.5, 1.0], [2.0, 2.0, 2.0]])
+    b = torch.tensor([[0.0, 0.6, 1.0], [1.0, 2.0, 3.0]])
+    # row 0: a normalised [0, .5, 1] -> active [F, F, T] (0.5 is not > 0.5); b [0, .6, 1] -> [F, T, T]: 1/3
+    # row 1: a has equal channels -> none active; b [0, .5, 1] -> [F, F, T]: 1/3
+    assert lad(a, b, 0.5) == pytest.approx(1 / 3)
+    # threshold .65: row 0: a [F, F, T], b [F, F, T] -> 0; row 1: a none, b [F, F, T] -> 1/3; mean 1/6
+    assert lad(a, b, 0.65) == pytest.approx(1 / 6)
+
+
+def test_jsd_golden():
+    p = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    q = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    # row 0: disjoint supports -> ln 2 = 0.693147
+    # row 1: M = [.75, .25]; KL(p||M) = .5 ln(.5/.75) + .5 ln(.5/.25) = .143841; KL(q||M) = ln(1/.75) = .287682
+    #        JS = (.143841 + .287682) / 2 = .215762
+    assert jsd(p, q) == pytest.approx((math.log(2) + 0.2157616) / 2, abs=1e-6)
+    assert jsd(p, p) == 0.0
+    assert robd(0.7, 0.4) == pytest.approx(0.3) and robd(0.4, 0.7) == pytest.approx(0.3)
+
+
+def test_seeds_ranked_by_softmax_not_logits():
+    logits = torch.tensor([[10.0, 9.0, 0.0], [3.0, 0.0, 0.0], [0.0, 5.0, 0.0], [2.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 0, 0, 0])
+    # row 0: softmax [.73106, .26892, .00003] -> sum of squares .60673
+    # row 1: softmax [.90944, .04528, .04528] -> .83118
+    # row 2: predicts class 1, label 0 -> not a seed
+    # row 3: softmax [.66524, .24473, .09003] -> .50999
+    assert seed_confidence(logits)[:2].tolist() == pytest.approx([0.60673, 0.83118], abs=1e-5)
+    assert select_seeds(logits, labels, 10).tolist() == [1, 0, 3]
+    assert select_seeds(logits, labels, 2).tolist() == [1, 0]
+    # ranking by logits (max logit or sum of squared logits) would put row 0 first
+    assert int(logits.max(1).values[[0, 1, 3]].argmax()) == 0
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def digits():
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    return load_dataset("digits", "train", input_size=16), load_dataset("digits", "test", input_size=16)
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    return create_model("vgg_small", 10, 1, 16, width=8)
+
+
+@pytest.fixture(scope="module")
+def victim(digits):
+    m = _model(0)
+    train_model(m, digits[0], None, TrainConfig(iterations=40, batch_size=64, lr=0.05), seed=0, progress=False)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def fingerprint(victim, digits):
+    return DeepJudge(**SMALL).extract(victim, digits[1], seed=0)
+
+
+# ------------------------------------------------------------------------------------------ generation
+def test_generated_tests_exceed_k(victim, digits):
+    dj = DeepJudge(**SMALL)
+    fp = dj.extract(victim, digits[1], seed=0)
+    T, meta = fp.tensors, fp.meta
+    assert meta["layer"] == victim.default_layer == 2 and meta["num_channels"] == 16
+    assert meta["num_seeds"] == 16 and meta["tests_tried"] == 24
+    assert 0 < meta["tests_reached"] == meta["tests_kept"] == len(T["tests_x"])
+    # every kept test case really activates its channel above k = 3 x max over seeds
+    seed_acts = channel_means(victim.head(T["seeds_x"], 2)).detach()
+    assert torch.allclose(T["k"], 3 * seed_acts.max(0).values)
+    acts = channel_means(victim.head(T["tests_x"], 2)).detach()
+    ch = T["tests_channel"]
+    assert bool((acts[torch.arange(len(ch)), ch] > T["k"][ch]).all())
+    assert T["tests_x"].min() >= 0 and T["tests_x"].max() <= 1
+    # seeds are correctly classified and ranked by decreasing softmax confidence
+    logits = victim(T["seeds_x"]).detach()
+    assert bool((logits.argmax(1) == T["seeds_y"]).all())
+    conf = seed_confidence(logits)
+    assert bool((conf[:-1] >= conf[1:] - 1e-9).all())
+    # the stored victim values are the victim's
+    assert torch.allclose(T["victim_layer"], acts, atol=1e-6)
+    # PGD: inside the eps ball and the image box
+    assert float((T["adv_x"] - T["seeds_x"]).abs().max()) <= 0.03 + 1e-6
+
+
+def test_round_robin_pairs_cover_channels_first(victim, digits):
+    seeds = torch.stack([digits[1][i][0] for i in range(5)])
+    g = generate_tests(victim, 1, seeds, max_iters=0, max_tests=20)
+    # layer 1 has 8 channels: pairs 0..7 hit channels 0..7 with seeds 0..4,0,1,2; pairs 8.. start round 2
+    assert g["channel"].tolist() == [c % 8 for c in range(20)]
+    assert g["seed"][:8].tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert g["seed"][8:16].tolist() == [1, 2, 3, 4, 0, 1, 2, 3]
+    pairs = set(zip(g["seed"].tolist(), g["channel"].tolist()))
+    assert len(pairs) == 20
+    assert not bool(g["reached"].any())          # max_iters = 0: seeds themselves cannot exceed 3 x their max
+    assert torch.equal(g["x"], seeds[g["seed"]])
+
+
+def test_batched_generation_equals_one_pair_at_a_time(victim, digits):
+    seeds = torch.stack([digits[1][i][0] for i in range(6)])
+    kw = dict(max_iters=40, max_tests=10, step=0.05)
+    pooled = generate_tests(victim, 2, seeds, batch_size=4, **kw)   # pool refilled as pairs finish
+    single = generate_tests(victim, 2, seeds, batch_size=1, **kw)   # the reference loop: one pair at a time
+    assert pooled["reached"].any() and not pooled["reached"].all()
+    assert torch.equal(pooled["reached"], single["reached"]) and torch.equal(pooled["iters"], single["iters"])
+    assert torch.allclose(pooled["x"], single["x"], atol=1e-5)
+
+
+def test_extraction_is_deterministic_and_leaves_victim_untouched(victim, digits, fingerprint):
+    before = weights_hash(victim)
+    victim.train()
+    fp2 = DeepJudge(**SMALL).extract(victim, digits[1], seed=0)
+    assert victim.training and all(m.training for m in victim.modules())
+    victim.eval()
+    assert weights_hash(victim) == before
+    assert all(p.requires_grad for p in victim.parameters())
+    for name, t in fingerprint.tensors.items():
+        assert torch.equal(t, fp2.tensors[name]), name
+    assert fp2.key == fingerprint.key
+
+
+def test_parameter_validation():
+    with pytest.raises(RemovalNetError, match="num_seeds"):
+        DeepJudge(num_seeds=0)
+    with pytest.raises(RemovalNetError, match="threshold"):
+        DeepJudge(threshold=1.5)
+    with pytest.raises(RemovalNetError, match="unknown parameter 'eps'"):
+        DeepJudge(eps=0.1)
+    with pytest.raises(RemovalNetError, match="m="):
+        DeepJudge(m=0)
+    assert DeepJudge().params["num_seeds"] == 100 and DeepJudge().params["m"] == 3.0
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def test_identity_is_zero_and_a_copy(victim, digits, fingerprint):
+    dj = DeepJudge(**SMALL)
+    scores = dj.score(fingerprint, victim, victim)
+    assert set(scores) == {"DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD", "DJ-RobD", "DJ-JSD"}
+    assert all(v == 0.0 for v in scores.values()), scores
+    refs = [_model(s) for s in (11, 12, 13, 14, 15)]   # independently initialised references
+    cal = calibrate_models([dj], [fingerprint], victim, refs)
+    for metric, value in scores.items():
+        assert cal.taus[metric] > 0, (metric, cal.values[metric])
+        assert verdict(metric, value, cal.taus[metric]), metric
+    # a reference judged against the thresholds from all references is never a copy
+    assert not any(verdict(m, cal.values[m][0], cal.taus[m]) for m in scores)
+
+
+def test_suspect_of_other_architecture_is_refused(victim, fingerprint):
+    torch.manual_seed(3)
+    wide = create_model("vgg_small", 10, 1, 16, width=4)
+    with pytest.raises(RemovalNetError, match="channels"):
+        DeepJudge(**SMALL).score(fingerprint, victim, wide)
+    with pytest.raises(RemovalNetError, match="white-box"):
+        DeepJudge(**SMALL).score(fingerprint, victim, nn.Sequential(nn.Flatten(), nn.Linear(256, 10)))
+
+
+def _permute_block2(model, perm):
+    """Permute the output channels of block 2's last conv (+ its BatchNorm) and the input channels of block 3's
+    first conv: the function is unchanged, the channel order of block 2's output is permuted."""
+    m = copy.deepcopy(model)
+    conv, bn, nxt = m.blocks[1][3], m.blocks[1][4], m.blocks[2][0]
+    with torch.no_grad():
+        conv.weight.copy_(conv.weight[perm])
+        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            t.copy_(t[perm])
+        nxt.weight.copy_(nxt.weight[:, perm])
+    return m
+
+
+def test_channel_permutation_moves_layer_metrics_only(victim, digits, fingerprint):
+    perm = torch.roll(torch.arange(16), 5)
+    suspect = _permute_block2(victim, perm)
+    x = torch.stack([digits[1][i][0] for i in range(64)])
+    with torch.no_grad():
+        assert torch.allclose(suspect(x), victim(x), atol=1e-5)
+        assert torch.allclose(suspect.head(x, 2), victim.head(x, 2)[:, perm], atol=1e-6)
+    s = DeepJudge(**SMALL).score(fingerprint, victim, suspect)
+    assert s["DJ-LOD"] > 0.1 and s["DJ-LAD"] > 0.05, s
+    assert s["DJ-NOD"] < 1e-4 and s["DJ-NAD"] == 0.0 and s["DJ-RobD"] == 0.0 and s["DJ-JSD"] < 1e-9, s
+    # at layer 1, before the permuted conv, the two models agree
+    fp1 = DeepJudge(**{**SMALL, "layer": 1}).extract(victim, digits[1])
+    s1 = DeepJudge(**{**SMALL, "layer": 1}).score(fp1, victim, suspect)
+    assert s1["DJ-LOD"] < 1e-5 and s1["DJ-LAD"] == 0.0, s1
+
+
+def test_no_test_case_reached_falls_back_with_a_warning(victim, digits):
+    with pytest.warns(UserWarning, match="no test case reached k"):
+        fp = DeepJudge(**{**SMALL, "max_iters": 0}).extract(victim, digits[1])
+    assert fp.meta["fallback_unreached"] and fp.meta["tests_reached"] == 0
+    assert fp.meta["tests_kept"] == fp.meta["tests_tried"] == 24
+    assert torch.equal(fp.tensors["tests_x"], fp.tensors["seeds_x"][fp.tensors["tests_seed"]])

@@ -1,0 +1,216 @@
+"""Verifier base: registry, parameters, fingerprint storage, the fingerprint cache, and `removalnet verify`."""
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from removalnet import create_model
+from removalnet.checkpoint import save_checkpoint
+from removalnet.cli import main
+from removalnet.data import load_dataset
+from removalnet.train import TrainConfig, train_model
+from removalnet.utils import RemovalNetError, weights_hash
+from removalnet.verify import (Fingerprint, FingerprintCache, Metric, all_metrics, create_verifier, list_verifiers,
+                               register_verifier)
+from removalnet.verify.base import Verifier, fingerprint_key, prepared_models
+from removalnet.verify.deepjudge import DeepJudge
+
+TINY = dict(num_seeds=8, max_tests=8, max_iters=20, step=0.05, pgd_steps=3, batch_size=32)
+
+
+def _model(seed, width=4):
+    torch.manual_seed(seed)
+    return create_model("vgg_small", 10, 1, 16, width=width)
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 16, 16)
+    return x, TensorDataset(x, _model(0)(x).argmax(1).detach())  # labels = the victim's predictions
+
+
+# ------------------------------------------------------------------------------------------ registry
+def test_registry_and_metrics():
+    assert "deepjudge" in list_verifiers()
+    metrics = all_metrics()
+    for name in ("DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD", "DJ-RobD", "DJ-JSD"):
+        assert metrics[name] == Metric(name, "distance")
+    assert isinstance(create_verifier("deepjudge", m=2.0), DeepJudge)
+    with pytest.raises(RemovalNetError, match="unknown verifier 'nope'"):
+        create_verifier("nope")
+    with pytest.raises(RemovalNetError, match="batch_size"):
+        create_verifier("deepjudge", batch_size=0)
+    with pytest.raises(RemovalNetError, match="JSON"):
+        create_verifier("deepjudge", layer=object())
+
+    class Clash(DeepJudge):
+        name = "clash"
+    with pytest.raises(ValueError, match="DJ-LOD"):
+        register_verifier(Clash)
+    assert "clash" not in list_verifiers()
+
+
+# ------------------------------------------------------------------------------------------ storage
+def test_fingerprint_round_trip_is_exact(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    tensors = {"f32": torch.randn(3, 4, generator=g), "f64": torch.randn(5, generator=g, dtype=torch.float64),
+               "i64": torch.arange(7), "b": torch.tensor([True, False]), "scalar": torch.tensor([0.25])}
+    fp = Fingerprint("deepjudge", {"layer": 2, "eps": [0.1, 0.2]}, "ab" * 32, tensors,
+                     {"seed": 3, "note": "x", "counts": [1, 2]})
+    fp.save(tmp_path / "fp")
+    assert (tmp_path / "fp.safetensors").is_file() and (tmp_path / "fp.json").is_file()
+    back = Fingerprint.load(tmp_path / "fp")
+    assert (back.verifier, back.params, back.victim_hash, back.meta) == (fp.verifier, fp.params, fp.victim_hash, fp.meta)
+    assert set(back.tensors) == set(tensors)
+    for k, t in tensors.items():
+        assert back.tensors[k].dtype == t.dtype and torch.equal(back.tensors[k], t), k
+    assert back.key == fp.key == fingerprint_key("deepjudge", {"layer": 2, "eps": [0.1, 0.2]}, "ab" * 32, 3)
+    assert Fingerprint.load(tmp_path / "fp.json").key == fp.key  # either file name works
+    # the seed is part of the key
+    assert Fingerprint("deepjudge", fp.params, fp.victim_hash, tensors, {"seed": 4}).key != fp.key
+    with pytest.raises(RemovalNetError, match="does not exist"):
+        Fingerprint.load(tmp_path / "missing")
+    # the JSON of one extraction next to the tensors of another is refused
+    Fingerprint("deepjudge", {}, "cd" * 32, {"other": torch.zeros(1)}, {}).save(tmp_path / "fp2")
+    (tmp_path / "fp2.json").replace(tmp_path / "fp.json")
+    with pytest.raises(RemovalNetError, match="different extractions"):
+        Fingerprint.load(tmp_path / "fp")
+
+
+def test_prepared_models_restores_state():
+    m = _model(1)
+    m.train()
+    m.blocks[0].eval()  # a mixed state must come back as it was
+    m.classifier[3].weight.requires_grad_(False)
+    with prepared_models(m, device=torch.device("cpu")):
+        assert not m.training and not any(p.requires_grad for p in m.parameters())
+    assert m.training and not m.blocks[0].training and m.blocks[1].training
+    assert not m.classifier[3].weight.requires_grad and m.classifier[3].bias.requires_grad
+
+
+# ------------------------------------------------------------------------------------------ cache
+def test_cache_extracts_once_and_score_checks_the_victim(tmp_path, data, monkeypatch):
+    calls = []
+    original = DeepJudge._extract
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(DeepJudge, "_extract", counting)
+    victim, other = _model(0), _model(1)
+    dj = DeepJudge(**TINY)
+    fp1 = FingerprintCache(tmp_path).get_or_extract(dj, victim, data[1], seed=0)
+    assert len(calls) == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
+    # a new cache object on the same directory loads from disk; batch_size does not change the key
+    fp2 = FingerprintCache(tmp_path).get_or_extract(DeepJudge(**{**TINY, "batch_size": 7}), victim, data[1], seed=0)
+    assert len(calls) == 1
+    assert fp2.key == fp1.key and all(torch.equal(fp1.tensors[k], fp2.tensors[k]) for k in fp1.tensors)
+    assert dj.score(fp2, victim, other) == dj.score(fp1, victim, other)
+    # another seed, another victim, other data or other parameters: a new extraction
+    FingerprintCache(tmp_path).get_or_extract(dj, victim, data[1], seed=1)
+    FingerprintCache(tmp_path).get_or_extract(dj, other, data[1], seed=0)
+    FingerprintCache(tmp_path).get_or_extract(dj, victim, TensorDataset(data[0][:40], data[1].tensors[1][:40]))
+    FingerprintCache(tmp_path).get_or_extract(DeepJudge(**{**TINY, "m": 2.0}), victim, data[1])
+    assert len(calls) == 5 and len(list(tmp_path.glob("*.json"))) == 5
+    # a fingerprint of another victim is refused
+    with pytest.raises(RemovalNetError, match="another victim"):
+        dj.score(fp1, other, victim)
+    # ... and one made with other parameters or by another verifier
+    with pytest.raises(RemovalNetError, match="m=3.0"):
+        DeepJudge(**{**TINY, "m": 2.0}).score(fp1, victim, other)
+    fp_bad = Fingerprint("zest", fp1.params, fp1.victim_hash, fp1.tensors, fp1.meta)
+    with pytest.raises(RemovalNetError, match="verifier 'zest'"):
+        dj.score(fp_bad, victim, other)
+
+
+def test_base_checks_what_subclasses_return(data):
+    class Bad(Verifier):
+        name = "bad-test"
+        metrics = (Metric("BAD-D", "distance"),)
+
+        def _extract(self, victim, data, *, seed, generator, device):
+            return {"x": torch.rand(2, generator=generator)}, {"n": 1}
+
+        def _score(self, fp, victim, suspect, *, device):
+            return {"WRONG": 0.0}
+
+    v, victim = Bad(), _model(0)
+    fp = v.extract(victim, data[1], seed=5)
+    assert fp.meta["seed"] == 5 and fp.meta["data_size"] == 64 and fp.meta["n"] == 1
+    assert torch.equal(fp.tensors["x"], v.extract(victim, data[1], seed=5).tensors["x"])  # seeded generator
+    assert fp.victim_hash == weights_hash(victim)
+    with pytest.raises(AssertionError, match="WRONG"):
+        v.score(fp, victim, victim)
+    with pytest.raises(RemovalNetError, match="unknown parameter 'x'"):
+        Bad(x=1)
+    with pytest.raises(RemovalNetError, match="empty"):
+        v.extract(victim, TensorDataset(torch.zeros(0, 1, 16, 16), torch.zeros(0, dtype=torch.long)))
+
+
+# ------------------------------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    train = load_dataset("digits", "train", input_size=16)
+    paths = {}
+    for name, seed in (("victim", 0), ("indep", 1), ("ref1", 2), ("ref2", 3)):
+        m = _model(seed, width=4)
+        train_model(m, train, None, TrainConfig(iterations=15, batch_size=64, lr=0.05), seed=seed, progress=False)
+        paths[name] = save_checkpoint(root / f"{name}.safetensors", m, {"dataset": "digits", "seed": seed})
+        if name == "victim":
+            paths["copy"] = save_checkpoint(root / "copy.safetensors", m, {"dataset": "digits", "note": "copy"})
+    return paths
+
+
+def _verify_args(ck, *extra):
+    return ["verify", "--victim", str(ck["victim"]), "--suspect", str(ck["copy"]), "--suspect", str(ck["indep"]),
+            "--verifier", "deepjudge", "--references", str(ck["ref1"]), str(ck["ref2"]),
+            *[f"--param=deepjudge.{k}={v}" for k, v in TINY.items()], *extra]
+
+
+def test_cli_verify_end_to_end(checkpoints, tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "fp"
+    assert main(_verify_args(checkpoints, "--json", "--fp-cache", str(cache))) == 0
+    out = capsys.readouterr()
+    assert "at least 5" in out.err
+    res = json.loads(out.out)
+    assert res["data"] == "digits:test" and res["data_size"] == 360 and res["rule"] == "minmax"
+    fp_meta = res["fingerprints"]["deepjudge"]["meta"]
+    assert fp_meta["tests_tried"] == 8 and 0 <= fp_meta["tests_reached"] <= 8 and fp_meta["layer"] == 2
+    assert set(res["taus"]) == {"DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD", "DJ-RobD", "DJ-JSD"}
+    for metric, tau in res["taus"].items():
+        assert tau == min(res["reference_values"][metric])
+    copy, indep = res["suspects"]
+    assert copy["path"].endswith("copy.safetensors")
+    for metric, row in copy["metrics"].items():
+        assert row["value"] == 0.0 and row["direction"] == "distance"
+        assert row["copy"] is (res["taus"][metric] > 0), metric
+    assert indep["metrics"]["DJ-LOD"]["value"] > 0
+    assert len(list(cache.glob("deepjudge-*.safetensors"))) == 1
+
+    # a second run reuses the cached fingerprint and prints a table
+    def no_extract(*a, **kw):
+        raise AssertionError("fingerprint extracted again")
+
+    monkeypatch.setattr(DeepJudge, "_extract", no_extract)
+    assert main(_verify_args(checkpoints, "--fp-cache", str(cache))) == 0
+    table = capsys.readouterr().out
+    assert "suspect" in table and "DJ-LOD" in table and "verdict" in table and "copy" in table
+    assert "judged a copy by" in table
+
+
+def test_cli_verify_errors(checkpoints, capsys):
+    args = ["verify", "--victim", str(checkpoints["victim"]), "--suspect", str(checkpoints["indep"]),
+            "--verifier", "deepjudge"]
+    assert main([*args, "--param", "max_iters=3"]) == 2
+    assert "VERIFIER.KEY=VALUE" in capsys.readouterr().err
+    assert main([*args, "--param", "deepjudge.num_seeds=0"]) == 2
+    assert "num_seeds" in capsys.readouterr().err
+    assert main([*args, "--data", "no-such-dataset"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+    assert main(["verify", "--victim", str(checkpoints["victim"]), "--suspect", str(checkpoints["indep"]),
+                 "--verifier", "nope"]) == 2

@@ -1,0 +1,191 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from removalnet import RemovalNetError, create_model, weights_hash
+from removalnet.models import SplitModel
+from removalnet.verify import Fingerprint, create_verifier
+from removalnet.verify.zest import lime_pinv, masked_inputs, random_masks, segment_images, zest_distances
+
+SMALL = dict(num_images=3, num_masks=40, batch_size=64)
+
+
+def calibrated_vgg(seed: int, x: torch.Tensor) -> SplitModel:
+    """A tiny vgg_small whose BatchNorm statistics are set on ``x`` (so its outputs depend on the input)."""
+    torch.manual_seed(seed)
+    m = create_model("vgg_small", 10, 1, 28, width=8, mean=[0.3], std=[0.4])
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.momentum = None
+    with torch.no_grad():
+        m.train()
+        m(x)
+    return m.eval()
+
+
+def quadrant_images(n: int = 2, size: int = 28) -> torch.Tensor:
+    """Images made of four flat quadrants of distinct intensities (quickshift finds the 4 regions)."""
+    levels = torch.tensor([[0.05, 0.35], [0.65, 0.95]])
+    imgs = []
+    for k in range(n):
+        lv = levels.roll(k, dims=1)
+        img = lv.repeat_interleave(size // 2, 0).repeat_interleave(size // 2, 1)
+        imgs.append(img[None])
+    return torch.stack(imgs)
+
+
+def linear_model(num_classes=3, size=28, bias=True, seed=0) -> SplitModel:
+    torch.manual_seed(seed)
+    lin = nn.Linear(size * size, num_classes, bias=bias)
+    return SplitModel([nn.Identity()], nn.Sequential(nn.Flatten(), lin), in_chans=1, mean=[0.3], std=[0.5]).eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 1, 28, 28, generator=g)
+    x = torch.nn.functional.avg_pool2d(x, 5, 1, 2)            # some spatial structure for quickshift
+    return TensorDataset(x, torch.randint(0, 10, (24,), generator=g))
+
+
+@pytest.mark.parametrize("intercept,bias", [(True, True), (False, False)])
+def test_lime_recovers_linear_model_exactly(intercept, bias):
+    imgs = quadrant_images(2)
+    ds = TensorDataset(imgs, torch.zeros(2, dtype=torch.long))
+    model = linear_model(bias=bias)
+    fp = create_verifier("zest", num_images=2, num_masks=50, intercept=intercept).extract(model, ds, seed=0)
+    t = fp.tensors
+    assert t["num_segments"].tolist() == [4, 4]
+    lin = model.classifier[1]
+    for n in range(2):
+        img = t["images"][n]
+        z = (img - 0.3) / 0.5                                 # normalised input; masked pixels become 0
+        seg = t["segments"][n].long()
+        for s in range(4):
+            expected = lin.weight.detach() @ (z * (seg == s)).flatten()
+            torch.testing.assert_close(t["signature"][n, s], expected, atol=1e-4, rtol=1e-4)
+        if intercept:
+            torch.testing.assert_close(t["intercept"][n], lin.bias.detach(), atol=1e-4, rtol=1e-4)
+    # the masked inputs really put the channel mean (normalised value 0) on masked segments
+    assert torch.equal(t["fill"], torch.tensor([0.3]))
+
+
+def test_masked_inputs_golden():
+    img = torch.tensor([[[0.0, 1.0], [0.5, 0.25]]])[None]        # 1 x 1 x 2 x 2
+    seg = torch.tensor([[[0, 1], [1, 2]]])
+    masks = torch.tensor([[1, 0, 1]], dtype=torch.uint8)
+    out = masked_inputs(img, seg, masks, torch.tensor([0.3]))
+    assert torch.equal(out, torch.tensor([[[[0.0, 0.3], [0.3, 0.25]]]]))
+    m = SplitModel([nn.Identity()], nn.Flatten(), in_chans=1, mean=[0.3], std=[0.5])
+    normed = m.normalize(out)
+    assert normed[0, 0, 0, 1] == 0 and normed[0, 0, 1, 0] == 0
+
+
+def test_random_masks_and_pinv():
+    g = torch.Generator().manual_seed(3)
+    masks = random_masks(torch.tensor([2, 4]), 30, g)
+    assert masks.shape == (2, 30, 4) and masks.dtype == torch.uint8
+    assert masks[0, 0].tolist() == [1, 1, 0, 0] and masks[1, 0].tolist() == [1, 1, 1, 1]
+    assert masks[0, :, 2:].sum() == 0                          # padding columns stay off
+    again = random_masks(torch.tensor([2, 4]), 30, torch.Generator().manual_seed(3))
+    assert torch.equal(masks, again)
+    p = lime_pinv(masks, intercept=True)
+    assert p.shape == (2, 5, 30)
+    y = torch.randn(2, 30, 3, dtype=torch.float64)
+    w = p @ y
+    assert torch.all(w[0, 3:] == 0)                            # padded segments: zero coefficients
+
+
+def test_segment_images_gray_and_rgb():
+    gray = quadrant_images(1)
+    seg = segment_images(gray)
+    assert seg.shape == (1, 28, 28) and seg.dtype == torch.int64
+    assert sorted(seg.unique().tolist()) == [0, 1, 2, 3] and seg[0, 0, 0] == 0
+    rgb = gray.repeat(1, 3, 1, 1)
+    assert torch.equal(segment_images(rgb), seg)              # grayscale is handled as three equal channels
+    with pytest.raises(RemovalNetError):
+        segment_images(torch.rand(1, 2, 8, 8))
+
+
+def test_zest_distances_golden():
+    a = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    l2, cos_d = zest_distances(a, b)
+    assert l2 == pytest.approx(math.sqrt(2)) and cos_d == pytest.approx(1.0)
+    l2, cos_d = zest_distances(a, 3 * a)
+    assert l2 == pytest.approx(2.0) and cos_d == pytest.approx(0.0, abs=1e-15)
+    l2, cos_d = zest_distances(torch.tensor([3.0, 4.0]), torch.tensor([-3.0, -4.0]))
+    assert l2 == pytest.approx(10.0) and cos_d == pytest.approx(2.0)
+    with pytest.raises(RemovalNetError, match="shape"):
+        zest_distances(a, torch.zeros(3))
+
+
+def permuted_copy(model: SplitModel, seed: int = 0) -> SplitModel:
+    """The same function with the channels of the last conv layer permuted (a function-preserving change)."""
+    import copy
+    m = copy.deepcopy(model)
+    block = m.blocks[2]
+    conv, bn, lin = block[3], block[4], m.classifier[3]
+    perm = torch.randperm(conv.out_channels, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        conv.weight.copy_(conv.weight[perm])
+        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            t.copy_(t[perm])
+        lin.weight.copy_(lin.weight[:, perm])
+    return m
+
+
+def test_identity_permutation_and_unrelated(data):
+    x = data.tensors[0]
+    victim, other = calibrated_vgg(0, x), calibrated_vgg(1, x)
+    perm = permuted_copy(victim)
+    assert weights_hash(perm) != weights_hash(victim)
+    torch.testing.assert_close(perm(x), victim(x), atol=1e-5, rtol=1e-5)
+    zest = create_verifier("zest", **SMALL)
+    h = weights_hash(victim)
+    fp = zest.extract(victim, data, seed=0)
+    same = zest.score(fp, victim, victim)
+    assert same == {"ZEST-L2": 0.0, "ZEST-Cos": 0.0}
+    p = zest.score(fp, victim, perm)
+    o = zest.score(fp, victim, other)
+    assert p["ZEST-L2"] < 1e-3 * o["ZEST-L2"] and p["ZEST-Cos"] < 1e-6
+    assert o["ZEST-Cos"] > 0.01
+    assert weights_hash(victim) == h and not victim.training
+
+
+def test_seeded_bit_identical_roundtrip_and_batching(data, tmp_path):
+    x = data.tensors[0]
+    victim, suspect = calibrated_vgg(0, x), calibrated_vgg(1, x)
+    zest = create_verifier("zest", **SMALL)
+    fp1 = zest.extract(victim, data, seed=5)
+    fp2 = zest.extract(victim, data, seed=5)
+    assert fp1.tensors.keys() == fp2.tensors.keys()
+    for k in fp1.tensors:
+        assert torch.equal(fp1.tensors[k], fp2.tensors[k]), k
+    fp3 = zest.extract(victim, data, seed=6)
+    assert not torch.equal(fp1.tensors["masks"], fp3.tensors["masks"]) or \
+        not torch.equal(fp1.tensors["indices"], fp3.tensors["indices"])
+    fp1.save(tmp_path / "zest")
+    loaded = Fingerprint.load(tmp_path / "zest")
+    assert zest.score(loaded, victim, suspect) == zest.score(fp1, victim, suspect)
+    small_batches = create_verifier("zest", **{**SMALL, "batch_size": 7})
+    s_small = small_batches.score(fp1, victim, suspect)
+    s_big = zest.score(fp1, victim, suspect)
+    assert s_small["ZEST-L2"] == pytest.approx(s_big["ZEST-L2"], rel=1e-4)
+
+
+def test_params_validated_and_mismatch(data):
+    for bad in (dict(num_images=0), dict(num_masks=1), dict(output="probs"), dict(intercept=1),
+                dict(kernel_size=0), dict(ratio=2.0), dict(nonsense=3)):
+        with pytest.raises(RemovalNetError, match=next(iter(bad))):
+            create_verifier("zest", **bad)
+    x = data.tensors[0]
+    victim = calibrated_vgg(0, x)
+    fp = create_verifier("zest", **SMALL).extract(victim, data, seed=0)
+    with pytest.raises(RemovalNetError, match="num_masks"):
+        create_verifier("zest", **{**SMALL, "num_masks": 41}).score(fp, victim, victim)
+    with pytest.raises(RemovalNetError, match="another victim"):
+        create_verifier("zest", **SMALL).score(fp, calibrated_vgg(1, x), victim)
