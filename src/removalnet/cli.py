@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group("output")
         g.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only results and errors")
         g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        g.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="CPU threads torch may use (default: $REMOVALNET_THREADS, else torch's choice; "
+                            "1 is fastest for the small models and wherever other processes share the cores)")
         p.add_argument("--config", metavar="FILE.yaml",
                        help="YAML file of option defaults (keys are option names); command-line options win")
         mod.add_arguments(p)
@@ -78,6 +82,20 @@ def _apply_config(args: argparse.Namespace, argv: Sequence[str]) -> argparse.Nam
         command=args.command, _run=args._run, _parser=parser))
 
 
+def _set_threads(n: int | None) -> None:
+    if n is None and os.environ.get("REMOVALNET_THREADS"):
+        try:
+            n = int(os.environ["REMOVALNET_THREADS"])
+        except ValueError:
+            raise RemovalNetError(f"REMOVALNET_THREADS must be an integer, got {os.environ['REMOVALNET_THREADS']!r}")
+    if n is None:
+        return
+    if n < 1:
+        raise RemovalNetError(f"--threads must be >= 1, got {n}")
+    import torch
+    torch.set_num_threads(n)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -89,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(message)s")
     try:
         args = _apply_config(args, argv)
+        _set_threads(args.threads)
         return int(args._run(args) or 0)
     except RemovalNetError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,68 @@
+"""Table 1 benchmark: the paper's protocol offline on Fashion-MNIST for the small VGG- and ResNet-style models.
+
+    python benchmarks/table1.py [--arch vgg_small resnet_small] [--seeds N] [--runs runs/bench]
+
+Runs (or resumes) benchmarks/specs/table1-<arch>.yaml and writes benchmarks/results/table1-<arch>.md with the
+table, the threshold-rule comparison, the machine, the date, the commit and the wall time. The aims it is read
+against (never asserted): RemovalNet judged "not a copy" by every verifier in >= 9/10 seeds with <= 1.5 points
+accuracy drop; FT/WP/Distill judged copies in every seed; negative models in none.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from removalnet.experiment import load_spec, run_experiment
+from removalnet.report import build_table, to_markdown
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", nargs="+", default=["vgg_small", "resnet_small"])
+    ap.add_argument("--seeds", type=int, default=None, help="override the spec's seed count")
+    ap.add_argument("--runs", default="runs/bench")
+    args = ap.parse_args()
+    (HERE / "results").mkdir(exist_ok=True)
+    for arch in args.arch:
+        over = {"seeds": args.seeds} if args.seeds else {}
+        spec = load_spec(HERE / "specs" / f"table1-{arch}.yaml", over)
+        t0 = time.perf_counter()
+        summary = run_experiment(spec, Path(args.runs) / spec.name)
+        wall = time.perf_counter() - t0
+        td = build_table(Path(args.runs) / spec.name)
+        header = (f"# Table 1 benchmark: {arch} on Fashion-MNIST\n\n"
+                  f"- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n- commit: {commit()}\n"
+                  f"- seeds: {len(spec.seeds)}; jobs: {summary.planned} ({summary.ran} ran in this invocation, "
+                  f"{wall / 60:.1f} min; {len(summary.failed)} failed)\n\n")
+        (HERE / "results" / f"table1-{arch}.md").write_text(header + to_markdown(td))
+        print(f"wrote benchmarks/results/table1-{arch}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""``removalnet attack NAME``: run a removal attack on a victim checkpoint and save the surrogate.
+
+Writes, into ``--out DIR`` (assembled in a temporary directory next to it and moved into place only when
+complete, so a failed run leaves nothing half-written):
+
+* ``surrogate.safetensors`` + ``surrogate.json``: the surrogate, with the attack, its parameters, the
+  scenario, seed, substitute set, victim and accuracies in the sidecar;
+* ``trace.csv``: one row per iteration (every loss term, lr, ...);
+* ``substitute.json``: the substitute set's indices into its base dataset and its labels;
+* ``checkpoints/tNNNN.safetensors``: the surrogate at t = 0, every ``checkpoint_every`` iterations and at
+  the end (RemovalNet: every 100 iterations, the paper's Fig. 4/5), unless ``--no-checkpoints``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..utils import RemovalNetError, atomic_write_json, resolve_device, weights_hash
+
+NAME = "attack"
+HELP = "run a fingerprint removal attack (RemovalNet or a baseline) on a victim checkpoint"
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="attack name: removalnet, ft, wp, distill, knockoff")
+    p.add_argument("--victim", required=True, metavar="CKPT", help="victim checkpoint (.safetensors with sidecar)")
+    p.add_argument("--data", required=True, metavar="DATASET",
+                   help="the victim's dataset: its training split feeds S_LTD, its test split the accuracy")
+    p.add_argument("--data-root", default=None, help="where the datasets' files are, if not the default place")
+    p.add_argument("--scenario", choices=("ltd", "lsd"), default="ltd",
+                   help="ltd: part of the training set; lsd: another source (--source) or a disjoint partition")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--fraction", type=float, default=None, help="substitute set fraction (default 0.1)")
+    size.add_argument("--count", type=int, default=None, help="substitute set size")
+    p.add_argument("--source", default=None, metavar="DATASET", help="S_LSD source dataset (e.g. cinic10)")
+    p.add_argument("--labels", choices=("victim", "true"), default="victim",
+                   help="substitute labels: the victim's predictions (default) or the true labels")
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="indices never used by the attacker (the verifier's), as a .json list or .npy array")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="attack parameter (value parsed as YAML), repeatable; e.g. --param alpha=0.5")
+    p.add_argument("--iterations", type=int, default=None, help="shortcut for --param iterations=N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--no-checkpoints", action="store_true", help="do not save the intermediate checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["alpha=0.5", "lambda_grid=[0.5, 1.0]"]`` -> dict; values are YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RemovalNetError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise RemovalNetError(f"--param {key}: cannot parse {raw!r} ({str(e).splitlines()[0]})") from e
+        if isinstance(value, str) and _NUMBER.match(value.strip()):  # YAML 1.1 reads 1e-4 as a string
+            value = float(value)
+        if key in out:
+            raise RemovalNetError(f"--param {key} is given twice")
+        out[key] = value
+    return out
+
+
+def _read_indices(path: str) -> list[int]:
+    p = Path(path)
+    if not p.exists():
+        raise RemovalNetError(f"--exclude file {path!r} does not exist")
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        else:
+            obj = json.loads(p.read_text())
+            arr = np.asarray(obj["indices"] if isinstance(obj, dict) else obj)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise RemovalNetError(f"--exclude file {path!r} must hold a list of indices ({e})") from e
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise RemovalNetError(f"--exclude file {path!r} must hold a flat list of integer indices")
+    return [int(i) for i in arr]
+
+
+def _write_trace(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys or ["t"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise RemovalNetError(f"--out {str(out)!r} exists and is not a directory")
+        if any(out.iterdir()) and not overwrite:
+            raise RemovalNetError(f"--out {str(out)!r} already holds files; choose another or add --overwrite")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..attacks import create_attack, build_substitute
+    from ..data import load_dataset
+    from ..train import evaluate
+
+    params = parse_params(args.param)
+    if args.iterations is not None:
+        if "iterations" in params and params["iterations"] != args.iterations:
+            raise RemovalNetError("--iterations and --param iterations=... disagree")
+        params["iterations"] = args.iterations
+    attack = create_attack(args.name, **params)          # validates name and every parameter first
+    out = Path(args.out)
+    _prepare_out(out, args.overwrite)
+    if args.source is not None and args.scenario != "lsd":
+        raise RemovalNetError("--source is only used with --scenario lsd")
+    exclude = _read_indices(args.exclude) if args.exclude else None
+    device = resolve_device(args.device)
+
+    victim, vmeta = load_checkpoint(args.victim, device=device)
+    victim_hash = weights_hash(victim)
+    bc = getattr(victim, "build_config", {}) or {}
+    kw = dict(in_chans=victim.in_chans, input_size=bc.get("input_size"))
+    train = load_dataset(args.data, "train", args.data_root, **kw)
+    test = load_dataset(args.data, "test", args.data_root, **kw)
+    source = load_dataset(args.source, "train", args.data_root, **kw) if args.source else None
+    fraction = args.fraction if (args.fraction is not None or args.count is not None) else 0.1
+    substitute = build_substitute(victim, train, scenario=args.scenario, fraction=fraction, count=args.count,
+                                  source=source, labels=args.labels, exclude=exclude, seed=args.seed,
+                                  device=device)
+    if source is not None:
+        substitute.source = args.source
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        ckpt_dir = tmp / "checkpoints"
+        base_meta = {"role": "surrogate", "attack": attack.name, "params": attack.params, "scenario": args.scenario,
+                     "seed": args.seed, "dataset": args.data, "substitute": substitute.describe(),
+                     "substitute_size": len(substitute), "victim": str(args.victim),
+                     "victim_weights_sha256": victim_hash}
+        bar = tqdm(total=attack.params.get("iterations", 0), desc=f"{attack.name}", disable=args.quiet,
+                   dynamic_ncols=True)
+
+        def callback(event: str, **info: Any) -> None:
+            if event == "iteration":
+                bar.update(1)
+                loss = info["losses"].get("loss")
+                if loss is not None and info["t"] % 10 == 0:
+                    bar.set_postfix(loss=f"{loss:.4g}")
+            elif event == "checkpoint" and not args.no_checkpoints:
+                save_checkpoint(ckpt_dir / f"t{info['t']:04d}.safetensors", info["model"],
+                                {**base_meta, "t": info["t"], "test_accuracy": info["accuracy"]})
+
+        t0 = time.perf_counter()
+        surrogate = attack(victim, substitute, seed=args.seed, callbacks=[callback], eval_set=test, device=device)
+        wall = time.perf_counter() - t0
+        bar.close()
+        if weights_hash(victim) != victim_hash:  # the attack API guarantees this; never save over a changed victim
+            raise RemovalNetError("the victim's weights changed during the attack")
+        acc = attack.history[-1]["accuracy"] if attack.history else float(evaluate(surrogate, test, device=device))
+        victim_acc = vmeta.get("test_accuracy")
+        if victim_acc is None:
+            victim_acc = float(evaluate(victim, test, device=device))
+        save_checkpoint(tmp / "surrogate.safetensors", surrogate, {
+            **base_meta, "test_accuracy": acc, "victim_test_accuracy": victim_acc,
+            "accuracy_drop": None if acc is None else victim_acc - acc, "history": attack.history,
+            "iterations": len(attack.trace), "attack_time_s": round(wall, 2)})
+        _write_trace(tmp / "trace.csv", attack.trace)
+        atomic_write_json(tmp / "substitute.json", {**substitute.describe(), "indices": substitute.indices.tolist(),
+                                                    "labels": substitute.labels.tolist()})
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{attack.name} on {args.data} ({args.scenario}, {len(substitute)} substitute samples): surrogate "
+          f"accuracy {acc * 100:.2f}% (victim {victim_acc * 100:.2f}%) after {len(attack.trace)} iterations "
+          f"in {wall:.1f}s on {device}")
+    print(f"saved {out / 'surrogate.safetensors'}")
+    return 0

@@ -1,0 +1,41 @@
+"""``removalnet run SPEC.yaml``: run an experiment grid (resumable), results in runs/<name>/results.db."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..experiment import load_spec, make_executor, run_experiment
+
+NAME = "run"
+HELP = "run an experiment spec (victim, references, negatives, attacks x seeds, fingerprints, scores); resumable"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="experiment spec (YAML)")
+    p.add_argument("--runs", default="runs", help="parent folder of run folders (default: runs)")
+    p.add_argument("--out", default=None, help="run folder (default: RUNS/<spec name>)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--seeds", type=int, default=None, help="override the spec's seeds with 0..N-1")
+    p.add_argument("--device", default=None, help="override the spec's device (cpu, cuda, ...)")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs (done / to run) without running them")
+    p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {}
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    if args.device is not None:
+        overrides["device"] = args.device
+    spec = load_spec(args.spec, overrides)
+    out = Path(args.out) if args.out else Path(args.runs) / spec.name
+    executor = None if args.dry_run else make_executor(args.executor, args.address)
+    s = run_experiment(spec, out, executor=executor, max_jobs=args.max_jobs, dry_run=args.dry_run,
+                       progress=not args.quiet)
+    if args.dry_run:
+        return 0
+    print(f"{out}: {s.planned} jobs, {s.skipped_done} already done, {s.ran} ran, {len(s.failed)} failed, "
+          f"{len(s.skipped_deps)} skipped (failed dependency){', stopped early' if s.stopped_early else ''}")
+    print(f"results: {out / 'results.db'}; table: removalnet report {out}")
+    return 0 if s.ok else 1

@@ -1,0 +1,100 @@
+"""The job graph of an experiment: victim once, reference and negative models once, each attack per seed,
+fingerprints once per victim, then the scoring of every model.
+
+Every job's id is a hash of its kind, its configuration and the ids of the jobs it depends on, so a rerun
+recognises finished work (resume) and a changed configuration gets a new id (and is run again). Its
+``name`` is human-readable and is also where its artifacts live under the run folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .spec import ExperimentSpec
+
+__all__ = ["Job", "plan_jobs", "slug"]
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str                     # train | attack | fingerprint | score
+    name: str                     # e.g. "attack/ft-0.5/seed-3"; artifacts under <run>/<name>/
+    config: dict[str, Any]
+    deps: tuple[str, ...] = ()
+    seed: int | None = None
+    resources: dict[str, float] = field(default_factory=lambda: {"num_cpus": 1, "num_gpus": 0})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["deps"] = list(self.deps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Job":
+        return cls(**{**d, "deps": tuple(d["deps"])})
+
+
+def slug(text: str) -> str:
+    """'Ours(S_LTD)' -> 'ours-s_ltd'; 'FT(0.5)' -> 'ft-0.5'."""
+    s = re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-").lower()
+    return s or "x"
+
+
+def _job(kind: str, name: str, config: dict[str, Any], deps: list["Job"] = (), seed: int | None = None,
+         gpu: bool = False) -> Job:
+    dep_ids = tuple(sorted(d.id for d in deps))
+    blob = json.dumps({"kind": kind, "config": config, "deps": dep_ids}, sort_keys=True, default=str)
+    jid = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return Job(jid, kind, name, config, dep_ids, seed, {"num_cpus": 1, "num_gpus": 1 if gpu else 0})
+
+
+def plan_jobs(spec: ExperimentSpec) -> list[Job]:
+    """All jobs of ``spec`` in dependency order."""
+    from ..attacks import create_attack
+
+    gpu = spec.device.startswith("cuda")
+    data = {"dataset": spec.dataset, "data_root": spec.data_root, "lsd_holdout": spec.lsd_holdout}
+    arch = {"arch": spec.victim.arch, "kwargs": spec.victim.kwargs, "train": spec.victim.train}
+    victim = _job("train", "models/victim", {**data, **arch, "role": "victim", "seed": spec.victim.seed,
+                                              "jitter": 0.0, "device": spec.device}, seed=spec.victim.seed, gpu=gpu)
+    jobs = [victim]
+    models: list[tuple[Job, dict[str, Any]]] = []
+    for role, group in (("reference", spec.references), ("negative", spec.negatives)):
+        for i in range(group.count):
+            seed = group.seed_offset + i
+            j = _job("train", f"models/{role}-{i}", {**data, **arch, "role": role, "seed": seed,
+                                                      "jitter": group.jitter, "device": spec.device},
+                     seed=seed, gpu=gpu)
+            jobs.append(j)
+            models.append((j, {"role": role, "label": role, "index": i}))
+    for a in spec.attacks:
+        params = create_attack(a.name, **a.params).params
+        for s in spec.seeds:
+            cfg = {**data, "attack": a.name, "label": a.label, "params": params, "scenario": a.scenario,
+                   "fraction": a.fraction, "count": a.count, "source": a.source, "labels": a.labels,
+                   "seed": s, "device": spec.device, "save_checkpoints": a.score_checkpoints}
+            j = _job("attack", f"attacks/{slug(a.label)}/seed-{s}", cfg, [victim], seed=s, gpu=gpu)
+            jobs.append(j)
+            models.append((j, {"role": "attack", "label": a.label, "index": s}))
+            if a.score_checkpoints:
+                every = params.get("checkpoint_every", 100)
+                for t in range(0, params.get("iterations", 0) + 1, every):
+                    models.append((j, {"role": "checkpoint", "label": a.label, "index": s, "t": t}))
+    fps = []
+    for vname, vparams in spec.verifiers.items():
+        j = _job("fingerprint", f"fingerprints/{vname}", {**data, "verifier": vname, "params": vparams,
+                                                          "verifier_count": spec.verifier_count, "seed": 0,
+                                                          "device": spec.device}, [victim], seed=0, gpu=gpu)
+        jobs.append(j)
+        fps.append(j)
+    for model_job, info in models:
+        suffix = f"/t{info['t']:04d}" if "t" in info else ""
+        cfg = {**data, **info, "model": model_job.name, "verifiers": {f.config["verifier"]: f.name for f in fps},
+               "verifier_count": spec.verifier_count, "device": spec.device}
+        jobs.append(_job("score", f"scores/{model_job.name.split('/', 1)[1]}{suffix}", cfg,
+                         [victim, model_job, *fps], seed=info.get("index"), gpu=gpu))
+    return jobs

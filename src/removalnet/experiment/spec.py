@@ -1,0 +1,228 @@
+"""Experiment specs: one YAML file describes a whole grid (paper section 4.1 protocol).
+
+A spec names the victim (dataset, architecture, training recipe), the independently trained reference models
+(thresholds) and negative models (the table's "Negative" row), the attacks with their parameters and
+scenarios, the seeds, the verifiers with their parameters and the threshold rule. :func:`load_spec` validates
+it and names the offending key on any error (``attacks[2].scenario: must be one of ltd, lsd``).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..utils import RemovalNetError
+
+__all__ = ["ExperimentSpec", "AttackSpec", "ModelSpec", "GroupSpec", "load_spec", "spec_from_dict"]
+
+
+@dataclass
+class ModelSpec:
+    """The victim: architecture, its keyword arguments, training recipe (``TrainConfig`` keys) and seed."""
+    arch: str = "vgg_small"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass
+class GroupSpec:
+    """Independently trained models: ``count`` seeds from ``seed_offset`` on, with the paper's jitter of
+    iterations and learning rate (``jitter`` = relative half-width)."""
+    count: int = 5
+    seed_offset: int = 1000
+    jitter: float = 0.1
+
+
+@dataclass
+class AttackSpec:
+    """One row of the table: an attack, its parameters and its substitute set.
+
+    ``scenario`` ltd (a class-balanced ``fraction``/``count`` of the training set) or lsd (``source``: another
+    dataset of the same task, or ``partition``: the spec's ``lsd_holdout`` part of the training set, which the
+    victim, reference and negative models never see, as the paper's disjoint GTSRB partition). ``fraction`` is
+    always relative to the whole training set.
+    ``score_checkpoints``: also score the checkpoints saved every ``checkpoint_every`` iterations (trade-off plot).
+    """
+    name: str
+    label: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    scenario: str = "ltd"
+    fraction: float | None = None
+    count: int | None = None
+    source: str | None = None
+    labels: str = "victim"
+    score_checkpoints: bool = False
+
+
+@dataclass
+class ExperimentSpec:
+    name: str
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    victim: ModelSpec = field(default_factory=ModelSpec)
+    references: GroupSpec = field(default_factory=lambda: GroupSpec(5, 1000))
+    negatives: GroupSpec = field(default_factory=lambda: GroupSpec(10, 2000))
+    attacks: list[AttackSpec] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: list(range(10)))
+    verifiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verifier_count: int | None = None
+    lsd_holdout: float = 0.0
+    threshold_rule: str = "minmax"
+    device: str = "cpu"
+    kind: str = "table"
+    study: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _fail(key: str, msg: str) -> None:
+    raise RemovalNetError(f"spec: {key}: {msg}")
+
+
+def _take(d: dict, cls, key: str):
+    if not isinstance(d, dict):
+        _fail(key, f"must be a mapping, got {type(d).__name__}")
+    known = set(cls.__dataclass_fields__)
+    for k in d:
+        if k not in known:
+            _fail(f"{key}.{k}" if key else str(k), f"unknown key (known: {', '.join(sorted(known))})")
+    return d
+
+
+def _int(v, key, low=None):
+    if isinstance(v, bool) or not isinstance(v, int):
+        _fail(key, f"must be an integer, got {v!r}")
+    if low is not None and v < low:
+        _fail(key, f"must be >= {low}, got {v}")
+    return v
+
+
+def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
+    """Validate a parsed spec; every error names its key."""
+    raw = copy.deepcopy(raw)
+    _take(raw, ExperimentSpec, "")
+    if "name" not in raw:
+        _fail("name", "is required")
+    if not isinstance(raw["name"], str) or not _NAME_RE.match(raw["name"]):
+        _fail("name", "must be letters, digits, '_', '-' or '.'")
+    from ..attacks import list_attacks
+    from ..data import list_datasets
+    from ..models import list_models
+    from ..train import TrainConfig
+    from ..verify import list_verifiers
+
+    if raw.get("dataset", "fashion-mnist") not in list_datasets():
+        _fail("dataset", f"unknown dataset {raw.get('dataset')!r} (known: {', '.join(list_datasets())})")
+    victim = ModelSpec(**_take(raw.pop("victim", {}), ModelSpec, "victim"))
+    if victim.arch not in list_models():
+        _fail("victim.arch", f"unknown architecture {victim.arch!r}")
+    _int(victim.seed, "victim.seed", 0)
+    try:
+        TrainConfig.from_dict(victim.train)
+    except RemovalNetError as e:
+        _fail("victim.train", str(e))
+    groups = {}
+    for gname, default_offset in (("references", 1000), ("negatives", 2000)):
+        g = GroupSpec(**{"seed_offset": default_offset, **_take(raw.pop(gname, {}), GroupSpec, gname)})
+        _int(g.count, f"{gname}.count", 0)
+        _int(g.seed_offset, f"{gname}.seed_offset", 0)
+        if not isinstance(g.jitter, (int, float)) or not 0 <= g.jitter < 1:
+            _fail(f"{gname}.jitter", "must be a number in [0, 1)")
+        groups[gname] = g
+    r, n = groups["references"], groups["negatives"]
+    if set(range(r.seed_offset, r.seed_offset + r.count)) & set(range(n.seed_offset, n.seed_offset + n.count)):
+        _fail("negatives.seed_offset", "reference and negative seeds overlap: they must be independent models")
+    attacks = []
+    labels = set()
+    for i, a in enumerate(raw.pop("attacks", []) or []):
+        key = f"attacks[{i}]"
+        a = AttackSpec(**_take(a, AttackSpec, key)) if isinstance(a, dict) and "name" in a else _fail(key, "needs a name")
+        if a.name not in list_attacks():
+            _fail(f"{key}.name", f"unknown attack {a.name!r} (known: {', '.join(list_attacks())})")
+        if a.scenario not in ("ltd", "lsd"):
+            _fail(f"{key}.scenario", "must be one of ltd, lsd")
+        if (a.fraction is None) == (a.count is None):
+            _fail(key, "give exactly one of fraction or count")
+        if a.fraction is not None and not (isinstance(a.fraction, (int, float)) and 0 < a.fraction <= 1):
+            _fail(f"{key}.fraction", "must be in (0, 1]")
+        if a.count is not None:
+            _int(a.count, f"{key}.count", 1)
+        if a.scenario == "lsd" and not a.source:
+            _fail(f"{key}.source", "scenario lsd needs a source (a dataset name, or 'partition')")
+        if a.labels not in ("victim", "true"):
+            _fail(f"{key}.labels", "must be victim or true")
+        a.label = a.label or a.name
+        if a.label in labels:
+            _fail(f"{key}.label", f"duplicate label {a.label!r}")
+        labels.add(a.label)
+        from ..attacks import create_attack
+        try:
+            create_attack(a.name, **a.params)
+        except RemovalNetError as e:
+            _fail(f"{key}.params", str(e))
+        attacks.append(a)
+    seeds = raw.pop("seeds", list(range(10)))
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(_int(seeds, "seeds", 1)))
+    if not isinstance(seeds, list) or not seeds:
+        _fail("seeds", "must be a count or a non-empty list of integers")
+    for j, s in enumerate(seeds):
+        _int(s, f"seeds[{j}]", 0)
+    if len(set(seeds)) != len(seeds):
+        _fail("seeds", "has duplicates")
+    verifiers = raw.pop("verifiers", None)
+    if verifiers is None:
+        verifiers = {v: {} for v in list_verifiers()}
+    if isinstance(verifiers, list):
+        verifiers = {v: {} for v in verifiers}
+    if not isinstance(verifiers, dict):
+        _fail("verifiers", "must be a mapping of verifier name to parameters, or a list of names")
+    from ..verify import create_verifier
+    for vname, vparams in verifiers.items():
+        if vname not in list_verifiers():
+            _fail(f"verifiers.{vname}", f"unknown verifier (known: {', '.join(list_verifiers())})")
+        try:
+            create_verifier(vname, **(vparams or {}))
+        except RemovalNetError as e:
+            _fail(f"verifiers.{vname}", str(e))
+        verifiers[vname] = dict(vparams or {})
+    holdout = raw.get("lsd_holdout", 0.0)
+    if not isinstance(holdout, (int, float)) or isinstance(holdout, bool) or not 0 <= holdout < 1:
+        _fail("lsd_holdout", "must be a number in [0, 1)")
+    for i, a in enumerate(attacks):
+        if a.scenario == "lsd" and a.source == "partition" and not holdout:
+            _fail(f"attacks[{i}].source", "'partition' needs lsd_holdout > 0 (the part of the training set "
+                                          "that only the attacker holds)")
+        if a.scenario == "lsd" and a.source == "partition" and a.fraction is not None and a.fraction > holdout:
+            _fail(f"attacks[{i}].fraction", f"exceeds lsd_holdout ({holdout}): the partition is all there is")
+    spec = ExperimentSpec(victim=victim, attacks=attacks, seeds=seeds, verifiers=verifiers, **groups, **raw)
+    if spec.verifier_count is not None:
+        _int(spec.verifier_count, "verifier_count", 1)
+    from ..verify.thresholds import RULES
+    if spec.threshold_rule not in RULES:
+        _fail("threshold_rule", f"must be one of {', '.join(RULES)}")
+    return spec
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentSpec:
+    """Read and validate a YAML spec; ``overrides`` replace top-level keys (e.g. seeds, device)."""
+    path = Path(path)
+    if not path.exists():
+        raise RemovalNetError(f"spec file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RemovalNetError(f"spec file {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(raw, dict):
+        raise RemovalNetError(f"spec file {str(path)!r} must hold a mapping")
+    raw.update(overrides or {})
+    return spec_from_dict(raw)

@@ -1,0 +1,210 @@
+"""Render a :class:`TableData` as Markdown, CSV, LaTeX or a self-contained HTML page (with the trade-off plot
+of the paper's Fig. 4/5: fidelity against normalised distance over RemovalNet's checkpoints)."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from ..verify import all_metrics
+from .table import TableData
+
+__all__ = ["table_cells", "copy_count_cells", "to_markdown", "to_csv", "to_latex", "to_html", "render",
+           "tradeoff_figure"]
+
+FORMATS = ("md", "csv", "tex", "html")
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def _ms(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    if not values:
+        return "-"
+    arr = np.asarray(values, dtype=float) * scale
+    std = arr.std(ddof=1) if arr.size > 1 else 0.0
+    return f"{arr.mean():.{digits}f}±{std:.{digits}f}"
+
+
+def table_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of Table 1 as strings."""
+    known = all_metrics()
+    head = ["Attack", "Fidelity (%)", "Drop"]
+    head += [f"{m} ({'↑' if known[m].direction == 'distance' else '↓'})" for m in td.metrics]
+    head += ["Ownership?"]
+    out = []
+    for row in td.rows:
+        acc = row["accuracy"]
+        drop = (td.victim_accuracy - float(np.mean(acc))) * 100 if acc and td.victim_accuracy is not None else None
+        cells = [row["label"], _ms(acc, 100, 2), _fmt(drop, 2)]
+        cells += [_ms(row["values"][m]) for m in td.metrics]
+        k, n = sum(row["owned"]), len(row["owned"])
+        cells.append(f"{'Yes' if n and k > n / 2 else 'No'} ({k}/{n})" if td.taus and n else "-")
+        out.append(cells)
+    out.append(["τ", "-", "-"] + [_fmt(td.taus.get(m)) for m in td.metrics] + ["-"])
+    return head, out
+
+
+def copy_count_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
+    """How many seeds each metric calls a copy, per row."""
+    head = ["Attack"] + td.metrics
+    rows = []
+    for row in td.rows:
+        rows.append([row["label"]] + [f"{sum(row['copies'].get(m, []))}/{len(row['copies'].get(m, []))}"
+                                      for m in td.metrics])
+    return head, rows
+
+
+def rule_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
+    head = ["Rule", "Quantity"] + td.metrics
+    rows = []
+    for rule, d in td.rules.items():
+        rows.append([rule, "τ"] + [_fmt(d["taus"][m]) for m in td.metrics])
+        rows.append([rule, "false-positive rate (negatives)"] + [_fmt(d["false_positive_rate"][m], 2) for m in td.metrics])
+        rows.append([rule, "detection rate (FT/WP/Distill)"] + [_fmt(d["baseline_detection_rate"][m], 2)
+                                                                 for m in td.metrics])
+    return head, rows
+
+
+def _md(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _intro(td: TableData) -> str:
+    acc = f"{td.victim_accuracy * 100:.2f}%" if td.victim_accuracy is not None else "n/a"
+    return (f"Experiment `{td.name}`; victim accuracy {acc}; thresholds: rule `{td.rule}` over "
+            f"{min((len(v) for v in td.references.values()), default=0)} reference models. "
+            f"Ownership: a seed counts when the majority of {', '.join(td.pool)} say copy.")
+
+
+def to_markdown(td: TableData) -> str:
+    parts = [f"## Table 1: {td.name}", "", _intro(td), "", _md(*table_cells(td)), "",
+             "### Seeds judged a copy, per metric", "", _md(*copy_count_cells(td))]
+    if td.rules:
+        parts += ["", "### Threshold rules", "", _md(*rule_cells(td))]
+    if td.failed:
+        parts += ["", "### Jobs not done", ""] + [f"- `{f['name']}`: {f['status']} {f['error'] or ''}" for f in td.failed]
+    return "\n".join(parts) + "\n"
+
+
+def to_csv(td: TableData) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    head, rows = table_cells(td)
+    w.writerow(head)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _tex_escape(s: str) -> str:
+    return (s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+            .replace("#", r"\#").replace("±", r"$\pm$").replace("τ", r"$\tau$").replace("↑", r"$\uparrow$")
+            .replace("↓", r"$\downarrow$"))
+
+
+def to_latex(td: TableData) -> str:
+    head, rows = table_cells(td)
+    lines = [r"\begin{tabular}{" + "l" + "c" * (len(head) - 1) + "}", r"\toprule",
+             " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule"]
+    for i, r in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append(r"\midrule")
+        lines.append(" & ".join(_tex_escape(c) for c in r) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def tradeoff_figure(td: TableData):
+    """Fidelity against distance normalised by tau (x = value / tau; > 1 for a distance, < 1 for a
+    similarity means 'not a copy'), one panel per pool metric: RemovalNet's checkpoints as lines over
+    t = 0..T (mean over seeds), every other row as a point."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in td.pool if m in td.taus] or [m for m in td.metrics if m in td.taus]
+    if not metrics:
+        return None
+    cols = min(4, len(metrics))
+    nrows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.0 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        tau = td.taus[m] or 1e-12
+        for label, by_t in td.checkpoints.items():
+            ts = sorted(by_t)
+            xs = [np.mean(by_t[t][m]) / tau for t in ts if m in by_t[t]]
+            ys = [np.mean(by_t[t]["accuracy"]) * 100 for t in ts if m in by_t[t]]
+            ax.plot(xs, ys, "-o", ms=3, label=f"{label} (t=0..{ts[-1]})")
+        for row in td.rows:
+            if row["label"] in td.checkpoints or not row["values"].get(m):
+                continue
+            ax.scatter(np.mean(row["values"][m]) / tau, np.mean(row["accuracy"]) * 100, s=18, label=row["label"])
+        ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("value / τ", fontsize=8)
+        ax.set_ylabel("fidelity (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def to_html(td: TableData, extra_sections: list[tuple[str, str]] = ()) -> str:
+    """A self-contained page: tables, the trade-off plot as an embedded PNG, and any extra sections."""
+    fig = tradeoff_figure(td)
+    img = ""
+    if fig is not None:
+        import matplotlib.pyplot as plt
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        plt.close(fig)
+        img = (f'<h2>Trade-off (paper Fig. 4/5)</h2><img alt="fidelity against normalised distance" '
+               f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
+    body = [f"<h1>removalnet: {html.escape(td.name)}</h1>", f"<p>{html.escape(_intro(td))}</p>",
+            "<h2>Table 1</h2>", _html_table(*table_cells(td)),
+            "<h2>Seeds judged a copy, per metric</h2>", _html_table(*copy_count_cells(td))]
+    if td.rules:
+        body += ["<h2>Threshold rules</h2>", _html_table(*rule_cells(td))]
+    body.append(img)
+    for title, content in extra_sections:
+        body += [f"<h2>{html.escape(title)}</h2>", content]
+    if td.failed:
+        body += ["<h2>Jobs not done</h2><ul>"] + [
+            f"<li><code>{html.escape(f['name'])}</code>: {html.escape(f['status'])} {html.escape(f['error'] or '')}</li>"
+            for f in td.failed] + ["</ul>"]
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(td.name)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def render(td: TableData, fmt: str) -> str:
+    if fmt == "md":
+        return to_markdown(td)
+    if fmt == "csv":
+        return to_csv(td)
+    if fmt == "tex":
+        return to_latex(td)
+    if fmt == "html":
+        return to_html(td)
+    raise ValueError(fmt)

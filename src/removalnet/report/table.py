@@ -1,0 +1,123 @@
+"""The paper's Table 1 from a run's results database.
+
+Rows: every attack of the spec (FT(0.5), ..., Ours(S_LTD), Ours(S_LSD)), then ``Negative`` and ``tau``. Columns:
+fidelity mean +- std and its drop from the victim's accuracy, every metric mean +- std over seeds, and
+"Ownership? Yes (k/n)": for each seed a verifier pool claims ownership when the majority of the pool's metrics
+say "copy"; k counts those seeds. Thresholds tau come from the reference models (never from the negative
+models shown in the table) with the spec's rule.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..experiment.store import ResultStore
+from ..utils import RemovalNetError
+from ..verify import all_metrics
+from ..verify.thresholds import RULES, calibrate, false_positive_rate, verdict
+
+__all__ = ["TableData", "load_results", "build_table", "POOL_METRICS"]
+
+#: the metrics of the paper's Table 1 (plus SAC) that vote on ownership; others are reported beside them
+POOL_METRICS = ("DJ-LOD", "DJ-LAD", "ZEST-L2", "ZEST-Cos", "MD-DDV", "IPG-MR", "SAC")
+
+
+@dataclass
+class TableData:
+    name: str
+    victim_accuracy: float | None
+    metrics: list[str]                   # every metric measured, pool first
+    pool: list[str]
+    rule: str
+    taus: dict[str, float]
+    rows: list[dict[str, Any]]           # one per attack label + Negative: label, values {metric: [..]}, accuracy [..]
+    references: dict[str, list[float]]
+    checkpoints: dict[str, dict[int, dict[str, list[float]]]] = field(default_factory=dict)
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_results(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    db = Path(run_dir) / "results.db"
+    if not db.exists():
+        raise RemovalNetError(f"no results database at {str(db)!r}: run `removalnet run SPEC.yaml` first")
+    with ResultStore(db) as store:
+        spec = store.get_meta("spec")
+        plan = store.get_meta("plan")
+        rows = store.rows(ids=plan)
+    if spec is None:
+        raise RemovalNetError(f"{str(db)!r} holds no experiment spec")
+    return spec, rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def build_table(run_dir: str | Path, rule: str | None = None) -> TableData:
+    spec, rows = load_results(run_dir)
+    rule = rule or spec.get("threshold_rule", "minmax")
+    if rule not in RULES:
+        raise RemovalNetError(f"unknown threshold rule {rule!r}; known: {', '.join(RULES)}")
+    known = all_metrics()
+    scores = [r for r in rows if r["kind"] == "score" and r["status"] == "done"]
+    victim = next((r for r in rows if r["kind"] == "train" and r["config"]["role"] == "victim"
+                   and r["status"] == "done"), None)
+    measured = sorted({m for r in scores for m in r["metrics"] if m in known})
+    pool = [m for m in POOL_METRICS if m in measured]
+    metrics = pool + [m for m in measured if m not in pool]
+    refs = {m: [r["metrics"][m] for r in scores if r["config"]["role"] == "reference" and m in r["metrics"]]
+            for m in metrics}
+    have_refs = all(refs[m] for m in metrics) and metrics
+    taus = calibrate(refs, [known[m] for m in metrics], rule) if have_refs else {}
+    labels = [a["label"] for a in spec.get("attacks", [])] + ["Negative"]
+    table_rows = []
+    for label in labels:
+        if label == "Negative":
+            sel = [r for r in scores if r["config"]["role"] == "negative"]
+        else:
+            sel = [r for r in scores if r["config"]["role"] == "attack" and r["config"]["label"] == label]
+        sel.sort(key=lambda r: r["seed"] or 0)
+        values = {m: [r["metrics"][m] for r in sel if m in r["metrics"]] for m in metrics}
+        acc = [r["metrics"]["accuracy"] for r in sel]
+        copies = {m: [verdict(known[m], r["metrics"][m], taus[m]) for r in sel if m in r["metrics"]]
+                  for m in metrics if m in taus}
+        owned = []
+        for r in sel:
+            votes = [verdict(known[m], r["metrics"][m], taus[m]) for m in pool if m in taus and m in r["metrics"]]
+            owned.append(bool(votes) and sum(votes) > len(votes) / 2)
+        table_rows.append({"label": label, "n": len(sel), "accuracy": acc, "values": values, "copies": copies,
+                           "owned": owned})
+    checkpoints: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for r in scores:
+        if r["config"]["role"] == "checkpoint":
+            d = checkpoints.setdefault(r["config"]["label"], {}).setdefault(int(r["config"]["t"]), {})
+            for m, v in r["metrics"].items():
+                if m in known or m == "accuracy":
+                    d.setdefault(m, []).append(v)
+    rules = {}
+    if have_refs:
+        negatives = {m: next(row for row in table_rows if row["label"] == "Negative")["values"][m] for m in metrics}
+        baselines = [row for row in table_rows if row["label"].split("(")[0].lower() in ("ft", "wp", "distill")]
+        for rl in RULES:
+            try:
+                t = calibrate(refs, [known[m] for m in metrics], rl)
+            except RemovalNetError:
+                continue
+            fpr = {m: false_positive_rate(known[m], negatives[m], t[m]) if negatives[m] else None for m in metrics}
+            det = {}
+            for m in metrics:
+                vals = [v for row in baselines for v in row["values"][m]]
+                det[m] = float(np.mean([verdict(known[m], v, t[m]) for v in vals])) if vals else None
+            rules[rl] = {"taus": t, "false_positive_rate": fpr, "baseline_detection_rate": det}
+    failed = [{"name": r["name"], "status": r["status"], "error": r["error"]} for r in rows if r["status"] != "done"]
+    return TableData(name=spec["name"], victim_accuracy=victim["metrics"]["accuracy"] if victim else None,
+                     metrics=metrics, pool=pool, rule=rule, taus=taus, rows=table_rows, references=refs,
+                     checkpoints=checkpoints, rules=rules, failed=failed)

@@ -1,0 +1,169 @@
+"""The experiment runner: spec validation, resume after interruption, failure isolation, executors."""
+import json
+import sqlite3
+
+import pytest
+import yaml
+
+from removalnet import RemovalNetError
+from removalnet.cli import main
+from removalnet.experiment import load_spec, plan_jobs, run_experiment, spec_from_dict
+from removalnet.experiment.store import ResultStore
+
+TINY = {
+    "name": "tiny",
+    "dataset": "digits",
+    "seeds": [0, 1],
+    "victim": {"arch": "vgg_small", "kwargs": {"width": 4}, "train": {"iterations": 30, "batch_size": 64, "lr": 0.05}},
+    "references": {"count": 2, "seed_offset": 1000},
+    "negatives": {"count": 1, "seed_offset": 2000},
+    "verifier_count": 60,
+    "attacks": [
+        {"name": "ft", "label": "FT(0.5)", "params": {"ratio": 0.5, "iterations": 4, "batch_size": 16},
+         "scenario": "ltd", "count": 40},
+        {"name": "removalnet", "label": "Ours(S_LTD)",
+         "params": {"iterations": 4, "batch_size": 16, "checkpoint_every": 2, "latent_steps": 2},
+         "scenario": "ltd", "count": 40, "score_checkpoints": True},
+        {"name": "removalnet", "label": "Ours(S_LSD)", "params": {"iterations": 2, "batch_size": 16, "latent_steps": 2},
+         "scenario": "lsd", "source": "partition", "count": 40},
+    ],
+    "lsd_holdout": 0.1,
+    "verifiers": {"ipguard": {"num_points": 8, "max_iter": 20}, "modeldiff": {"num_pairs": 8, "steps": 3},
+                  "sac": {"num_samples": 8}},
+}
+
+
+def _spec(**over):
+    d = json.loads(json.dumps(TINY))
+    d.update(over)
+    return spec_from_dict(d)
+
+
+def _db_rows(run_dir):
+    with ResultStore(run_dir / "results.db") as s:
+        rows = s.rows()
+    out = {}
+    for r in rows:
+        m = r["metrics"] or {}
+        m = {k: v for k, v in m.items() if "time" not in k and k != "history"}
+        out[r["id"]] = (r["name"], r["status"], json.dumps(m, sort_keys=True))
+    return out
+
+
+@pytest.mark.parametrize("patch,key", [
+    ({"victim": {"arch": "nope"}}, "victim.arch"),
+    ({"attacks": [{"name": "ft", "scenario": "xyz", "count": 5}]}, "attacks[0].scenario"),
+    ({"attacks": [{"name": "ft", "params": {"ratio": 3}, "count": 5}]}, "attacks[0].params"),
+    ({"attacks": [{"name": "ft", "fraction": 0.1, "count": 5}]}, "attacks[0]"),
+    ({"verifiers": {"nope": {}}}, "verifiers.nope"),
+    ({"colour": "red"}, "colour"),
+    ({"negatives": {"count": 3, "seed_offset": 1001}}, "negatives.seed_offset"),
+    ({"seeds": [1, 1]}, "seeds"),
+    ({"lsd_holdout": 0.0}, "attacks[2].source"),
+])
+def test_spec_errors_name_the_key(patch, key):
+    with pytest.raises(RemovalNetError) as e:
+        _spec(**patch)
+    assert f"spec: {key}" in str(e.value)
+
+
+def test_plan_is_a_dag_with_stable_ids():
+    spec = _spec()
+    jobs = plan_jobs(spec)
+    seen = set()
+    for j in jobs:
+        assert set(j.deps) <= seen, f"{j.name} depends on a later job"
+        seen.add(j.id)
+    assert [j.id for j in jobs] == [j.id for j in plan_jobs(_spec())]
+    kinds = [j.kind for j in jobs]
+    # victim + 2 refs + 1 negative; 3 attacks x 2 seeds; 3 fingerprints; scores: 3 models + 6 attacks + 2x3 checkpoints
+    assert kinds.count("train") == 4 and kinds.count("attack") == 6 and kinds.count("fingerprint") == 3
+    assert kinds.count("score") == 3 + 6 + 6
+    changed = plan_jobs(_spec(victim={**TINY["victim"], "seed": 5}))
+    same = {j.name for j in changed if j.id in {k.id for k in jobs}}
+    # only the independently trained models do not depend on the victim; everything else is re-planned
+    assert same == {"models/reference-0", "models/reference-1", "models/negative-0"}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("full")
+    s = run_experiment(_spec(), d, progress=False)
+    assert s.ok, (s.failed, s.skipped_deps)
+    return d
+
+
+def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path):
+    spec = _spec()
+    part = run_experiment(spec, tmp_path, max_jobs=6, progress=False)
+    assert part.stopped_early and part.ran == 6 and not part.ok
+    rest = run_experiment(spec, tmp_path, progress=False)
+    assert rest.skipped_done == 6 and rest.ok
+    assert _db_rows(tmp_path) == _db_rows(full_run)
+    again = run_experiment(spec, tmp_path, progress=False)
+    assert again.ran == 0 and again.skipped_done == again.planned
+
+
+def test_database_records_config_versions_and_metrics(full_run):
+    con = sqlite3.connect(full_run / "results.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = con.execute("SELECT kind, config, seed, versions, metrics, status FROM jobs WHERE kind='score'").fetchall()
+    assert rows and all(r[5] == "done" for r in rows)
+    m = json.loads(rows[0][4])
+    assert {"IPG-MR", "MD-DDV", "SAC", "accuracy"} <= set(m)
+    assert "torch" in json.loads(rows[0][3])
+    assert (full_run / "attacks" / "ours-s_ltd" / "seed-0" / "trace.csv").exists()
+    assert (full_run / "attacks" / "ours-s_ltd" / "seed-0" / "checkpoints" / "t0004.safetensors").exists()
+
+
+def test_failing_job_is_recorded_and_others_go_on(tmp_path):
+    spec = _spec(attacks=TINY["attacks"] + [
+        {"name": "removalnet", "label": "Broken", "params": {"iterations": 2, "layer": 9},
+         "scenario": "ltd", "count": 40}])
+    s = run_experiment(spec, tmp_path, progress=False)
+    assert not s.ok
+    assert sorted(s.failed) == ["attacks/broken/seed-0", "attacks/broken/seed-1"]
+    assert sorted(s.skipped_deps) == ["scores/broken/seed-0", "scores/broken/seed-1"]
+    with ResultStore(tmp_path / "results.db") as st:
+        rows = {r["name"]: r for r in st.rows()}
+    assert "split layer 9" in rows["attacks/broken/seed-0"]["error"]
+    assert rows["scores/ours-s_ltd/seed-1"]["status"] == "done"
+
+
+def test_cli_run_dry_run_and_report(full_run, tmp_path, capsys):
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY))
+    assert main(["run", str(spec_file), "--out", str(full_run), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "0 to run" in out and "attack" in out
+    for fmt in ("md", "csv", "tex", "html"):
+        assert main(["report", str(full_run), "--format", fmt, "--out", str(tmp_path / f"t.{fmt}")]) == 0
+    md = (tmp_path / "t.md").read_text()
+    assert "FT(0.5)" in md and "Negative" in md and "τ" in md
+    assert (tmp_path / "t.html").read_text().count("data:image/png;base64") == 1
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_ray_executor_matches_local(full_run, tmp_path):
+    ray = pytest.importorskip("ray")
+    from removalnet.experiment import RayExecutor
+
+    try:
+        ex = RayExecutor(num_cpus=2)
+        s = run_experiment(_spec(), tmp_path, executor=ex, progress=False)
+    finally:
+        ray.shutdown()
+    assert s.ok and s.ran == s.planned
+    assert _db_rows(tmp_path) == _db_rows(full_run)
+
+
+def test_lsd_partition_is_held_out_from_training():
+    from removalnet.data import assert_disjoint, dataset_labels
+    from removalnet.experiment.jobs import training_split
+
+    rest, hold = training_split({"dataset": "digits", "data_root": None, "lsd_holdout": 0.1})
+    assert_disjoint(rest, hold)
+    assert len(rest) + len(hold) == 1437 and 130 <= len(hold) <= 150
+    assert len(set(dataset_labels(hold).tolist())) == 10  # stratified
+    full, none = training_split({"dataset": "digits", "data_root": None, "lsd_holdout": 0.0})
+    assert none is None and len(full) == 1437

@@ -1,0 +1,60 @@
+"""Table 1 from a hand-made results database: means, stds, drops, taus and ownership counts by hand."""
+import warnings
+
+import pytest
+
+from removalnet.experiment.store import ResultStore
+from removalnet.report import build_table, to_csv, to_latex, to_markdown
+from removalnet.report.render import copy_count_cells, table_cells
+
+
+def _score(store, i, role, label, seed, acc, mr, sac):
+    job = {"id": f"s{i}", "kind": "score", "name": f"scores/{label}/{seed}", "seed": seed,
+           "config": {"role": role, "label": label, "index": seed}}
+    store.record(job, "done", metrics={"accuracy": acc, "IPG-MR": mr, "SAC": sac})
+    return job["id"]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    with ResultStore(tmp_path / "results.db") as s:
+        s.set_meta("spec", {"name": "hand", "attacks": [{"label": "FT(0.5)"}], "threshold_rule": "minmax"})
+        ids = []
+        s.record({"id": "v", "kind": "train", "name": "models/victim", "seed": 0, "config": {"role": "victim"}},
+                 "done", metrics={"accuracy": 0.90})
+        ids.append("v")
+        for i, (mr, sac) in enumerate([(0.2, 0.5), (0.3, 0.4), (0.25, 0.6)]):
+            ids.append(_score(s, i, "reference", "reference", i, 0.9, mr, sac))
+        for i, (acc, mr, sac) in enumerate([(0.88, 0.9, 0.1), (0.86, 0.8, 0.2), (0.87, 0.1, 0.7)]):
+            ids.append(_score(s, 10 + i, "attack", "FT(0.5)", i, acc, mr, sac))
+        for i, (mr, sac) in enumerate([(0.1, 0.45), (0.35, 0.5)]):
+            ids.append(_score(s, 20 + i, "negative", "negative", i, 0.89, mr, sac))
+        s.record({"id": "junk", "kind": "score", "name": "old", "seed": 0,
+                  "config": {"role": "attack", "label": "FT(0.5)"}}, "done", metrics={"accuracy": 0.0, "SAC": 9.0})
+        s.set_meta("plan", ids)  # the stale row "junk" is not in the plan and must be ignored
+    return tmp_path
+
+
+def test_table_matches_hand_computation(run_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        td = build_table(run_dir)
+    assert td.victim_accuracy == 0.90
+    assert td.pool == ["IPG-MR", "SAC"]
+    assert td.taus == pytest.approx({"IPG-MR": 0.3, "SAC": 0.4})  # max similarity / min distance of references
+    head, rows = table_cells(td)
+    ft, neg, tau = rows
+    assert ft[:3] == ["FT(0.5)", "87.00±1.00", "3.00"]
+    assert ft[3] == "0.600±0.436"  # mean(0.9, 0.8, 0.1), sample std
+    assert ft[-1] == "Yes (2/3)"
+    assert neg[0] == "Negative" and neg[-1] == "No (0/2)"
+    assert tau[3:5] == ["0.300", "0.400"]
+    _, counts = copy_count_cells(td)
+    assert counts[0] == ["FT(0.5)", "2/3", "2/3"] and counts[1] == ["Negative", "1/2", "0/2"]
+    fpr = td.rules["minmax"]["false_positive_rate"]
+    assert fpr == {"IPG-MR": 0.5, "SAC": 0.0}
+    assert td.rules["minmax"]["baseline_detection_rate"]["IPG-MR"] == pytest.approx(2 / 3)
+    md = to_markdown(td)
+    assert "| FT(0.5) | 87.00±1.00 | 3.00 |" in md
+    assert to_csv(td).splitlines()[1].startswith("FT(0.5),87.00±1.00,3.00")
+    assert r"87.00$\pm$1.00" in to_latex(td)
