@@ -24,7 +24,10 @@ test: venv data
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: venv data
-	$(VENV)/bin/removalnet train --data fashion-mnist --model vgg_small --epochs 2 --seed 0 --out runs/demo/victim
+	$(VENV)/bin/removalnet demo --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+bench: venv data
+	REMOVALNET_THREADS=1 $(VENV)/bin/python benchmarks/table1.py

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
+
 from removalnet.experiment import load_spec, run_experiment
 from removalnet.report import build_table, to_markdown
 
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="override the spec's seed count")
     ap.add_argument("--runs", default="runs/bench")
     args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("REMOVALNET_THREADS", "1")))
     (HERE / "results").mkdir(exist_ok=True)
     for arch in args.arch:
         over = {"seeds": args.seeds} if args.seeds else {}
@@ -58,6 +61,7 @@ def main() -> None:
         td = build_table(Path(args.runs) / spec.name)
         header = (f"# Table 1 benchmark: {arch} on Fashion-MNIST\n\n"
                   f"- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n- commit: {commit()}\n"
+                  f"- models: {arch} {spec.victim.kwargs}; torch threads: {torch.get_num_threads()}\n"
                   f"- seeds: {len(spec.seeds)}; jobs: {summary.planned} ({summary.ran} ran in this invocation, "
                   f"{wall / 60:.1f} min; {len(summary.failed)} failed)\n\n")
         (HERE / "results" / f"table1-{arch}.md").write_text(header + to_markdown(td))
