@@ -10,20 +10,9 @@ from removalnet.models import SplitModel
 from removalnet.verify import Fingerprint, create_verifier
 from removalnet.verify.zest import lime_pinv, masked_inputs, random_masks, segment_images, zest_distances
 
+from helpers import calibrated_vgg
+
 SMALL = dict(num_images=3, num_masks=40, batch_size=64)
-
-
-def calibrated_vgg(seed: int, x: torch.Tensor) -> SplitModel:
-    """A tiny vgg_small whose BatchNorm statistics are set on ``x`` (so its outputs depend on the input)."""
-    torch.manual_seed(seed)
-    m = create_model("vgg_small", 10, 1, 28, width=8, mean=[0.3], std=[0.4])
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.momentum = None
-    with torch.no_grad():
-        m.train()
-        m(x)
-    return m.eval()
 
 
 def quadrant_images(n: int = 2, size: int = 28) -> torch.Tensor:
