@@ -10,7 +10,7 @@ from removalnet.models import SplitModel
 from removalnet.verify import Fingerprint, create_verifier
 from removalnet.verify.zest import lime_pinv, masked_inputs, random_masks, segment_images, zest_distances
 
-from helpers import calibrated_vgg
+from helpers import calibrated_vgg, permuted_copy
 
 SMALL = dict(num_images=3, num_masks=40, batch_size=64)
 
@@ -110,21 +110,6 @@ def test_zest_distances_golden():
     assert l2 == pytest.approx(10.0) and cos_d == pytest.approx(2.0)
     with pytest.raises(RemovalNetError, match="shape"):
         zest_distances(a, torch.zeros(3))
-
-
-def permuted_copy(model: SplitModel, seed: int = 0) -> SplitModel:
-    """The same function with the channels of the last conv layer permuted (a function-preserving change)."""
-    import copy
-    m = copy.deepcopy(model)
-    block = m.blocks[2]
-    conv, bn, lin = block[3], block[4], m.classifier[3]
-    perm = torch.randperm(conv.out_channels, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        conv.weight.copy_(conv.weight[perm])
-        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-            t.copy_(t[perm])
-        lin.weight.copy_(lin.weight[:, perm])
-    return m
 
 
 def test_identity_permutation_and_unrelated(data):
