@@ -1,6 +1,7 @@
 """The experiment runner: spec validation, resume after interruption, failure isolation, executors."""
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 import yaml
@@ -167,3 +168,17 @@ def test_lsd_partition_is_held_out_from_training():
     assert len(set(dataset_labels(hold).tolist())) == 10  # stratified
     full, none = training_split({"dataset": "digits", "data_root": None, "lsd_holdout": 0.0})
     assert none is None and len(full) == 1437
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(ROOT.glob("configs/paper/*.yaml")) + sorted(ROOT.glob("benchmarks/specs/*.yaml")) + [
+    ROOT / "src" / "removalnet" / "configs" / "demo.yaml"]
+
+
+@pytest.mark.parametrize("path", [str(p) for p in SHIPPED], ids=[p.stem for p in SHIPPED])
+def test_shipped_specs_validate_and_plan(path, tmp_path, capsys):
+    spec = load_spec(path)
+    jobs = plan_jobs(spec)
+    assert len({j.id for j in jobs}) == len(jobs)
+    assert main(["run", path, "--out", str(tmp_path), "--dry-run"]) == 0
+    assert f"{len(jobs)} jobs, {len(jobs)} to run" in capsys.readouterr().out
