@@ -17,15 +17,6 @@ from removalnet.train import predict_logits
 from removalnet.utils import RemovalNetError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: small models run faster and steadier on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class _CE(Attack):
     """Plain CE fine-tuning through the shared loop (not registered)."""
 

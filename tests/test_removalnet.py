@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from removalnet import create_model, weights_hash
@@ -15,15 +16,6 @@ from removalnet.attacks.removalnet import (FoldedTail, feature_loss, feature_shu
 from removalnet.checkpoint import load_checkpoint, save_checkpoint
 from removalnet.cli import main
 from removalnet.utils import RemovalNetError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: small models run faster and steadier on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------------------------- ILBS (Alg. 2)
@@ -160,6 +152,28 @@ def test_reverse_latent_moves_away_and_keeps_the_class():
         assert p.grad is None
 
 
+def _reverse_latent_autograd(tail, anchor, y, *, steps, step_size, sign, log_weight, shuffle_ratio, generator):
+    """Algorithm 1 written directly: L_re by autograd, out-of-place shuffling, normal(0, 0.01) start."""
+    z1 = anchor + 0.01 * torch.randn(anchor.shape, generator=generator)
+    for _ in range(steps):
+        z1 = feature_shuffle(z1, shuffle_ratio, generator=generator).detach().requires_grad_(True)
+        dist = (z1 - anchor).flatten(1).norm(dim=1)
+        loss = (F.cross_entropy(tail(z1), y, reduction="none") - log_weight * torch.log(dist)).mean()
+        (g,) = torch.autograd.grad(loss, z1)
+        z1 = (z1 - step_size * (g.sign() if sign else g)).detach()
+    return z1
+
+
+@pytest.mark.parametrize("sign,log_weight", [(True, 1.0), (False, 1.0), (True, 0.1), (False, 0.0)])
+def test_reverse_latent_matches_direct_autograd(sign, log_weight):
+    tail = _group_tail()
+    anchor, y = _group_latent()
+    kw = dict(steps=6, step_size=0.01 if sign else 0.05, sign=sign, log_weight=log_weight, shuffle_ratio=0.1)
+    want = _reverse_latent_autograd(tail, anchor, y, generator=torch.Generator().manual_seed(5), **kw)
+    got, _ = reverse_latent(tail, anchor, y, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_reverse_latent_zero_offset_is_finite_and_modes():
     tail = _group_tail()
     anchor, y = _group_latent()
@@ -265,11 +279,20 @@ def test_removalnet_one_forward_per_batch_and_ablations(trained, monkeypatch):
         calls[id(module)] = calls.get(id(module), 0) + 1
 
     handle = victim.blocks[0].register_forward_hook(count)    # deep copies (frozen victim, surrogate) keep it
+    traces = {}
     try:
-        create_attack("removalnet", iterations=3, batch_size=32)(victim, _sub(train), seed=0)
+        for mb in (0.0, 1024.0):
+            calls.clear()
+            a = create_attack("removalnet", iterations=3, batch_size=32, cache_victim_mb=mb)
+            a(victim, _sub(train), seed=0)
+            traces[mb] = a.trace
+            # per batch: the victim copy and the surrogate run their head once each (3 iterations); with the
+            # cache the victim runs once over the 96 substitute samples instead
+            assert sorted(calls.values()) == ([3, 3] if mb == 0 else [1, 3])
     finally:
         handle.remove()
-    assert sorted(calls.values()) == [3, 3]                  # victim copy and surrogate: one head pass each
+    for r0, r1 in zip(traces[0.0], traces[1024.0]):          # same values either way
+        assert r0.keys() == r1.keys() and all(r0[k] == pytest.approx(r1[k], rel=1e-4, abs=1e-5) for k in r0)
 
     def boom(*a, **k):
         raise AssertionError("should be skipped")

@@ -180,6 +180,16 @@ class BatchStream(Iterator[tuple[torch.Tensor, torch.Tensor]]):
         self._pos += self.batch_size
         return idx
 
+    def ordered(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """The dataset's inputs in dataset order, in batches on the device (for one-off passes, such as
+        computing a frozen model's outputs once); draws nothing from the generator."""
+        for start in range(0, self.n, batch_size):
+            if self._x is not None:
+                yield self._x[start:start + batch_size]
+            else:
+                xs = [torch.as_tensor(self.dataset[i][0]) for i in range(start, min(start + batch_size, self.n))]
+                yield torch.stack(xs).to(self.device)
+
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._next_indices()
         self.last_indices = idx

@@ -50,6 +50,10 @@ inner_mode          eval         mode of F_S^{l+} during the inner loop (paper s
                                  batch statistics and updates the running ones, as a loop in train mode
 inner_precision     float32      "bfloat16" runs F_S^{l+} of the inner loop under autocast (z1 and its
                                  update stay float32): about 2x faster on CPUs/GPUs with bf16 units
+cache_victim_mb     1024         F_V is frozen and D_sub fixed (no augmentation), so F_V^{l-}(x) and F_V(x)
+                                 are computed once for the whole substitute set when they fit in this many
+                                 MB on the device; 0 (or a set too large): one victim pass per batch. The
+                                 head output gives the logits in the same pass either way
 feat_loss           l2           eq. 11: mean over the batch of the per-sample L2 norm; "mse": the
                                  element-wise mean squared error of the reference code
 lambda_grid         0.1..1.0     Alg. 2 line 20
@@ -77,7 +81,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils.data import Dataset
 
 from ..models.split import SplitModel
-from .base import Attack, AttackContext, Param, register_attack
+from .base import Attack, AttackContext, BatchStream, Param, register_attack
 
 __all__ = ["RemovalNet", "ilbs", "feature_shuffle", "shuffle_index", "shuffle_count", "reverse_latent",
            "feature_loss", "make_offset", "FoldedTail", "DEFAULT_LAMBDA_GRID"]
@@ -375,6 +379,8 @@ class RemovalNet(Attack):
         "inner_mode": Param("eval", str, choices=("eval", "train"), doc="mode of F_S^{l+} in the inner loop"),
         "inner_precision": Param("float32", str, choices=("float32", "bfloat16"),
                                  doc="precision of F_S^{l+} in the inner loop (bfloat16: autocast, faster)"),
+        "cache_victim_mb": Param(1024.0, float, low=0.0,
+                                 doc="compute F_V on the whole substitute set once if it fits in this many MB"),
         "feat_loss": Param("l2", str, choices=("l2", "mse"), doc="eq. 11 L2 norm, or MSE (reference)"),
         "lambda_grid": Param(list(DEFAULT_LAMBDA_GRID), list, low=0.0, high=1.0, doc="ILBS line search grid"),
         "temperature": Param(1.0, float, low=0.0, low_open=True, doc="KL temperature on logits"),
@@ -405,10 +411,17 @@ class RemovalNet(Attack):
             with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16):
                 return inner_tail(z).float()
 
+        stream = self.batches(ctx)
+        cache = self.victim_outputs(victim, stream, layer, p["cache_victim_mb"])
+
         def step(x: torch.Tensor, _y: torch.Tensor, t: int) -> tuple[torch.Tensor, dict[str, Any]]:
             with torch.no_grad():
-                z_v = victim.head(x, layer)                   # z1' = F_V^{l-}(x)
-                v_logits = victim.tail(z_v, layer)            # F_V(x), same pass
+                if cache is not None:
+                    idx = stream.last_indices.to(ctx.device)
+                    z_v, v_logits = cache[0][idx], cache[1][idx]
+                else:
+                    z_v = victim.head(x, layer)               # z1' = F_V^{l-}(x)
+                    v_logits = victim.tail(z_v, layer)        # F_V(x), same pass
                 y_hat = v_logits.argmax(dim=1)
             logs: dict[str, Any] = {}
             z1 = None
@@ -450,4 +463,24 @@ class RemovalNet(Attack):
                                                                     else v) for k, v in logs.items()}}
             return loss, logs
 
-        self.fit(ctx, step)
+        self.fit(ctx, step, batch_stream=stream)
+
+    @staticmethod
+    @torch.no_grad()
+    def victim_outputs(victim: SplitModel, stream: BatchStream, layer: int, limit_mb: float
+                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(F_V^{l-}(x), F_V(x)) for every substitute sample, in dataset order, if they fit in
+        ``limit_mb`` MB; else None (the victim then runs once per batch). The victim is frozen and the
+        substitute set fixed, so these are the values every batch would compute."""
+        if limit_mb <= 0:
+            return None
+        zs, ls = [], []
+        for xb in stream.ordered(256):
+            z = victim.head(xb, layer)
+            zs.append(z)
+            ls.append(victim.tail(z, layer))
+            if len(zs) == 1:
+                per_sample = (z[0].numel() + ls[0][0].numel()) * z.element_size()
+                if per_sample * stream.n > limit_mb * 2**20:
+                    return None
+        return torch.cat(zs), torch.cat(ls)
