@@ -14,6 +14,7 @@ from pathlib import Path
 from ..experiment import load_spec, run_experiment
 from ..report import build_table, to_html, to_markdown
 from ..utils import atomic_write_bytes
+from .run import spec_overrides
 
 NAME = "demo"
 HELP = "run the small offline Fashion-MNIST experiment, print Table 1 and write an HTML report"
@@ -26,13 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {}
-    if args.seeds is not None:
-        overrides["seeds"] = args.seeds
-    if args.device is not None:
-        overrides["device"] = args.device
     with resources.as_file(resources.files("removalnet") / "configs" / "demo.yaml") as path:
-        spec = load_spec(path, overrides)
+        spec = load_spec(path, spec_overrides(args))
     out = Path(args.out)
     t0 = time.perf_counter()
     s = run_experiment(spec, out, progress=not args.quiet)

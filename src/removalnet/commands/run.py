@@ -22,13 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
 
 
+def spec_overrides(args: argparse.Namespace) -> dict:
+    """The spec keys that --seeds and --device replace."""
+    return {k: v for k, v in (("seeds", args.seeds), ("device", args.device)) if v is not None}
+
+
 def run(args: argparse.Namespace) -> int:
-    overrides = {}
-    if args.seeds is not None:
-        overrides["seeds"] = args.seeds
-    if args.device is not None:
-        overrides["device"] = args.device
-    spec = load_spec(args.spec, overrides)
+    spec = load_spec(args.spec, spec_overrides(args))
     out = Path(args.out) if args.out else Path(args.runs) / spec.name
     executor = None if args.dry_run else make_executor(args.executor, args.address)
     s = run_experiment(spec, out, executor=executor, max_jobs=args.max_jobs, dry_run=args.dry_run,
