@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from removalnet.experiment import load_spec, run_experiment
+from removalnet.experiment import load_spec, make_executor, run_experiment
 from removalnet.report import build_table, to_markdown
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--arch", nargs="+", default=["vgg_small", "resnet_small"])
     ap.add_argument("--seeds", type=int, default=None, help="override the spec's seed count")
     ap.add_argument("--runs", default="runs/bench")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="ray runs independent jobs in parallel, one per core")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("REMOVALNET_THREADS", "1")))
     (HERE / "results").mkdir(exist_ok=True)
@@ -56,12 +58,12 @@ def main() -> None:
         over = {"seeds": args.seeds} if args.seeds else {}
         spec = load_spec(HERE / "specs" / f"table1-{arch}.yaml", over)
         t0 = time.perf_counter()
-        summary = run_experiment(spec, Path(args.runs) / spec.name)
+        summary = run_experiment(spec, Path(args.runs) / spec.name, executor=make_executor(args.executor))
         wall = time.perf_counter() - t0
         td = build_table(Path(args.runs) / spec.name)
         header = (f"# Table 1 benchmark: {arch} on Fashion-MNIST\n\n"
                   f"- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n- commit: {commit()}\n"
-                  f"- models: {arch} {spec.victim.kwargs}; torch threads: {torch.get_num_threads()}\n"
+                  f"- models: {arch} {spec.victim.kwargs}; executor: {args.executor}; torch threads: {torch.get_num_threads()}\n"
                   f"- seeds: {len(spec.seeds)}; jobs: {summary.planned} ({summary.ran} ran in this invocation, "
                   f"{wall / 60:.1f} min; {len(summary.failed)} failed)\n\n")
         (HERE / "results" / f"table1-{arch}.md").write_text(header + to_markdown(td))
