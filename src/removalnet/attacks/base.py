@@ -29,7 +29,7 @@ import copy
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -54,8 +54,9 @@ Callback = Callable[..., None]
 class Param:
     """One attack parameter: default, type and allowed range, validated at construction.
 
-    ``kind`` is ``int``, ``float``, ``bool``, ``str`` or ``list`` (a non-empty list of numbers, each
-    checked against ``low``/``high``). ``choices`` restricts a value to a set; ``nullable`` allows
+    ``kind`` is ``int``, ``float``, ``bool``, ``str``, ``dict`` (a mapping, e.g. another component's
+    parameters) or ``list`` (a non-empty list of numbers, each checked against ``low``/``high``, or of
+    strings from ``choices``). ``choices`` restricts a value to a set; ``nullable`` allows
     ``None``; ``low``/``high`` are inclusive unless ``low_open``/``high_open``.
     """
 
@@ -76,9 +77,20 @@ class Param:
                 return None
             raise RemovalNetError(f"parameter {name!r} must not be None")
         if self.kind is list:
+            what = "strings" if self.choices is not None else "numbers"
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-                raise RemovalNetError(f"parameter {name!r} must be a non-empty list of numbers, got {value!r}")
+                raise RemovalNetError(f"parameter {name!r} must be a non-empty list of {what}, got {value!r}")
+            if self.choices is not None:  # a list of names, each one of the choices
+                for v in value:
+                    if v not in self.choices:
+                        raise RemovalNetError(f"parameter {name!r}: {v!r} is not one of "
+                                              f"{', '.join(map(str, self.choices))}")
+                return list(value)
             return [self._number(name, v, float) for v in value]
+        if self.kind is dict:
+            if not isinstance(value, Mapping):
+                raise RemovalNetError(f"parameter {name!r} must be a mapping, got {value!r}")
+            return dict(value)
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise RemovalNetError(f"parameter {name!r} must be true or false, got {value!r}")

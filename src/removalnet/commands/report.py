@@ -1,4 +1,5 @@
-"""``removalnet report RUN_DIR``: the paper's Table 1 from a run's database (md, csv, tex or html)."""
+"""``removalnet report RUN_DIR``: the paper's Table 1 from a run's database (md, csv, tex or html), and for a
+study run its tables and figures (Markdown, CSV, LaTeX, PNG, PDF under RUN_DIR/report/, embedded in html)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ from ..report import FORMATS, build_table, render
 from ..utils import atomic_write_bytes
 
 NAME = "report"
-HELP = "print or write the paper's Table 1 for a run (Markdown, CSV, LaTeX, or a self-contained HTML page)"
+HELP = "print or write the paper's Table 1 (and a study's tables and figures) for a run"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,11 +17,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="md")
     p.add_argument("--rule", default=None, help="threshold rule (default: the spec's; minmax, normal, percentile)")
     p.add_argument("--out", default=None, help="write to this file instead of printing")
+    p.add_argument("--figures", default=None,
+                   help="folder for a study's figures and tables (default: RUN_DIR/report)")
+
+
+def report_run(run_dir: str | Path, fmt: str = "md", rule: str | None = None, figures: str | Path | None = None,
+               echo=print) -> str:
+    """The report text of a run; a study's files are written to ``figures`` (default RUN_DIR/report)."""
+    from ..studies import build_study_report, study_sections, write_study_report
+    from ..studies.report import close_figures, study_markdown
+
+    td = build_table(run_dir, rule=rule)
+    rep = build_study_report(run_dir, rule=rule)
+    sections = []
+    text = None
+    if rep is not None:
+        out_dir = Path(figures) if figures else Path(run_dir) / "report"
+        paths = write_study_report(rep, out_dir, td.name)
+        echo(f"wrote {len(paths)} study files to {out_dir}: {', '.join(p.name for p in paths)}")
+        sections = study_sections(rep) if fmt == "html" else []
+        if fmt == "md":  # a study without verifiers has no Table 1 to show
+            text = (render(td, "md") + "\n" if td.metrics else "") + study_markdown(rep)
+        close_figures(rep)
+    return text if text is not None else render(td, fmt, sections)
 
 
 def run(args: argparse.Namespace) -> int:
-    td = build_table(args.run_dir, rule=args.rule)
-    text = render(td, args.format)
+    import sys
+    text = report_run(args.run_dir, args.format, args.rule, args.figures,
+                      echo=lambda m: print(m, file=sys.stderr))
     if args.out:
         atomic_write_bytes(Path(args.out), text.encode())
         print(f"wrote {args.out}")

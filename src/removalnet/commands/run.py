@@ -12,6 +12,11 @@ HELP = "run an experiment spec (victim, references, negatives, attacks x seeds, 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="experiment spec (YAML)")
+    add_run_arguments(p)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options shared by ``run`` and ``study``."""
     p.add_argument("--runs", default="runs", help="parent folder of run folders (default: runs)")
     p.add_argument("--out", default=None, help="run folder (default: RUNS/<spec name>)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")

@@ -103,6 +103,9 @@ def _attack(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                            device=cfg["device"])
     attack = create_attack(cfg["attack"], **cfg["params"])
     out = Path(run_dir) / job["name"]
+    eval_set = None
+    if cfg.get("eval_count"):  # a learning curve during the attack, on the verifier-side test split
+        eval_set = verifier_data({**cfg, "verifier_count": cfg["eval_count"]})
 
     def on_event(event: str, **info: Any) -> None:
         if event == "checkpoint" and cfg.get("save_checkpoints"):
@@ -112,7 +115,8 @@ def _attack(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     # no evaluation here: the score jobs measure every saved model's accuracy once
-    surrogate = attack(victim, sub, seed=cfg["seed"], callbacks=(on_event,), device=cfg["device"])
+    surrogate = attack(victim, sub, seed=cfg["seed"], callbacks=(on_event,), device=cfg["device"],
+                       eval_set=eval_set)
     wall = time.perf_counter() - t0
     save_checkpoint(model_path(run_dir, job["name"]), surrogate, {
         "role": "attack", "attack": cfg["attack"], "label": cfg["label"], "params": attack.params,
@@ -184,6 +188,9 @@ def execute(job: dict[str, Any], run_dir: str | Path, fp_jobs: dict[str, dict[st
             metrics = _fingerprint(job, run_dir)
         elif kind == "score":
             metrics = _score(job, run_dir, fp_jobs or {})
+        elif kind == "study":
+            from ..studies import create_study
+            metrics = create_study(**job["config"]["study"]).run_job(job, run_dir)
         else:
             raise RemovalNetError(f"unknown job kind {kind!r}")
         status, error = "done", None

@@ -1,5 +1,5 @@
 """The job graph of an experiment: victim once, reference and negative models once, each attack per seed,
-fingerprints once per victim, then the scoring of every model.
+fingerprints once per victim, then the scoring of every model, then a study's analysis jobs (if any).
 
 Every job's id is a hash of its kind, its configuration and the ids of the jobs it depends on, so a rerun
 recognises finished work (resume) and a changed configuration gets a new id (and is run again). Its
@@ -21,7 +21,7 @@ __all__ = ["Job", "plan_jobs", "slug"]
 @dataclass(frozen=True)
 class Job:
     id: str
-    kind: str                     # train | attack | fingerprint | score
+    kind: str                     # train | attack | fingerprint | score | study
     name: str                     # e.g. "attack/ft-0.5/seed-3"; artifacts under <run>/<name>/
     config: dict[str, Any]
     deps: tuple[str, ...] = ()
@@ -76,7 +76,9 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
         for s in spec.seeds:
             cfg = {**data, "attack": a.name, "label": a.label, "params": params, "scenario": a.scenario,
                    "fraction": a.fraction, "count": a.count, "source": a.source, "labels": a.labels,
-                   "seed": s, "device": spec.device, "save_checkpoints": a.score_checkpoints}
+                   "seed": s, "device": spec.device, "save_checkpoints": a.score_checkpoints or a.keep_checkpoints}
+            if a.eval_count:
+                cfg["eval_count"] = a.eval_count
             j = _job("attack", f"attacks/{slug(a.label)}/seed-{s}", cfg, [victim], seed=s, gpu=gpu)
             jobs.append(j)
             models.append((j, {"role": "attack", "label": a.label, "index": s}))
@@ -97,4 +99,15 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
                "verifier_count": spec.verifier_count, "device": spec.device}
         jobs.append(_job("score", f"scores/{model_job.name.split('/', 1)[1]}{suffix}", cfg,
                          [victim, model_job, *fps], seed=info.get("index"), gpu=gpu))
+    if spec.study:
+        from ..studies import create_study
+        study = create_study(**spec.study)
+        by_name = {j.name: j for j in jobs}
+        for name, cfg, dep_names in study.analysis_jobs(spec, by_name):
+            deps = [by_name[d] for d in dep_names]
+            j = _job("study", f"study/{study.name}/{name}", {**data, "study": study.to_dict(), **cfg,
+                                                           "device": spec.device}, deps, seed=cfg.get("seed"),
+                     gpu=gpu)
+            jobs.append(j)
+            by_name[j.name] = j
     return jobs

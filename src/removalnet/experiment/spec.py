@@ -46,7 +46,9 @@ class AttackSpec:
     dataset of the same task, or ``partition``: the spec's ``lsd_holdout`` part of the training set, which the
     victim, reference and negative models never see, as the paper's disjoint GTSRB partition). ``fraction`` is
     always relative to the whole training set.
-    ``score_checkpoints``: also score the checkpoints saved every ``checkpoint_every`` iterations (trade-off plot).
+    ``score_checkpoints``: also score the checkpoints saved every ``checkpoint_every`` iterations (trade-off plot);
+    ``keep_checkpoints``: save them without scoring (for a study that reads them). ``eval_count``: evaluate the
+    model during the attack on this many class-balanced test samples (learning curves, e.g. KnockoffNets').
     """
     name: str
     label: str = ""
@@ -57,6 +59,8 @@ class AttackSpec:
     source: str | None = None
     labels: str = "victim"
     score_checkpoints: bool = False
+    keep_checkpoints: bool = False
+    eval_count: int | None = None
 
 
 @dataclass
@@ -74,7 +78,6 @@ class ExperimentSpec:
     lsd_holdout: float = 0.0
     threshold_rule: str = "minmax"
     device: str = "cpu"
-    kind: str = "table"
     study: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,9 +144,25 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
     r, n = groups["references"], groups["negatives"]
     if set(range(r.seed_offset, r.seed_offset + r.count)) & set(range(n.seed_offset, n.seed_offset + n.count)):
         _fail("negatives.seed_offset", "reference and negative seeds overlap: they must be independent models")
+    study = raw.pop("study", None) or {}
+    raw_attacks = list(raw.pop("attacks", []) or [])
+    if study:
+        from ..studies import create_study, list_studies
+        if not isinstance(study, dict) or "name" not in study:
+            _fail("study", "must be a mapping with a name")
+        if study["name"] not in list_studies():
+            _fail("study.name", f"unknown study {study['name']!r} (known: {', '.join(list_studies())})")
+        try:
+            st = create_study(**study)
+            added = st.attacks(raw)
+        except RemovalNetError as e:
+            _fail("study", str(e))
+        given = {a.get("label") for a in raw_attacks if isinstance(a, dict)}
+        raw_attacks += [a for a in added if a["label"] not in given]
+        study = st.to_dict()
     attacks = []
     labels = set()
-    for i, a in enumerate(raw.pop("attacks", []) or []):
+    for i, a in enumerate(raw_attacks):
         key = f"attacks[{i}]"
         a = AttackSpec(**_take(a, AttackSpec, key)) if isinstance(a, dict) and "name" in a else _fail(key, "needs a name")
         if a.name not in list_attacks():
@@ -158,6 +177,8 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
             _int(a.count, f"{key}.count", 1)
         if a.scenario == "lsd" and not a.source:
             _fail(f"{key}.source", "scenario lsd needs a source (a dataset name, or 'partition')")
+        if a.eval_count is not None:
+            _int(a.eval_count, f"{key}.eval_count", 1)
         if a.labels not in ("victim", "true"):
             _fail(f"{key}.labels", "must be victim or true")
         a.label = a.label or a.name
@@ -204,7 +225,8 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
                                           "that only the attacker holds)")
         if a.scenario == "lsd" and a.source == "partition" and a.fraction is not None and a.fraction > holdout:
             _fail(f"attacks[{i}].fraction", f"exceeds lsd_holdout ({holdout}): the partition is all there is")
-    spec = ExperimentSpec(victim=victim, attacks=attacks, seeds=seeds, verifiers=verifiers, **groups, **raw)
+    spec = ExperimentSpec(victim=victim, attacks=attacks, seeds=seeds, verifiers=verifiers, study=study, **groups,
+                          **raw)
     if spec.verifier_count is not None:
         _int(spec.verifier_count, "verifier_count", 1)
     from ..verify.thresholds import RULES

@@ -198,7 +198,8 @@ def to_html(td: TableData, extra_sections: list[tuple[str, str]] = ()) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def render(td: TableData, fmt: str) -> str:
+def render(td: TableData, fmt: str, extra_sections: list[tuple[str, str]] = ()) -> str:
+    """``td`` in ``fmt``; ``extra_sections`` ((title, HTML) pairs, e.g. a study's) go into the HTML page."""
     if fmt == "md":
         return to_markdown(td)
     if fmt == "csv":
@@ -206,5 +207,5 @@ def render(td: TableData, fmt: str) -> str:
     if fmt == "tex":
         return to_latex(td)
     if fmt == "html":
-        return to_html(td)
+        return to_html(td, extra_sections)
     raise ValueError(fmt)

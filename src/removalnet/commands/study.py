@@ -1,0 +1,57 @@
+"""``removalnet study NAME [SPEC.yaml]``: run one of the paper's studies and write its report.
+
+Without SPEC the bundled small offline config ``removalnet/configs/studies/NAME.yaml`` (Fashion-MNIST) runs.
+A spec without a ``study`` section gets ``study: {name: NAME}`` with the study's defaults. The run is an
+ordinary experiment (resumable, ``--executor ray`` works); the report goes to RUN_DIR/report/ (tables as
+Markdown, CSV and LaTeX; figures as PNG and PDF) and RUN_DIR/report.html.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from ..experiment import load_spec, make_executor, run_experiment
+from ..utils import RemovalNetError, atomic_write_bytes
+from .run import add_run_arguments, spec_overrides
+
+NAME = "study"
+HELP = "run one of the paper's studies (substitute_size, efficiency, ablation, saliency, boundary, robustness)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..studies import list_studies
+    p.add_argument("name", choices=list_studies(), help="which study")
+    p.add_argument("spec", nargs="?", default=None, help="experiment spec (default: the bundled small config)")
+    add_run_arguments(p)
+
+
+def load_study_spec(name: str, spec_path: str | None, overrides: dict):
+    import yaml
+    if spec_path is None:
+        with resources.as_file(resources.files("removalnet") / "configs" / "studies" / f"{name}.yaml") as path:
+            return load_spec(path, overrides)
+    raw_study = (yaml.safe_load(Path(spec_path).read_text()) or {}).get("study") if Path(spec_path).exists() else None
+    if raw_study and isinstance(raw_study, dict) and raw_study.get("name") != name:
+        raise RemovalNetError(f"spec {spec_path!r} is a {raw_study.get('name')!r} study, not {name!r}")
+    extra = {} if raw_study else {"study": {"name": name}}
+    return load_spec(spec_path, {**extra, **overrides})
+
+
+def run(args: argparse.Namespace) -> int:
+    from .report import report_run
+
+    spec = load_study_spec(args.name, args.spec, spec_overrides(args))
+    out = Path(args.out) if args.out else Path(args.runs) / spec.name
+    executor = None if args.dry_run else make_executor(args.executor, args.address)
+    s = run_experiment(spec, out, executor=executor, max_jobs=args.max_jobs, dry_run=args.dry_run,
+                       progress=not args.quiet)
+    if args.dry_run:
+        return 0
+    print(f"{out}: {s.planned} jobs, {s.skipped_done} already done, {s.ran} ran, {len(s.failed)} failed",
+          file=sys.stderr)
+    print(report_run(out, "md", echo=lambda m: print(m, file=sys.stderr)), end="")
+    atomic_write_bytes(out / "report.html", report_run(out, "html", echo=lambda m: None).encode())
+    print(f"report: {out / 'report.html'}, figures and tables: {out / 'report'}", file=sys.stderr)
+    return 0 if s.ok else 1

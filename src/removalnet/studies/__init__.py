@@ -1,0 +1,23 @@
+"""The paper's studies as kinds of experiment spec (``study: {name: ..., ...}`` in a spec):
+
+=================  ==========================================================================
+substitute_size    RemovalNet against the substitute-set size, S_LTD and S_LSD (Fig. 6)
+efficiency         KnockoffNets' learning curve against RemovalNet's fidelity and cost (Fig. 7)
+ablation           metrics against alpha (beta = 0) and beta (Fig. 8)
+saliency           LayerCAM maps of a hidden layer: victim, surrogate, negative (Fig. 9)
+boundary           t-SNE of output probabilities at t = 0, 100, 1000 (Fig. 10)
+robustness         Rob and RobD under FGSM, PGD, DeepFool (Table 4)
+=================  ==========================================================================
+
+``removalnet study NAME [SPEC.yaml]`` runs one (bundled small configs: ``removalnet/configs/studies``) and
+writes its report; :func:`build_study_report` and :func:`write_study_report` do the same from Python.
+"""
+from __future__ import annotations
+
+from . import ablation, boundary, efficiency, robustness, saliency, substitute_size  # noqa: F401  (registers)
+from .base import (Study, StudyReport, SurrogateStudy, create_study, list_studies, register_study,
+                   study_class)
+from .report import build_study_report, study_sections, write_study_report
+
+__all__ = ["Study", "StudyReport", "SurrogateStudy", "create_study", "list_studies", "register_study",
+           "study_class", "build_study_report", "write_study_report", "study_sections"]

@@ -1,0 +1,242 @@
+"""The paper's studies (section 4.4, 4.5, 5.1) as kinds of experiment spec.
+
+A study is a small class that does up to three things, all on top of the ordinary experiment runner:
+
+* :meth:`Study.attacks` adds the rows the study needs to the spec (e.g. RemovalNet at every substitute-set
+  size); they run as ordinary attack jobs, one per seed, and are scored as in Table 1;
+* :meth:`Study.analysis_jobs` adds ``study`` jobs that need the trained models (saliency maps, t-SNE,
+  adversarial sets); their ids hash their configuration and dependencies like every other job, so a study
+  resumes and runs on either executor; :meth:`Study.run_job` is what such a job does;
+* :meth:`Study.report` turns the stored results into tables and matplotlib figures (:class:`StudyReport`),
+  written as Markdown/CSV/LaTeX and PNG/PDF and embedded in the HTML report.
+
+Parameters are declared in ``PARAMS`` and validated at construction (:class:`removalnet.attacks.Param`), like
+attacks. ``create_study(name, **params)``; ``list_studies()``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..attacks.base import Param
+from ..utils import RemovalNetError, atomic_path
+
+__all__ = ["Study", "SurrogateStudy", "StudyReport", "register_study", "create_study", "list_studies", "study_class",
+           "ATTACK_PARAMS", "mean_std", "fmt_ms", "scores_by_label", "metric_split", "save_figure", "table_csv",
+           "finished_job", "save_arrays"]
+
+_STUDIES: dict[str, type["Study"]] = {}
+
+#: the substitute-set parameters shared by the studies that add a RemovalNet row
+ATTACK_PARAMS = {
+    "params": Param({}, dict, doc="RemovalNet parameters of the study's rows (paper defaults otherwise)"),
+    "scenario": Param("ltd", str, choices=("ltd", "lsd"), doc="substitute scenario of the study's rows"),
+    "fraction": Param(0.01, float, low=0.0, low_open=True, high=1.0, nullable=True,
+                      doc="substitute set as a fraction of the training set (or give count)"),
+    "count": Param(None, int, low=1, nullable=True, doc="substitute set size in samples (instead of fraction)"),
+    "source": Param(None, str, nullable=True, doc="S_LSD source: a dataset name or 'partition'"),
+}
+
+
+@dataclass
+class StudyReport:
+    """What a study shows: tables (title, header, rows of strings), figures (file stem, matplotlib figure)
+    and key numbers as one-line findings."""
+    title: str
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+    figures: list[tuple[str, Any]] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+class Study:
+    """Base class: see the module docstring. Subclasses set ``name``, ``title``, ``PARAMS``."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    PARAMS: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.PARAMS))
+        if unknown:
+            raise RemovalNetError(f"unknown parameter {unknown[0]!r} for study {self.name!r}; "
+                                  f"known: {', '.join(sorted(self.PARAMS))}")
+        self.params = {k: p.validate(k, params.get(k, p.default)) for k, p in self.PARAMS.items()}
+        for k, p in self.PARAMS.items():  # a study's parameter mappings (e.g. lowered lr) merge under the user's
+            if p.kind is dict and p.default and self.params[k] is not None:
+                self.params[k] = {**p.default, **self.params[k]}
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-parameter checks (raise RemovalNetError)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+    # -- what the study adds to the job graph -------------------------------------------------------
+    def attacks(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """Attack rows (spec ``attacks`` entries) the study adds; ``spec`` is the raw spec mapping."""
+        return []
+
+    def analysis_jobs(self, spec, jobs: dict[str, Any]) -> list[tuple[str, dict[str, Any], list[str]]]:
+        """Extra jobs as ``(name, config, names of the jobs it depends on)``; ``jobs`` maps job names to jobs."""
+        return []
+
+    def run_job(self, job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+        raise RemovalNetError(f"study {self.name!r} has no analysis jobs")
+
+    def report(self, spec: dict[str, Any], rows: list[dict[str, Any]], td: Any, run_dir: Path) -> StudyReport:
+        """Tables and figures from the run's job rows (``rows``) and its Table 1 data (``td``: taus, rows)."""
+        raise NotImplementedError
+
+    # -- helpers for the studies that add one RemovalNet row ----------------------------------------
+    def removalnet_row(self, label: str, **extra: Any) -> dict[str, Any]:
+        """A spec attack row of RemovalNet on the study's substitute set (``count`` wins over ``fraction``)."""
+        p = self.params
+        row = {"name": "removalnet", "label": label, "params": dict(p["params"]), "scenario": p.get("scenario", "ltd")}
+        if p["count"] is not None:
+            row["count"] = p["count"]
+        else:
+            row["fraction"] = p["fraction"]
+        if row["scenario"] == "lsd":
+            row["source"] = p["source"]
+        row.update(extra)
+        return row
+
+    def check_substitute(self) -> None:
+        p = self.params
+        if p["scenario"] == "lsd" and not p["source"]:
+            raise RemovalNetError("scenario lsd needs a source (a dataset name, or 'partition')")
+        try:
+            from ..attacks import create_attack
+            create_attack("removalnet", **p["params"])
+        except RemovalNetError as e:
+            raise RemovalNetError(f"params: {e}") from None
+
+
+class SurrogateStudy(Study):
+    """A study of one RemovalNet surrogate against its victim: it adds the row ``Ours(S_LTD)`` (or
+    ``Ours(S_LSD)``) and looks at the surrogate of seed ``seed`` (default: the spec's first seed)."""
+
+    PARAMS = {**ATTACK_PARAMS,
+              "seed": Param(None, int, low=0, nullable=True, doc="which seed's surrogate (default: the first)")}
+
+    def validate(self) -> None:
+        self.check_substitute()
+
+    @property
+    def label(self) -> str:
+        return "Ours(S_LSD)" if self.params["scenario"] == "lsd" else "Ours(S_LTD)"
+
+    def attacks(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self.removalnet_row(self.label)]
+
+    def attack_job(self, spec, seed: int | None = None) -> str:
+        from ..experiment.plan import slug
+        s = self.chosen_seed(spec) if seed is None else seed
+        return f"attacks/{slug(self.label)}/seed-{s}"
+
+    def chosen_seed(self, spec) -> int:
+        seeds = spec.seeds if hasattr(spec, "seeds") else spec["seeds"]
+        s = self.params["seed"]
+        if s is None:
+            return seeds[0]
+        if s not in seeds:
+            raise RemovalNetError(f"study seed {s} is not one of the spec's seeds {seeds}")
+        return s
+
+
+def register_study(cls: type[Study]) -> type[Study]:
+    if not (isinstance(cls, type) and issubclass(cls, Study)) or not cls.name:
+        raise TypeError("register_study needs a Study subclass with a non-empty `name`")
+    _STUDIES[cls.name] = cls
+    return cls
+
+
+def list_studies() -> list[str]:
+    return sorted(_STUDIES)
+
+
+def study_class(name: str) -> type[Study]:
+    if name not in _STUDIES:
+        raise RemovalNetError(f"unknown study {name!r}; known: {', '.join(list_studies())}")
+    return _STUDIES[name]
+
+
+def create_study(name: str, **params: Any) -> Study:
+    """Build a registered study with validated parameters."""
+    return study_class(name)(**params)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def mean_std(values) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def fmt_ms(values, scale: float = 1.0, digits: int = 3) -> str:
+    m, s = mean_std(values)
+    if math.isnan(m):
+        return "-"
+    return f"{m * scale:.{digits}f}±{s * scale:.{digits}f}"
+
+
+def scores_by_label(rows: list[dict[str, Any]], role: str = "attack") -> dict[str, list[dict[str, Any]]]:
+    """Finished score rows of ``role`` grouped by label, each list sorted by seed."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] == "score" and r["status"] == "done" and r["config"]["role"] == role:
+            out.setdefault(r["config"]["label"], []).append(r)
+    for v in out.values():
+        v.sort(key=lambda r: r["seed"] or 0)
+    return out
+
+
+def finished_job(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The finished job row called ``name`` (e.g. ``study/boundary/tsne``), or None."""
+    return next((r for r in rows if r["name"] == name and r["status"] == "done"), None)
+
+
+def save_arrays(run_dir: Path, job_name: str, filename: str, arrays: dict[str, Any]) -> Path:
+    """Write a study job's arrays (numpy) as safetensors under the job's folder, atomically."""
+    from safetensors.numpy import save_file
+    path = Path(run_dir) / job_name / filename
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+    return path
+
+
+def metric_split(metrics: list[str]) -> tuple[list[str], list[str]]:
+    """(distance metrics, similarity metrics) among ``metrics``, in the given order."""
+    from ..verify import all_metrics
+    known = all_metrics()
+    dist = [m for m in metrics if m in known and known[m].direction == "distance"]
+    sim = [m for m in metrics if m in known and known[m].direction == "similarity"]
+    return dist, sim
+
+
+def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.pdf`` (atomically); return the paths."""
+    paths = []
+    for ext in ("png", "pdf"):
+        path = Path(out_dir) / f"{stem}.{ext}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def table_csv(head: list[str], rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(head)
+    w.writerows(rows)
+    return buf.getvalue()
