@@ -233,12 +233,27 @@ def random_permutations(spaces: list[ChannelSpace], generator: torch.Generator) 
     return {sp.id: torch.randperm(sp.channels, generator=generator) for sp in spaces if sp.permutable}
 
 
+def _features(a: torch.Tensor, features: str) -> torch.Tensor:
+    """C x D features of a channel space's activations ``a`` (N x C x ...)."""
+    if features == "maps":       # every position: what a layer-output distance over full maps sees
+        return a.transpose(0, 1).reshape(a.shape[1], -1)
+    m = a.reshape(a.shape[0], a.shape[1], -1).mean(2) if a.dim() > 2 else a   # N x C channel means (DeepJudge's LOD)
+    if features == "patterns":   # per input, min-max normalised over channels (DeepJudge's LAD view)
+        lo, hi = m.min(1, keepdim=True).values, m.max(1, keepdim=True).values
+        m = (m - lo) / (hi - lo).clamp_min(1e-12)
+    return m.T
+
+
 def farthest_permutations(model: nn.Module, x: torch.Tensor, spaces: list[ChannelSpace] | None = None,
-                          batch_size: int = 256) -> tuple[dict[int, torch.Tensor], dict[int, dict[str, float]]]:
+                          batch_size: int = 256, features: str = "maps"
+                          ) -> tuple[dict[int, torch.Tensor], dict[int, dict[str, float]]]:
     """Per permutable space, the permutation that maximises sum_i ||a_perm(i) - a_i||^2 over the inputs ``x``
-    (a_c: channel c's activations at the space's last node, all positions), by linear assignment.
-    Returns the permutations and, per space, the distance before (0) and after, and the best possible
-    single-channel distance."""
+    by linear assignment, with a_c channel c's activations at the space's last node: at every position
+    (``features="maps"``), averaged over positions (``"channel_means"``, what DeepJudge's LOD compares) or
+    averaged and min-max normalised over the channels per input (``"patterns"``, what its LAD thresholds).
+    Returns the permutations and, per space, the total squared distance reached."""
+    if features not in ("maps", "channel_means", "patterns"):
+        raise RemovalNetError(f"features must be maps, channel_means or patterns, got {features!r}")
     from scipy.optimize import linear_sum_assignment
 
     model.eval()
@@ -248,8 +263,7 @@ def farthest_permutations(model: nn.Module, x: torch.Tensor, spaces: list[Channe
     for start in range(0, len(x), batch_size):
         acts = _probe_activations(model, x[start:start + batch_size], {sp.probe for sp in todo})
         for sp in todo:
-            a = acts[sp.probe].double()
-            a = a.transpose(0, 1).reshape(a.shape[1], -1)       # C x (N * positions)
+            a = _features(acts[sp.probe].double(), features)   # C x D
             g = a @ a.T
             gram[sp.id] = gram[sp.id] + g if sp.id in gram else g
     perms, info = {}, {}

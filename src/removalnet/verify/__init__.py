@@ -1,7 +1,8 @@
 """Ownership verifiers (DNN fingerprinting defenses) and decision thresholds.
 
-Importing this package registers every available verifier: DeepJudge ("deepjudge"), ZEST ("zest"),
-ModelDiff ("modeldiff"), IPGuard ("ipguard") and sample correlation ("sac").
+Importing this package registers every available verifier: DeepJudge ("deepjudge"), the alignment-aware
+DeepJudge countermeasure ("deepjudge_aligned"), ZEST ("zest"), ModelDiff ("modeldiff"), IPGuard ("ipguard")
+and sample correlation ("sac").
 """
 import importlib as _importlib
 
@@ -9,7 +10,7 @@ from .base import (Fingerprint, FingerprintCache, Metric, Verifier, all_metrics,
                    register_verifier, verifier_class)
 from .thresholds import MIN_REFERENCES, RULES, Calibration, calibrate, calibrate_models, false_positive_rate, verdict
 
-for _name in ("deepjudge", "zest", "modeldiff", "ipguard", "sac"):
+for _name in ("deepjudge", "deepjudge_aligned", "zest", "modeldiff", "ipguard", "sac"):
     try:
         _importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _e:  # that verifier's module is not part of this installation

@@ -1,0 +1,217 @@
+"""Which removal attack evades which verifier, at what cost: removalnet-plus and its components against the
+paper's RemovalNet and the baselines, on the Table 1 benchmark's models.
+
+    python benchmarks/removal.py [--arch vgg_small resnet_small] [--seeds 5] [--variants plus ...]
+
+Reads the finished Table 1 run (runs/bench/table1-<arch>: victim, 5 reference and 5 negative models, the
+baselines' and RemovalNet's surrogates, their scores), runs every removal variant per seed on the same
+substitute sets as the table (S_LTD, 1% of the training data, the table's seeds), scores every model with every
+verifier of the table plus the alignment-aware DeepJudge (thresholds: min/max over the 5 reference models), and
+writes benchmarks/results/removal-<arch>.md and .png (Pareto: accuracy drop against the number of metrics
+evaded). Results are stored per model in runs/bench/removal-<arch>/results.json, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from removalnet.attacks import build_substitute, create_attack
+from removalnet.checkpoint import load_checkpoint, save_checkpoint
+from removalnet.experiment import load_spec
+from removalnet.experiment.jobs import _dataset, model_path, training_split, verifier_data
+from removalnet.experiment.plan import slug
+from removalnet.experiment.store import ResultStore
+from removalnet.train import evaluate
+from removalnet.verify import FingerprintCache, all_metrics, calibrate, create_verifier, verdict
+
+HERE = Path(__file__).resolve().parent
+from table1 import commit, machine  # noqa: E402
+
+#: the variants measured; each is removalnet-plus with these parameters
+VARIANTS = {
+    "permute-only": {"iterations": 0, "boundary_mix": 0.0, "holdout": 0.0},
+    "distill+permute": {"boundary_mix": 0.0},
+    "plus": {},
+    "plus+ilbs": {"logit_level": "ilbs"},
+    "plus-strong": {"boundary_eps": 0.05, "boundary_mix": 0.25, "boundary_weight": 1.0, "min_agreement": 0.0},
+}
+#: the metrics an attack must evade: the paper's six, SAC, RobD and the alignment-aware DeepJudge
+EVADE = ("DJ-LOD", "DJ-LAD", "ZEST-L2", "ZEST-Cos", "MD-DDV", "IPG-MR", "SAC", "DJ-RobD", "DJA-LOD", "DJA-LAD")
+
+
+class Bench:
+    def __init__(self, arch: str, runs: Path):
+        self.spec = load_spec(HERE / "specs" / f"table1-{arch}.yaml")
+        self.run_dir = runs / self.spec.name
+        self.out = runs / f"removal-{arch}"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results_path = self.out / "results.json"
+        self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        self.cfg = {"dataset": self.spec.dataset, "data_root": self.spec.data_root,
+                    "lsd_holdout": self.spec.lsd_holdout, "verifier_count": self.spec.verifier_count}
+        self.victim, _ = load_checkpoint(model_path(self.run_dir, "models/victim"))
+        self.test = _dataset(self.spec.dataset, "test", self.spec.data_root)
+        self.verifiers = dict(self.spec.verifiers)
+        self.verifiers["deepjudge_aligned"] = dict(self.spec.verifiers.get("deepjudge", {}))
+        self.cache = FingerprintCache(self.run_dir / "fingerprints")
+        self.fps = {name: self.cache.get_or_extract(create_verifier(name, **params), self.victim,
+                                                    verifier_data(self.cfg), seed=0)
+                    for name, params in self.verifiers.items()}
+        with ResultStore(self.run_dir / "results.db") as store:
+            plan = set(store.get_meta("plan"))
+            self.db = {r["name"]: r for r in store.rows(kind="score") if r["id"] in plan and r["status"] == "done"}
+            attacks = {r["name"]: r for r in store.rows(kind="attack") if r["id"] in plan and r["status"] == "done"}
+        self.attack_times = attacks
+
+    def save(self) -> None:
+        tmp = self.results_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=1, sort_keys=True))
+        os.replace(tmp, self.results_path)
+
+    def score(self, model, names=None) -> dict[str, float]:
+        out = {}
+        for name in names or self.verifiers:
+            v = create_verifier(name, **self.verifiers[name])
+            out.update(v.score(self.fps[name], self.victim, model))
+        return out
+
+    def existing(self, key: str, job: str, role_name: str) -> dict[str, float]:
+        """Scores of a model of the table run: its stored metrics plus the alignment-aware DeepJudge."""
+        if key not in self.results:
+            row = self.db[f"scores/{job}"]
+            model, _ = load_checkpoint(model_path(self.run_dir, role_name))
+            m = dict(row["metrics"])
+            m.update(self.score(model, ["deepjudge_aligned"]))
+            m.pop("score_time_s", None)
+            self.results[key] = m
+            self.save()
+        return self.results[key]
+
+    def variant(self, name: str, params: dict, seed: int) -> dict[str, float]:
+        key = f"variant/{name}/seed-{seed}"
+        if key in self.results:
+            return self.results[key]
+        train, _ = training_split(self.cfg)
+        full = _dataset(self.spec.dataset, "train", self.spec.data_root)
+        sub = build_substitute(self.victim, train, scenario="ltd", count=int(round(0.01 * len(full))), seed=seed)
+        attack = create_attack("removalnet-plus", **params)
+        t0 = time.perf_counter()
+        surrogate = attack(self.victim, sub, seed=seed)
+        wall = time.perf_counter() - t0
+        save_checkpoint(self.out / slug(name) / f"seed-{seed}.safetensors", surrogate, {"variant": name, "seed": seed,
+                                                                                         "params": attack.params})
+        m = {"accuracy": evaluate(surrogate, self.test), **self.score(surrogate), "time_s": wall,
+             "iterations": attack.params["iterations"], "selected_t": attack.selected_t,
+             "trained_iterations": len(attack.trace)}
+        self.results[key] = m
+        self.save()
+        return m
+
+
+def summarise(b: Bench, seeds: list[int], variants: list[str]) -> tuple[str, dict]:
+    known = all_metrics()
+    refs = [b.existing(f"reference-{i}", f"reference-{i}", f"models/reference-{i}") for i in range(b.spec.references.count)]
+    metrics = [m for m in EVADE if all(m in r for r in refs)]
+    taus = calibrate({m: [r[m] for r in refs] for m in metrics}, [known[m] for m in metrics], "minmax")
+    victim_acc = b.db["scores/victim"]["metrics"]["accuracy"] if "scores/victim" in b.db else None
+    with ResultStore(b.run_dir / "results.db") as store:
+        victim_acc = next(r["metrics"]["accuracy"] for r in store.rows(kind="train") if r["name"] == "models/victim")
+    groups: dict[str, list[dict]] = {}
+    for i in range(b.spec.negatives.count):
+        groups.setdefault("Negative", []).append(b.existing(f"negative-{i}", f"negative-{i}", f"models/negative-{i}"))
+    for a in b.spec.attacks:
+        if a.scenario != "ltd":
+            continue
+        for s in seeds:
+            job = f"{slug(a.label)}/seed-{s}"
+            if f"scores/{job}" in b.db:
+                m = dict(b.existing(f"attack/{a.label}/seed-{s}", job, f"attacks/{job}"))
+                at = b.attack_times.get(f"attacks/{job}")
+                if at:
+                    m["time_s"] = at["metrics"]["time_s"]
+                    m["iterations"] = at["metrics"]["iterations"]
+                groups.setdefault(a.label, []).append(m)
+    for v in variants:
+        for s in seeds:
+            groups.setdefault(v, []).append(b.results[f"variant/{v}/seed-{s}"])
+    rows, summary = [], {}
+    head = ["Model", "n", "Acc drop (pts)", "Metrics evaded (mean)", "Evades all"] + metrics + ["s/iteration", "Time (s)"]
+    for label, ms in groups.items():
+        drops = [(victim_acc - m["accuracy"]) * 100 for m in ms]
+        evaded = [[not verdict(known[k], m[k], taus[k]) for k in metrics] for m in ms]
+        n_ev = [sum(e) for e in evaded]
+        per_metric = [sum(1 for m in ms if verdict(known[k], m[k], taus[k])) for k in metrics]
+        its = [m.get("trained_iterations", m.get("iterations")) for m in ms]
+        times = [m.get("time_s") for m in ms]
+        per_it = [t / i for t, i in zip(times, its) if t is not None and i]
+        summary[label] = {"drop": float(np.mean(drops)), "evaded": float(np.mean(n_ev)),
+                          "evades_all": sum(all(e) for e in evaded), "n": len(ms),
+                          "per_iteration_s": float(np.mean(per_it)) if per_it else None}
+        rows.append([label, str(len(ms)), f"{np.mean(drops):.2f}±{np.std(drops, ddof=1) if len(ms) > 1 else 0:.2f}",
+                     f"{np.mean(n_ev):.1f}/{len(metrics)}", f"{summary[label]['evades_all']}/{len(ms)}"]
+                    + [f"{c}/{len(ms)} copy" for c in per_metric]
+                    + [f"{np.mean(per_it):.3f}" if per_it else "-",
+                       f"{np.mean([t for t in times if t is not None]):.1f}" if any(t is not None for t in times) else "-"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| τ (min/max, 5 references) | | | | | " + " | ".join(f"{taus[m]:.3f}" for m in metrics) + " | | |"]
+    return "\n".join(lines), {"summary": summary, "taus": taus, "metrics": metrics, "victim_accuracy": victim_acc}
+
+
+def pareto_plot(summary: dict, n_metrics: int, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, d in summary.items():
+        marker = "s" if label in VARIANTS else ("^" if label == "Negative" else "o")
+        ax.scatter(d["drop"], d["evaded"], marker=marker, s=40)
+        ax.annotate(label, (d["drop"], d["evaded"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axvline(1.5, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("accuracy drop (points)")
+    ax.set_ylabel(f"metrics evaded (of {n_metrics}, mean over seeds)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", nargs="+", default=["vgg_small", "resnet_small"])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--runs", default="runs/bench")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("REMOVALNET_THREADS", "1")))
+    for arch in args.arch:
+        t0 = time.perf_counter()
+        b = Bench(arch, Path(args.runs))
+        seeds = b.spec.seeds[:args.seeds]
+        for v in args.variants:
+            for s in seeds:
+                m = b.variant(v, VARIANTS[v], s)
+                print(f"{arch} {v} seed {s}: accuracy {m['accuracy']:.4f}", flush=True)
+        table, data = summarise(b, seeds, args.variants)
+        png = HERE / "results" / f"removal-{arch}.png"
+        pareto_plot(data["summary"], len(data["metrics"]), png, f"{arch} (width 8), Fashion-MNIST, S_LTD 1%")
+        header = (f"# Removal variants against every verifier: {arch} on Fashion-MNIST\n\n"
+                  f"- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n- commit: {commit()}\n"
+                  f"- victim accuracy {data['victim_accuracy'] * 100:.2f}%; seeds {seeds}; thresholds min/max over "
+                  f"{b.spec.references.count} reference models; negatives: {b.spec.negatives.count} independent models\n"
+                  f"- variants: removalnet-plus with {json.dumps(VARIANTS)}\n"
+                  f"- wall time of this invocation {(time.perf_counter() - t0) / 60:.1f} min, torch threads "
+                  f"{torch.get_num_threads()}\n\n![pareto](removal-{arch}.png)\n\n")
+        (HERE / "results" / f"removal-{arch}.md").write_text(header + table + "\n")
+        (HERE / "results" / f"removal-{arch}.json").write_text(json.dumps(data, indent=1))
+        print(f"wrote benchmarks/results/removal-{arch}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""removalnet-plus: fingerprint removal from composable components (beyond the paper).
+
+The components, each a parameter (``0``/``"none"`` switches it off):
+
+1. **Channel permutation** (``permute``: farthest | random | none; :mod:`removalnet.attacks.permute`): the
+   surrogate starts as the victim with its hidden channels reordered, chosen by linear assignment to move
+   every layer's activations as far from the victim's as a permutation can, on the attacker's data. Free:
+   the function is unchanged; it defeats channel-aligned white-box metrics (DeepJudge LOD/LAD).
+2. **Distillation** on the attacker's data: ``alpha`` x CE(F_S(x), y_hat) + (1 - alpha) x T^2 x
+   KL(softmax(target / T) || softmax(F_S(x) / T)), the target being the victim's logits, or RemovalNet's
+   logit level (``logit_level: ilbs``, Algorithm 2: interpolated towards the farthest logit of the batch).
+3. **Boundary shifting** (``boundary_mix`` > 0): adversarial examples made against the victim from the
+   attacker's data (L-inf PGD, ``boundary_eps``, ``boundary_steps``), labelled with the victim's CLEAN
+   prediction, make up ``boundary_mix`` of every batch with a CE term. The surrogate learns to keep the
+   class where the victim flips: the points near the victim's boundary that boundary fingerprints
+   (IPGuard, ModelDiff's DDV, RobD) probe stop agreeing, while clean behaviour is distilled.
+4. **Stopping rule** (``holdout`` > 0): only what an attacker has. A ``holdout`` fraction of the substitute
+   set (class-stratified) is kept out of training, with its own adversarial examples made on the victim.
+   Every ``check_every`` iterations the surrogate is measured on it: ``agreement`` (top-1 agreement with
+   the victim on the clean holdout, the accuracy proxy) and ``boundary_agreement`` (agreement with the
+   victim's predictions on the holdout's adversarial examples, the distance proxy: lower = farther). The
+   returned surrogate is the checked state with the lowest boundary agreement among those whose agreement
+   is at least ``min_agreement``; training stops early once boundary agreement is at most
+   ``target_boundary_agreement``. Never the verifier's data, never tau.
+
+The victim's outputs on the fixed substitute set are computed once. The preset defaults come from the
+measurements in docs/findings.md; the paper-faithful attack stays ``removalnet``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..data.subsets import dataset_labels
+from ..utils import RemovalNetError
+from .base import Attack, AttackContext, Param, register_attack
+from .permute import channel_spaces, farthest_permutations, permute_model, random_permutations
+from .removalnet import ilbs
+
+__all__ = ["RemovalNetPlus"]
+
+
+def _stack(ds, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(ds[int(i)][:2] for i in idx))
+    return torch.stack([torch.as_tensor(v) for v in xs]).float(), torch.as_tensor([int(v) for v in ys])
+
+
+@register_attack
+class RemovalNetPlus(Attack):
+    """Permutation + distillation + boundary shifting + attacker-side stopping (module docstring)."""
+
+    name = "removalnet-plus"
+    PARAMS = {
+        "iterations": Param(300, int, low=0, doc="optimisation steps"),
+        "lr": Param(0.002, float, low=0.0, low_open=True, doc="SGD learning rate"),
+        "checkpoint_every": Param(50, int, low=1, doc="iterations between checkpoints"),
+        "permute": Param("farthest", str, choices=("farthest", "random", "none"), doc="channel permutation"),
+        "permute_features": Param("patterns", str, choices=("maps", "channel_means", "patterns"),
+                                  doc="what the farthest permutation pulls apart (attacks.permute.farthest_permutations)"),
+        "alpha": Param(0.0, float, low=0.0, high=1.0, doc="CE weight; 1 - alpha weighs the KL term"),
+        "temperature": Param(1.0, float, low=0.0, low_open=True, doc="KL temperature"),
+        "logit_level": Param("none", str, choices=("none", "ilbs"), doc="KL target: victim logits or ILBS (Alg. 2)"),
+        "boundary_mix": Param(0.5, float, low=0.0, high=1.0, high_open=True,
+                              doc="fraction of each batch that is boundary-shifting adversarial examples"),
+        "boundary_eps": Param(0.03, float, low=0.0, low_open=True, high=1.0, doc="their L-inf PGD budget"),
+        "boundary_steps": Param(10, int, low=1, doc="their PGD steps (step size eps / 4)"),
+        "boundary_weight": Param(0.2, float, low=0.0, doc="weight of their CE term"),
+        "bn_mode": Param("frozen", str, choices=("frozen", "train"),
+                         doc="BatchNorm during training: frozen running statistics (eval mode) or batch statistics"),
+        "holdout": Param(0.2, float, low=0.0, high=0.9, doc="substitute fraction kept for the stopping rule (0: off)"),
+        "check_every": Param(25, int, low=1, doc="iterations between stopping-rule checks"),
+        "min_agreement": Param(0.9, float, low=0.0, high=1.0,
+                               doc="least top-1 agreement with the victim on the holdout a kept state needs"),
+        "target_boundary_agreement": Param(0.0, float, low=0.0, high=1.0,
+                                           doc="stop once the holdout boundary agreement is at most this"),
+    }
+
+    def run(self, ctx: AttackContext) -> None:
+        p = self.params
+        victim, dev, gen = ctx.victim, ctx.device, ctx.generator
+        labels = torch.as_tensor(dataset_labels(ctx.substitute))
+        n = len(labels)
+        order = torch.randperm(n, generator=gen)
+        hold_idx = torch.empty(0, dtype=torch.long)
+        if p["holdout"] > 0:  # class-stratified holdout of the attacker's own data
+            per = [order[labels[order] == c] for c in labels.unique()]
+            hold_idx = torch.cat([ix[:int(round(len(ix) * p["holdout"]))] for ix in per])
+        train_mask = torch.ones(n, dtype=torch.bool)
+        train_mask[hold_idx] = False
+        train_idx = torch.arange(n)[train_mask]
+        if len(train_idx) == 0:
+            raise RemovalNetError("removalnet-plus: the holdout leaves no training data; lower holdout")
+        x_tr, _ = _stack(ctx.substitute, train_idx)
+        x_tr = x_tr.to(dev)
+        with torch.no_grad():
+            v_logits = torch.cat([victim(x_tr[i:i + 512]) for i in range(0, len(x_tr), 512)])
+        y_hat = v_logits.argmax(1)
+
+        # 1. permutation (function-preserving start)
+        if p["permute"] != "none":
+            spaces = channel_spaces(ctx.surrogate, x_tr[:2])
+            if p["permute"] == "farthest":
+                perms, _ = farthest_permutations(ctx.surrogate, x_tr, spaces, features=p["permute_features"])
+            else:
+                perms = random_permutations(spaces, gen)
+            permuted = permute_model(ctx.surrogate, spaces, perms)
+            ctx.surrogate.load_state_dict(permuted.state_dict())
+
+        # 3. boundary-shifting examples (victim frozen, data fixed: made once)
+        def boundary_examples(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            from ..verify.adversarial import pgd
+            return pgd(victim, x, y, eps=p["boundary_eps"], alpha=p["boundary_eps"] / 4, steps=p["boundary_steps"],
+                       random_start=True, generator=gen, batch_size=256).detach()
+
+        mix = p["boundary_mix"]
+        x_adv = boundary_examples(x_tr, y_hat) if mix > 0 else None
+
+        hold = None
+        if len(hold_idx):
+            x_h, _ = _stack(ctx.substitute, hold_idx)
+            x_h = x_h.to(dev)
+            with torch.no_grad():
+                yh = victim(x_h).argmax(1)
+                xa_h = boundary_examples(x_h, yh)
+                ya_h = victim(xa_h).argmax(1)
+            hold = (x_h, yh, xa_h, ya_h)
+
+        b = min(p["batch_size"], len(x_tr))
+        b_adv = int(round(b * mix)) if mix > 0 else 0
+        b_clean = max(1, b - b_adv)
+        T, alpha = p["temperature"], p["alpha"]
+
+        def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            while True:
+                ic = torch.randint(0, len(x_tr), (b_clean,), generator=gen).to(dev)
+                ia = torch.randint(0, len(x_tr), (b_adv,), generator=gen).to(dev)
+                x = torch.cat([x_tr[ic], x_adv[ia]]) if b_adv else x_tr[ic]
+                yield x, torch.cat([ic, ia])
+
+        bns = [m for m in ctx.surrogate.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+        def step(x: torch.Tensor, idx: torch.Tensor, t: int):
+            if p["bn_mode"] == "frozen":  # keep the victim's statistics: a few hundred samples, half of them
+                for m in bns:              # adversarial, would shift them
+                    m.eval()
+            logits = ctx.surrogate(x)
+            lc, la = logits[:b_clean], logits[b_clean:]
+            ic, ia = idx[:b_clean], idx[b_clean:]
+            target = v_logits[ic]
+            if p["logit_level"] == "ilbs":
+                target, _, _ = ilbs(target)
+            kl = F.kl_div(F.log_softmax(lc / T, 1), F.softmax(target / T, 1), reduction="batchmean") * T * T
+            ce = F.cross_entropy(lc, y_hat[ic])
+            loss = alpha * ce + (1 - alpha) * kl
+            logs: dict[str, Any] = {"ce": ce, "kl": kl}
+            if b_adv:
+                shift = F.cross_entropy(la, y_hat[ia])
+                loss = loss + p["boundary_weight"] * shift
+                logs["boundary"] = shift
+            logs["loss"] = loss
+            return loss, logs
+
+        best: dict[str, Any] = {"score": None, "state": None, "t": 0}
+        self.selection: list[dict[str, Any]] = []
+
+        class _Stop(Exception):
+            pass
+
+        def check(t: int) -> None:
+            if hold is None or (t % p["check_every"] and t != p["iterations"]):
+                return
+            m = ctx.surrogate
+            was = m.training
+            m.eval()
+            with torch.no_grad():
+                agree = float((m(hold[0]).argmax(1) == hold[1]).double().mean())
+                bagree = float((m(hold[2]).argmax(1) == hold[3]).double().mean())
+            m.train(was)
+            ok = agree >= p["min_agreement"]
+            self.selection.append({"t": t, "agreement": agree, "boundary_agreement": bagree, "eligible": ok})
+            if ok and (best["score"] is None or bagree < best["score"]):
+                best.update(score=bagree, state=copy.deepcopy(m.state_dict()), t=t)
+            if ok and bagree <= p["target_boundary_agreement"]:
+                raise _Stop
+
+        check(0) if hold is not None else None
+        try:
+            self.fit(ctx, step, after_step=check, batch_stream=stream())
+        except _Stop:
+            ctx.surrogate.eval()
+        if best["state"] is not None:
+            ctx.surrogate.load_state_dict(best["state"])
+        self.selected_t = best["t"] if best["state"] is not None else None
+        self.history.append({"t": self.selected_t, "selected": True, "selection": self.selection})

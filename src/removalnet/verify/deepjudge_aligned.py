@@ -1,0 +1,69 @@
+"""Alignment-aware DeepJudge: DeepJudge's layer metrics after matching the suspect's channels to the victim's.
+
+DeepJudge's LOD and LAD (eq. 1, 2) compare channel c of the victim with channel c of the suspect. A copy
+whose hidden channels were permuted (a function-preserving change that costs nothing, see
+:mod:`removalnet.attacks.permute`) moves both metrics as far as an independent model. This countermeasure
+first matches channels: on the fingerprint's inputs (DeepJudge's seeds and test cases) it correlates every
+victim channel's mean activation with every suspect channel's and solves the linear assignment that
+maximises the total correlation (Hungarian, scipy); LOD and LAD are then computed on the matched channels
+(metrics ``DJA-LOD``, ``DJA-LAD``). A permuted copy gets exactly the LOD/LAD of the unpermuted one.
+Reference models are matched the same way, so tau stays honest: matching can only lower their distances too.
+
+Parameters and fingerprint are DeepJudge's (same seeds, test cases and layer); the fingerprint also stores
+the victim's channel means on the seeds and test cases (the alignment data).
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Fingerprint, Metric, batched_apply, register_verifier
+from .deepjudge import DeepJudge, _require_split, channel_means, lad, lod
+
+__all__ = ["DeepJudgeAligned", "match_channels"]
+
+
+def match_channels(victim_acts: torch.Tensor, suspect_acts: torch.Tensor) -> torch.Tensor:
+    """``perm`` with suspect channel ``perm[c]`` matched to victim channel ``c``: the assignment that
+    maximises the summed Pearson correlation of the channels' activations over the rows (N x C each)."""
+    from scipy.optimize import linear_sum_assignment
+
+    v = victim_acts.double() - victim_acts.double().mean(0)
+    s = suspect_acts.double() - suspect_acts.double().mean(0)
+    nv, ns = v.norm(dim=0), s.norm(dim=0)
+    corr = (v.T @ s) / (nv[:, None] * ns[None, :]).clamp_min(1e-12)
+    rows, cols = linear_sum_assignment(corr.numpy(), maximize=True)
+    return torch.as_tensor(cols, dtype=torch.long)[torch.as_tensor(rows).argsort()]
+
+
+@register_verifier
+class DeepJudgeAligned(DeepJudge):
+    """DeepJudge's LOD and LAD after matching the suspect's channels to the victim's (module docstring)."""
+
+    name = "deepjudge_aligned"
+    metrics = (Metric("DJA-LOD", "distance"), Metric("DJA-LAD", "distance"))
+
+    def _extract(self, victim, data, *, seed: int, generator: torch.Generator, device: torch.device):
+        tensors, meta = super()._extract(victim, data, seed=seed, generator=generator, device=device)
+        layer = int(meta["layer"])
+        inputs = torch.cat([tensors["seeds_x"], tensors["tests_x"]])
+        tensors["victim_align"] = batched_apply(lambda x: channel_means(victim.head(x, layer)), inputs,
+                                                batch_size=self.params["batch_size"], device=device)
+        return tensors, meta
+
+    def _score(self, fp: Fingerprint, victim, suspect, *, device: torch.device) -> dict[str, float]:
+        P, T, bs = fp.params, fp.tensors, self.params["batch_size"]
+        layer = int(fp.meta["layer"])
+        _require_split(suspect, "suspect", layer)
+
+        def acts(x):
+            return channel_means(suspect.head(x, layer))
+
+        s_align = batched_apply(acts, torch.cat([T["seeds_x"], T["tests_x"]]), batch_size=bs, device=device)
+        if s_align.shape != T["victim_align"].shape:
+            from ..utils import RemovalNetError
+            raise RemovalNetError(f"the suspect's block {layer} has {s_align.shape[1]} channels, the victim's "
+                                  f"{T['victim_align'].shape[1]}")
+        perm = match_channels(T["victim_align"], s_align)
+        s_layer = s_align[len(T["seeds_x"]):][:, perm]
+        return {"DJA-LOD": lod(T["victim_layer"], s_layer, P["p"]),
+                "DJA-LAD": lad(T["victim_layer"], s_layer, P["threshold"])}
