@@ -140,6 +140,9 @@ class Boundary(SurrogateStudy):
             ax.set_title(f"t = {t}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[0][0].legend(fontsize=7, loc="best")
-        fig.tight_layout()
+        from matplotlib.lines import Line2D
+        handles = [Line2D([], [], ls="", marker="o", color="k", ms=4, label="victim"),
+                   Line2D([], [], ls="", marker="x", color="k", ms=4, label="surrogate")]
+        fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         return fig
