@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from removalnet.experiment import load_spec, make_executor, run_experiment
-from removalnet.report import build_table, to_markdown
+from removalnet.report import build_table, to_html, to_markdown
 
 HERE = Path(__file__).resolve().parent
+NOTES = "## Read against the aims"
 
 
 def machine() -> str:
@@ -66,7 +67,12 @@ def main() -> None:
                   f"- models: {arch} {spec.victim.kwargs}; executor: {args.executor}; torch threads: {torch.get_num_threads()}\n"
                   f"- seeds: {len(spec.seeds)}; jobs: {summary.planned} ({summary.ran} ran in this invocation, "
                   f"{wall / 60:.1f} min; {len(summary.failed)} failed)\n\n")
-        (HERE / "results" / f"table1-{arch}.md").write_text(header + to_markdown(td))
+        out = HERE / "results" / f"table1-{arch}.md"
+        notes = ""  # the hand-written reading of the results survives a rerun
+        if out.exists() and NOTES in out.read_text():
+            notes = "\n" + NOTES + out.read_text().split(NOTES, 1)[1]
+        out.write_text(header + to_markdown(td) + notes)
+        (HERE / "results" / f"table1-{arch}.html").write_text(to_html(td))
         print(f"wrote benchmarks/results/table1-{arch}.md")
 
 
