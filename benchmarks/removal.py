@@ -161,7 +161,21 @@ def summarise(b: Bench, seeds: list[int], variants: list[str]) -> tuple[str, dic
                        f"{np.mean([t for t in times if t is not None]):.1f}" if any(t is not None for t in times) else "-"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["| τ (min/max, 5 references) | | | | | " + " | ".join(f"{taus[m]:.3f}" for m in metrics) + " | | |"]
-    return "\n".join(lines), {"summary": summary, "taus": taus, "metrics": metrics, "victim_accuracy": victim_acc}
+    # threshold rules: false positives on the negative models, detection of the parameter-reusing baselines
+    from removalnet.verify import RULES
+    baselines = [m for label, ms in groups.items() if label.split("(")[0] in ("FT", "WP", "Distill") for m in ms]
+    rules = {}
+    lines += ["", "### Threshold rules (all ten metrics)", "",
+              "| Rule | Quantity | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for rule in RULES:
+        t = calibrate({m: [r[m] for r in refs] for m in metrics}, [known[m] for m in metrics], rule)
+        fpr = {m: float(np.mean([verdict(known[m], n[m], t[m]) for n in groups["Negative"]])) for m in metrics}
+        det = {m: float(np.mean([verdict(known[m], b_[m], t[m]) for b_ in baselines])) for m in metrics}
+        rules[rule] = {"taus": t, "false_positive_rate": fpr, "baseline_detection_rate": det}
+        lines.append(f"| {rule} | false-positive rate (negatives) | " + " | ".join(f"{fpr[m]:.2f}" for m in metrics) + " |")
+        lines.append(f"| {rule} | detection rate (FT/WP/Distill) | " + " | ".join(f"{det[m]:.2f}" for m in metrics) + " |")
+    return "\n".join(lines), {"summary": summary, "taus": taus, "metrics": metrics, "victim_accuracy": victim_acc,
+                              "rules": rules}
 
 
 def pareto_plot(summary: dict, n_metrics: int, path: Path, title: str) -> None:
