@@ -80,7 +80,7 @@ class Ablation(Study):
                 if len(vals) >= 2:
                     rep.findings.append(f"{m} over the {sweep} sweep ({pts[0][0]:g} -> {pts[-1][0]:g}): "
                                         f"{vals[0]:.3f} -> {vals[-1]:.3f}")
-        fig = self.figure(scores, metrics, td)
+        fig = self.figure(scores, [m for m in metrics if m in td.pool] or metrics, td)  # the paper's metrics
         if fig is not None:
             rep.figures.append(("ablation", fig))
         return rep

@@ -125,7 +125,7 @@ class SubstituteSize(Study):
                                     f"{a1 * 100:.2f}% with {plist[-1]['size']} samples")
         rep.numbers = {sc: [{"size": d["size"], "accuracy": mean_std([r["metrics"]["accuracy"] for r in d["scores"]])[0]}
                             for d in plist] for sc, plist in pts.items()}
-        fig = self.figure(pts, metrics, td)
+        fig = self.figure(pts, [m for m in metrics if m in td.pool] or metrics, td)  # the paper's metrics
         if fig is not None:
             rep.figures.append(("substitute_size", fig))
         return rep
