@@ -155,6 +155,10 @@ class SubstituteSize(Study):
             if m in td.taus:
                 ax.axhline(td.taus[m], color="grey", ls="--", lw=0.8, label="τ")
             ax.set_xscale("log")
+            sizes = sorted({d["size"] for plist in pts.values() for d in plist})
+            ax.set_xticks(sizes)
+            ax.set_xticklabels([str(v) for v in sizes], fontsize=7)
+            ax.minorticks_off()
             ax.set_title(ylabel, fontsize=9)
             ax.set_xlabel("substitute samples", fontsize=8)
             ax.tick_params(labelsize=7)
