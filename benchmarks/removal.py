@@ -40,6 +40,7 @@ VARIANTS = {
     "distill+permute": {"boundary_mix": 0.0},
     "plus": {},
     "plus+ilbs": {"logit_level": "ilbs"},
+    "plus+latent": {"beta": 2.0},
     "plus-strong": {"boundary_eps": 0.05, "boundary_mix": 0.25, "boundary_weight": 1.0, "min_agreement": 0.0},
 }
 #: the metrics an attack must evade: the paper's six, SAC, RobD and the alignment-aware DeepJudge

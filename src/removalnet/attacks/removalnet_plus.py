@@ -8,7 +8,9 @@ The components, each a parameter (``0``/``"none"`` switches it off):
    the function is unchanged; it defeats channel-aligned white-box metrics (DeepJudge LOD/LAD).
 2. **Distillation** on the attacker's data: ``alpha`` x CE(F_S(x), y_hat) + (1 - alpha) x T^2 x
    KL(softmax(target / T) || softmax(F_S(x) / T)), the target being the victim's logits, or RemovalNet's
-   logit level (``logit_level: ilbs``, Algorithm 2: interpolated towards the farthest logit of the batch).
+   logit level (``logit_level: ilbs``, Algorithm 2: interpolated towards the farthest logit of the batch);
+   with ``beta`` > 0 also RemovalNet's latent level (Algorithm 1 and eq. 11, the removalnet attack's
+   defaults), anchored at the permuted start's latent so that it lives in the surrogate's channel order.
 3. **Boundary shifting** (``boundary_mix`` > 0): adversarial examples made against the victim from the
    attacker's data (L-inf PGD, ``boundary_eps``, ``boundary_steps``), labelled with the victim's CLEAN
    prediction, make up ``boundary_mix`` of every batch with a CE term. The surrogate learns to keep the
@@ -38,7 +40,7 @@ from ..data.subsets import dataset_labels
 from ..utils import RemovalNetError
 from .base import Attack, AttackContext, Param, register_attack
 from .permute import channel_spaces, farthest_permutations, permute_model, random_permutations
-from .removalnet import ilbs
+from .removalnet import feature_loss, ilbs, reverse_latent
 
 __all__ = ["RemovalNetPlus"]
 
@@ -63,6 +65,9 @@ class RemovalNetPlus(Attack):
         "alpha": Param(0.0, float, low=0.0, high=1.0, doc="CE weight; 1 - alpha weighs the KL term"),
         "temperature": Param(1.0, float, low=0.0, low_open=True, doc="KL temperature"),
         "logit_level": Param("none", str, choices=("none", "ilbs"), doc="KL target: victim logits or ILBS (Alg. 2)"),
+        "beta": Param(0.0, float, low=0.0, doc="weight of RemovalNet's latent level L_feat (eq. 11; 0: off)"),
+        "layer": Param(None, int, low=1, nullable=True, doc="split layer of the latent level (null: default)"),
+        "latent_steps": Param(10, int, low=1, doc="Algorithm 1 steps of the latent level"),
         "boundary_mix": Param(0.5, float, low=0.0, high=1.0, high_open=True,
                               doc="fraction of each batch that is boundary-shifting adversarial examples"),
         "boundary_eps": Param(0.03, float, low=0.0, low_open=True, high=1.0, doc="their L-inf PGD budget"),
@@ -142,11 +147,18 @@ class RemovalNetPlus(Attack):
 
         bns = [m for m in ctx.surrogate.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
+        layer = p["layer"] if p["layer"] is not None else victim.default_layer
+        start = copy.deepcopy(ctx.surrogate).eval().requires_grad_(False) if p["beta"] > 0 else None
+
         def step(x: torch.Tensor, idx: torch.Tensor, t: int):
             if p["bn_mode"] == "frozen":  # keep the victim's statistics: a few hundred samples, half of them
                 for m in bns:              # adversarial, would shift them
                     m.eval()
-            logits = ctx.surrogate(x)
+            if start is not None:   # latent level: z_s from the same pass as the logits
+                z_s = ctx.surrogate.head(x, layer)
+                logits = ctx.surrogate.tail(z_s, layer)
+            else:
+                logits = ctx.surrogate(x)
             lc, la = logits[:b_clean], logits[b_clean:]
             ic, ia = idx[:b_clean], idx[b_clean:]
             target = v_logits[ic]
@@ -156,6 +168,20 @@ class RemovalNetPlus(Attack):
             ce = F.cross_entropy(lc, y_hat[ic])
             loss = alpha * ce + (1 - alpha) * kl
             logs: dict[str, Any] = {"ce": ce, "kl": kl}
+            if start is not None:
+                with torch.no_grad():
+                    anchor = start.head(x[:b_clean], layer)
+                was = ctx.surrogate.training
+                ctx.surrogate.eval()
+                z1, _ = reverse_latent(lambda z: ctx.surrogate.tail(z, layer), anchor, y_hat[ic],
+                                       steps=p["latent_steps"], generator=ctx.device_generator)
+                ctx.surrogate.train(was)
+                if p["bn_mode"] == "frozen":
+                    for m in bns:
+                        m.eval()
+                feat = feature_loss(z_s[:b_clean], z1)
+                loss = loss + p["beta"] * feat
+                logs["feat"] = feat
             if b_adv:
                 shift = F.cross_entropy(la, y_hat[ia])
                 loss = loss + p["boundary_weight"] * shift
