@@ -184,10 +184,13 @@ def pareto_plot(summary: dict, n_metrics: int, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    at: dict[tuple[float, float], list[str]] = {}   # models at the same point share one label
     for label, d in summary.items():
         marker = "s" if label in VARIANTS else ("^" if label == "Negative" else "o")
         ax.scatter(d["drop"], d["evaded"], marker=marker, s=40)
-        ax.annotate(label, (d["drop"], d["evaded"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        at.setdefault((round(d["drop"], 2), round(d["evaded"], 2)), []).append(label)
+    for (x, y), labels in at.items():
+        ax.annotate("\n".join(labels), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.axvline(1.5, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("accuracy drop (points)")
     ax.set_ylabel(f"metrics evaded (of {n_metrics}, mean over seeds)")
