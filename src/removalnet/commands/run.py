@@ -32,15 +32,24 @@ def spec_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in (("seeds", args.seeds), ("device", args.device)) if v is not None}
 
 
-def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, spec_overrides(args))
+def run_spec(spec, args: argparse.Namespace, file=None):
+    """Run ``spec`` with the shared options; print the summary line. Returns (run folder, summary or None on
+    a dry run)."""
     out = Path(args.out) if args.out else Path(args.runs) / spec.name
     executor = None if args.dry_run else make_executor(args.executor, args.address)
     s = run_experiment(spec, out, executor=executor, max_jobs=args.max_jobs, dry_run=args.dry_run,
                        progress=not args.quiet)
     if args.dry_run:
-        return 0
+        return out, None
     print(f"{out}: {s.planned} jobs, {s.skipped_done} already done, {s.ran} ran, {len(s.failed)} failed, "
-          f"{len(s.skipped_deps)} skipped (failed dependency){', stopped early' if s.stopped_early else ''}")
+          f"{len(s.skipped_deps)} skipped (failed dependency){', stopped early' if s.stopped_early else ''}",
+          file=file)
+    return out, s
+
+
+def run(args: argparse.Namespace) -> int:
+    out, s = run_spec(load_spec(args.spec, spec_overrides(args)), args)
+    if s is None:
+        return 0
     print(f"results: {out / 'results.db'}; table: removalnet report {out}")
     return 0 if s.ok else 1

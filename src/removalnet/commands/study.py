@@ -12,9 +12,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from ..experiment import load_spec, make_executor, run_experiment
+from ..experiment import load_spec
 from ..utils import RemovalNetError, atomic_write_bytes
-from .run import add_run_arguments, spec_overrides
+from .run import add_run_arguments, run_spec, spec_overrides
 
 NAME = "study"
 HELP = "run one of the paper's studies (substitute_size, efficiency, ablation, saliency, boundary, robustness)"
@@ -42,15 +42,9 @@ def load_study_spec(name: str, spec_path: str | None, overrides: dict):
 def run(args: argparse.Namespace) -> int:
     from .report import report_run
 
-    spec = load_study_spec(args.name, args.spec, spec_overrides(args))
-    out = Path(args.out) if args.out else Path(args.runs) / spec.name
-    executor = None if args.dry_run else make_executor(args.executor, args.address)
-    s = run_experiment(spec, out, executor=executor, max_jobs=args.max_jobs, dry_run=args.dry_run,
-                       progress=not args.quiet)
-    if args.dry_run:
+    out, s = run_spec(load_study_spec(args.name, args.spec, spec_overrides(args)), args, file=sys.stderr)
+    if s is None:
         return 0
-    print(f"{out}: {s.planned} jobs, {s.skipped_done} already done, {s.ran} ran, {len(s.failed)} failed",
-          file=sys.stderr)
     print(report_run(out, "md", echo=lambda m: print(m, file=sys.stderr)), end="")
     atomic_write_bytes(out / "report.html", report_run(out, "html", echo=lambda m: None).encode())
     print(f"report: {out / 'report.html'}, figures and tables: {out / 'report'}", file=sys.stderr)
