@@ -138,7 +138,6 @@ def summarise(b: Bench, seeds: list[int], variants: list[str]) -> tuple[str, dic
     refs = [b.existing(f"reference-{i}", f"reference-{i}", f"models/reference-{i}") for i in range(b.spec.references.count)]
     metrics = [m for m in EVADE if all(m in r for r in refs)]
     taus = calibrate({m: [r[m] for r in refs] for m in metrics}, [known[m] for m in metrics], "minmax")
-    victim_acc = b.db["scores/victim"]["metrics"]["accuracy"] if "scores/victim" in b.db else None
     with ResultStore(b.run_dir / "results.db") as store:
         victim_acc = next(r["metrics"]["accuracy"] for r in store.rows(kind="train") if r["name"] == "models/victim")
     groups: dict[str, list[dict]] = {}

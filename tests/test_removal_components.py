@@ -111,7 +111,7 @@ def test_farthest_permutation_beats_random():
     best, info = farthest_permutations(m, x, spaces, features="channel_means")
     rand = random_permutations(spaces, torch.Generator().manual_seed(0))
     from removalnet.attacks.permute import _features, _probe_activations
-    acts = _probe_activations(m, x, {sp.probe for sp in spaces if sp.permutable})
+    acts = _probe_activations(torch.fx.symbolic_trace(m), x, {sp.probe for sp in spaces if sp.permutable})
     for sp in spaces:
         if not sp.permutable:
             continue

@@ -39,7 +39,7 @@ from ..models.split import SplitModel
 from ..utils import RemovalNetError, resolve_device, seed_everything
 
 __all__ = [
-    "Param", "Attack", "AttackContext", "BatchStream", "register_attack", "create_attack", "list_attacks",
+    "Param", "validate_params", "Attack", "AttackContext", "BatchStream", "register_attack", "create_attack", "list_attacks",
     "attack_class", "make_sgd", "make_schedule",
 ]
 
@@ -141,6 +141,14 @@ class Param:
             hi = ")" if self.high_open else "]"
             rng = f" in {lo}{'-inf' if self.low is None else self.low}, {'inf' if self.high is None else self.high}{hi}"
         return f"{self.kind.__name__}{rng}, default {self.default!r}" + (f": {self.doc}" if self.doc else "")
+
+
+def validate_params(spec: dict[str, Param], params: dict[str, Any], owner: str) -> dict[str, Any]:
+    """Every parameter of ``spec`` validated, defaults filled in; an unknown name raises, naming ``owner``."""
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise RemovalNetError(f"unknown parameter {unknown[0]!r} for {owner}; known: {', '.join(sorted(spec))}")
+    return {key: p.validate(key, params[key] if key in params else p.default) for key, p in spec.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -288,14 +296,7 @@ class Attack(abc.ABC):
     }
 
     def __init__(self, **params: Any):
-        spec = self.param_spec()
-        unknown = sorted(set(params) - set(spec))
-        if unknown:
-            raise RemovalNetError(f"unknown parameter {unknown[0]!r} for attack {self.name!r}; "
-                                  f"known: {', '.join(sorted(spec))}")
-        values = {}
-        for key, p in spec.items():
-            values[key] = p.validate(key, params[key] if key in params else p.default)
+        values = validate_params(self.param_spec(), params, f"attack {self.name!r}")
         self.params: dict[str, Any] = values
         self.validate_params(values)
         self.trace: list[dict[str, Any]] = []

@@ -212,8 +212,8 @@ def permute_model(model: nn.Module, spaces: list[ChannelSpace], perms: dict[int,
     return model
 
 
-def _probe_activations(model: nn.Module, x: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
-    gm = torch.fx.symbolic_trace(model)
+def _probe_activations(gm: torch.fx.GraphModule, x: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+    """Outputs of the graph nodes ``names`` of the traced model ``gm`` on ``x``."""
     acts: dict[str, torch.Tensor] = {}
 
     class Rec(torch.fx.Interpreter):
@@ -259,9 +259,10 @@ def farthest_permutations(model: nn.Module, x: torch.Tensor, spaces: list[Channe
     model.eval()
     spaces = spaces if spaces is not None else channel_spaces(model, x[:2])
     todo = [sp for sp in spaces if sp.permutable]
+    gm = torch.fx.symbolic_trace(model)   # node names match those of channel_spaces' trace
     gram: dict[int, torch.Tensor] = {}
     for start in range(0, len(x), batch_size):
-        acts = _probe_activations(model, x[start:start + batch_size], {sp.probe for sp in todo})
+        acts = _probe_activations(gm, x[start:start + batch_size], {sp.probe for sp in todo})
         for sp in todo:
             a = _features(acts[sp.probe].double(), features)   # C x D
             g = a @ a.T

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ..data.subsets import dataset_labels
 from ..utils import RemovalNetError
+from ..verify.base import batched_apply
 from .base import Attack, AttackContext, Param, register_attack
 from .permute import channel_spaces, farthest_permutations, permute_model, random_permutations
 from .removalnet import feature_loss, ilbs, reverse_latent
@@ -45,9 +46,10 @@ from .removalnet import feature_loss, ilbs, reverse_latent
 __all__ = ["RemovalNetPlus"]
 
 
-def _stack(ds, idx) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*(ds[int(i)][:2] for i in idx))
-    return torch.stack([torch.as_tensor(v) for v in xs]).float(), torch.as_tensor([int(v) for v in ys])
+def _inputs(ds, idx: torch.Tensor) -> torch.Tensor:
+    """The inputs ``ds[i][0]`` for ``idx``, stacked (float32). Indexed directly: iterating a DataLoader
+    (verify.base.dataset_tensors) draws its base seed from the global RNG, which drives dropout here."""
+    return torch.stack([torch.as_tensor(ds[int(i)][0]) for i in idx]).float()
 
 
 @register_attack
@@ -98,10 +100,9 @@ class RemovalNetPlus(Attack):
         train_idx = torch.arange(n)[train_mask]
         if len(train_idx) == 0:
             raise RemovalNetError("removalnet-plus: the holdout leaves no training data; lower holdout")
-        x_tr, _ = _stack(ctx.substitute, train_idx)
-        x_tr = x_tr.to(dev)
-        with torch.no_grad():
-            v_logits = torch.cat([victim(x_tr[i:i + 512]) for i in range(0, len(x_tr), 512)])
+        x_tr = _inputs(ctx.substitute, train_idx).to(dev)
+        # the victim is frozen and the data fixed: its outputs once
+        v_logits = batched_apply(victim, x_tr, batch_size=512, device=dev).to(dev)
         y_hat = v_logits.argmax(1)
 
         # 1. permutation (function-preserving start)
@@ -125,8 +126,7 @@ class RemovalNetPlus(Attack):
 
         hold = None
         if len(hold_idx):
-            x_h, _ = _stack(ctx.substitute, hold_idx)
-            x_h = x_h.to(dev)
+            x_h = _inputs(ctx.substitute, hold_idx).to(dev)
             with torch.no_grad():
                 yh = victim(x_h).argmax(1)
                 xa_h = boundary_examples(x_h, yh)
@@ -212,7 +212,7 @@ class RemovalNetPlus(Attack):
             if ok and bagree <= p["target_boundary_agreement"]:
                 raise _Stop
 
-        check(0) if hold is not None else None
+        check(0)
         try:
             self.fit(ctx, step, after_step=check, batch_stream=stream())
         except _Stop:

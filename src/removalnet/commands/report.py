@@ -21,31 +21,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for a study's figures and tables (default: RUN_DIR/report)")
 
 
-def report_run(run_dir: str | Path, fmt: str = "md", rule: str | None = None, figures: str | Path | None = None,
-               echo=print) -> str:
-    """The report text of a run; a study's files are written to ``figures`` (default RUN_DIR/report)."""
+def report_run(run_dir: str | Path, fmts: tuple[str, ...] = ("md",), rule: str | None = None,
+               figures: str | Path | None = None, echo=print) -> dict[str, str]:
+    """The report of a run in each of ``fmts``, built once; a study's files are written to ``figures``
+    (default RUN_DIR/report)."""
     from ..studies import build_study_report, study_sections, write_study_report
     from ..studies.report import close_figures, study_markdown
 
     td = build_table(run_dir, rule=rule)
-    rep = build_study_report(run_dir, rule=rule)
-    sections = []
-    text = None
-    if rep is not None:
-        out_dir = Path(figures) if figures else Path(run_dir) / "report"
-        paths = write_study_report(rep, out_dir, td.name)
-        echo(f"wrote {len(paths)} study files to {out_dir}: {', '.join(p.name for p in paths)}")
-        sections = study_sections(rep) if fmt == "html" else []
+    rep = build_study_report(run_dir, td=td)
+    if rep is None:
+        return {fmt: render(td, fmt) for fmt in fmts}
+    out_dir = Path(figures) if figures else Path(run_dir) / "report"
+    paths = write_study_report(rep, out_dir, td.name)
+    echo(f"wrote {len(paths)} study files to {out_dir}: {', '.join(p.name for p in paths)}")
+    texts = {}
+    for fmt in fmts:
         if fmt == "md":  # a study without verifiers has no Table 1 to show
-            text = (render(td, "md") + "\n" if td.metrics else "") + study_markdown(rep)
-        close_figures(rep)
-    return text if text is not None else render(td, fmt, sections)
+            texts[fmt] = (render(td, "md") + "\n" if td.metrics else "") + study_markdown(rep)
+        else:
+            texts[fmt] = render(td, fmt, study_sections(rep) if fmt == "html" else ())
+    close_figures(rep)
+    return texts
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    text = report_run(args.run_dir, args.format, args.rule, args.figures,
-                      echo=lambda m: print(m, file=sys.stderr))
+    text = report_run(args.run_dir, (args.format,), args.rule, args.figures,
+                      echo=lambda m: print(m, file=sys.stderr))[args.format]
     if args.out:
         atomic_write_bytes(Path(args.out), text.encode())
         print(f"wrote {args.out}")

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     out, s = run_spec(load_study_spec(args.name, args.spec, spec_overrides(args)), args, file=sys.stderr)
     if s is None:
         return 0
-    print(report_run(out, "md", echo=lambda m: print(m, file=sys.stderr)), end="")
-    atomic_write_bytes(out / "report.html", report_run(out, "html", echo=lambda m: None).encode())
+    texts = report_run(out, ("md", "html"), echo=lambda m: print(m, file=sys.stderr))
+    print(texts["md"], end="")
+    atomic_write_bytes(out / "report.html", texts["html"].encode())
     print(f"report: {out / 'report.html'}, figures and tables: {out / 'report'}", file=sys.stderr)
     return 0 if s.ok else 1

@@ -7,7 +7,6 @@ import csv
 import html
 import io
 import math
-from typing import Any
 
 import numpy as np
 
@@ -97,13 +96,16 @@ def to_markdown(td: TableData) -> str:
     return "\n".join(parts) + "\n"
 
 
-def to_csv(td: TableData) -> str:
+def _csv(head: list[str], rows: list[list[str]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    head, rows = table_cells(td)
     w.writerow(head)
     w.writerows(rows)
     return buf.getvalue()
+
+
+def to_csv(td: TableData) -> str:
+    return _csv(*table_cells(td))
 
 
 def _tex_escape(s: str) -> str:
@@ -112,16 +114,20 @@ def _tex_escape(s: str) -> str:
             .replace("↓", r"$\downarrow$"))
 
 
-def to_latex(td: TableData) -> str:
-    head, rows = table_cells(td)
+def _tex(head: list[str], rows: list[list[str]], rule_before_last: bool = False) -> str:
+    """A booktabs tabular of string cells (a midrule before the last row when ``rule_before_last``)."""
     lines = [r"\begin{tabular}{" + "l" + "c" * (len(head) - 1) + "}", r"\toprule",
              " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule"]
     for i, r in enumerate(rows):
-        if i == len(rows) - 1:
+        if rule_before_last and i == len(rows) - 1:
             lines.append(r"\midrule")
         lines.append(" & ".join(_tex_escape(c) for c in r) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
+
+
+def to_latex(td: TableData) -> str:
+    return _tex(*table_cells(td), rule_before_last=True)   # the tau row below a rule
 
 
 def tradeoff_figure(td: TableData):

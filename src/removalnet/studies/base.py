@@ -15,8 +15,6 @@ attacks. ``create_study(name, **params)``; ``list_studies()``.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +22,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..attacks.base import Param
+from ..attacks.base import Param, validate_params
 from ..utils import RemovalNetError, atomic_path
 
 __all__ = ["Study", "SurrogateStudy", "StudyReport", "register_study", "create_study", "list_studies", "study_class",
-           "ATTACK_PARAMS", "mean_std", "fmt_ms", "scores_by_label", "metric_split", "save_figure", "table_csv",
+           "ATTACK_PARAMS", "mean_std", "fmt_ms", "scores_by_label", "metric_split", "save_figure",
            "finished_job", "save_arrays"]
 
 _STUDIES: dict[str, type["Study"]] = {}
@@ -63,11 +61,7 @@ class Study:
     PARAMS: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **params: Any):
-        unknown = sorted(set(params) - set(self.PARAMS))
-        if unknown:
-            raise RemovalNetError(f"unknown parameter {unknown[0]!r} for study {self.name!r}; "
-                                  f"known: {', '.join(sorted(self.PARAMS))}")
-        self.params = {k: p.validate(k, params.get(k, p.default)) for k, p in self.PARAMS.items()}
+        self.params = validate_params(self.PARAMS, params, f"study {self.name!r}")
         for k, p in self.PARAMS.items():  # a study's parameter mappings (e.g. lowered lr) merge under the user's
             if p.kind is dict and p.default and self.params[k] is not None:
                 self.params[k] = {**p.default, **self.params[k]}
@@ -96,10 +90,12 @@ class Study:
         raise NotImplementedError
 
     # -- helpers for the studies that add one RemovalNet row ----------------------------------------
-    def removalnet_row(self, label: str, **extra: Any) -> dict[str, Any]:
-        """A spec attack row of RemovalNet on the study's substitute set (``count`` wins over ``fraction``)."""
+    def removalnet_row(self, label: str, scenario: str | None = None, **extra: Any) -> dict[str, Any]:
+        """A spec attack row of RemovalNet on the study's substitute set (``count`` wins over ``fraction``), in
+        ``scenario`` (default: the study's ``scenario`` parameter)."""
         p = self.params
-        row = {"name": "removalnet", "label": label, "params": dict(p["params"]), "scenario": p.get("scenario", "ltd")}
+        row = {"name": "removalnet", "label": label, "params": dict(p["params"]),
+               "scenario": scenario or p.get("scenario", "ltd")}
         if p["count"] is not None:
             row["count"] = p["count"]
         else:
@@ -111,7 +107,7 @@ class Study:
 
     def check_substitute(self) -> None:
         p = self.params
-        if p["scenario"] == "lsd" and not p["source"]:
+        if p.get("scenario") == "lsd" and not p["source"]:
             raise RemovalNetError("scenario lsd needs a source (a dataset name, or 'partition')")
         try:
             from ..attacks import create_attack
@@ -138,12 +134,13 @@ class SurrogateStudy(Study):
         return [self.removalnet_row(self.label)]
 
     def attack_job(self, spec, seed: int | None = None) -> str:
+        """Name of the attack job of ``seed`` (default: the chosen seed) in ``spec`` (an ExperimentSpec)."""
         from ..experiment.plan import slug
         s = self.chosen_seed(spec) if seed is None else seed
         return f"attacks/{slug(self.label)}/seed-{s}"
 
     def chosen_seed(self, spec) -> int:
-        seeds = spec.seeds if hasattr(spec, "seeds") else spec["seeds"]
+        seeds = spec.seeds
         s = self.params["seed"]
         if s is None:
             return seeds[0]
@@ -232,11 +229,3 @@ def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
             fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
         paths.append(path)
     return paths
-
-
-def table_csv(head: list[str], rows: list[list[str]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(head)
-    w.writerows(rows)
-    return buf.getvalue()

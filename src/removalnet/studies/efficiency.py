@@ -52,7 +52,7 @@ class Efficiency(Study):
     name = "efficiency"
     title = "Efficiency against KnockoffNets (paper Fig. 7)"
     PARAMS = {
-        **ATTACK_PARAMS,
+        **{k: v for k, v in ATTACK_PARAMS.items() if k != "scenario"},   # one row per entry of scenarios
         "scenarios": Param(["ltd", "lsd"], list, choices=("ltd", "lsd"), doc="S_LTD and/or S_LSD"),
         "fraction": Param(0.1, float, low=0.0, low_open=True, high=1.0, nullable=True,
                           doc="substitute set as a fraction of the training set (paper: 10%)"),
@@ -79,10 +79,6 @@ class Efficiency(Study):
         for sc in p["scenarios"]:
             ours, knock = self.labels(sc)
             base = self.removalnet_row(ours, scenario=sc, eval_count=p["eval_count"])
-            if sc == "lsd":
-                base["source"] = p["source"]
-            else:
-                base.pop("source", None)
             rows.append(base)
             rows.append({**base, "name": "knockoff", "label": knock, "params": dict(p["knockoff"])})
         return rows

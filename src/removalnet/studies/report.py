@@ -7,35 +7,24 @@ import html
 import io
 from pathlib import Path
 
+from ..report.render import _csv, _md, _tex
 from ..utils import atomic_write_bytes
-from .base import StudyReport, create_study, save_figure, table_csv
+from .base import StudyReport, create_study, save_figure
 
 __all__ = ["build_study_report", "write_study_report", "study_markdown", "study_sections"]
 
 
-def build_study_report(run_dir: str | Path, rule: str | None = None) -> StudyReport | None:
-    """The study's tables and figures for a run folder (None when the run's spec has no study)."""
+def build_study_report(run_dir: str | Path, rule: str | None = None, td=None) -> StudyReport | None:
+    """The study's tables and figures for a run folder (None when the run's spec has no study); ``td``: the
+    run's Table 1 data when the caller has it already (else built with ``rule``)."""
     from ..report.table import build_table, load_results
 
     spec, rows = load_results(run_dir)
     if not spec.get("study"):
         return None
     study = create_study(**spec["study"])
-    td = build_table(run_dir, rule=rule)
+    td = td if td is not None else build_table(run_dir, rule=rule)
     return study.report(spec, rows, td, Path(run_dir))
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def _tex_table(head: list[str], rows: list[list[str]]) -> str:
-    from ..report.render import _tex_escape
-    lines = [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\toprule",
-             " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule"]
-    lines += [" & ".join(_tex_escape(c) for c in r) + r" \\" for r in rows]
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
 def study_markdown(rep: StudyReport, figure_files: dict[str, str] | None = None) -> str:
@@ -43,7 +32,7 @@ def study_markdown(rep: StudyReport, figure_files: dict[str, str] | None = None)
     if rep.findings:
         parts += [f"- {f}" for f in rep.findings] + [""]
     for title, head, rows in rep.tables:
-        parts += [f"### {title}", "", _md_table(head, rows), ""]
+        parts += [f"### {title}", "", _md(head, rows), ""]
     for stem, _ in rep.figures:
         if figure_files and stem in figure_files:
             parts += [f"![{stem}]({figure_files[stem]})", ""]
@@ -61,7 +50,7 @@ def write_study_report(rep: StudyReport, out_dir: str | Path, stem: str) -> list
         paths += save_figure(fig, out_dir, fstem)
         files[fstem] = f"{fstem}.png"
     for i, (_, head, rows) in enumerate(rep.tables, start=1):
-        for ext, text in (("csv", table_csv(head, rows)), ("tex", _tex_table(head, rows))):
+        for ext, text in (("csv", _csv(head, rows)), ("tex", _tex(head, rows))):
             p = out_dir / f"{stem}-table{i}.{ext}"
             atomic_write_bytes(p, text.encode())
             paths.append(p)

@@ -210,6 +210,18 @@ def _require_split(model: nn.Module, who: str, layer: int) -> None:
     model.check_layer(layer)
 
 
+def layer_means(model: nn.Module, layer: int, x: torch.Tensor, *, batch_size: int, device: torch.device,
+                victim_means: torch.Tensor | None = None) -> torch.Tensor:
+    """Channel means of block ``layer``'s output on ``x`` (N x C); with ``victim_means``, the suspect's, checked
+    to have the victim's channel count."""
+    acts = batched_apply(lambda z: channel_means(model.head(z, layer)), x, batch_size=batch_size, device=device)
+    if victim_means is not None and acts.shape[1] != victim_means.shape[1]:
+        raise RemovalNetError(
+            f"the suspect's block {layer} has {acts.shape[1]} channels, the victim's {victim_means.shape[1]}: "
+            "DeepJudge's layer metrics need two models of the same architecture")
+    return acts
+
+
 @register_verifier
 class DeepJudge(Verifier):
     """DeepJudge's six testing metrics (DJ-LOD, DJ-LAD, DJ-NOD, DJ-NAD, DJ-RobD, DJ-JSD); module docstring for details.
@@ -276,10 +288,7 @@ class DeepJudge(Verifier):
                           "(raise max_iters or lower m)", stacklevel=3)
         tests_x = gen["x"][keep]
 
-        def layer_acts(x):
-            return channel_means(victim.head(x, layer))
-
-        victim_layer = batched_apply(layer_acts, tests_x, batch_size=bs, device=device)
+        victim_layer = layer_means(victim, layer, tests_x, batch_size=bs, device=device)
         victim_out = batched_apply(victim, torch.cat([seeds_x, tests_x]), batch_size=bs, device=device)
         # 3. adversarial examples from the victim on the seeds
         step_size = P["pgd_step_size"] if P["pgd_step_size"] is not None else P["pgd_eps"] / 4
@@ -311,14 +320,8 @@ class DeepJudge(Verifier):
         layer = int(fp.meta["layer"])
         _require_split(suspect, "suspect", layer)
 
-        def layer_acts(x):
-            return channel_means(suspect.head(x, layer))
-
-        s_layer = batched_apply(layer_acts, T["tests_x"], batch_size=bs, device=device)
-        if s_layer.shape != T["victim_layer"].shape:
-            raise RemovalNetError(
-                f"the suspect's block {layer} has {s_layer.shape[1]} channels, the victim's {T['victim_layer'].shape[1]}: "
-                "DeepJudge's layer metrics need two models of the same architecture")
+        s_layer = layer_means(suspect, layer, T["tests_x"], batch_size=bs, device=device,
+                              victim_means=T["victim_layer"])
         s_out = batched_apply(suspect, torch.cat([T["seeds_x"], T["tests_x"]]), batch_size=bs, device=device)
         s_adv = batched_apply(suspect, T["adv_x"], batch_size=bs, device=device)
         if s_out.shape != T["victim_logits"].shape:

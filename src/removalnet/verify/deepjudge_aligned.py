@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Fingerprint, Metric, batched_apply, register_verifier
-from .deepjudge import DeepJudge, _require_split, channel_means, lad, lod
+from .base import Fingerprint, Metric, register_verifier
+from .deepjudge import DeepJudge, _require_split, lad, lod, layer_means
 
 __all__ = ["DeepJudgeAligned", "match_channels"]
 
@@ -46,8 +46,8 @@ class DeepJudgeAligned(DeepJudge):
         tensors, meta = super()._extract(victim, data, seed=seed, generator=generator, device=device)
         layer = int(meta["layer"])
         inputs = torch.cat([tensors["seeds_x"], tensors["tests_x"]])
-        tensors["victim_align"] = batched_apply(lambda x: channel_means(victim.head(x, layer)), inputs,
-                                                batch_size=self.params["batch_size"], device=device)
+        tensors["victim_align"] = layer_means(victim, layer, inputs, batch_size=self.params["batch_size"],
+                                              device=device)
         return tensors, meta
 
     def _score(self, fp: Fingerprint, victim, suspect, *, device: torch.device) -> dict[str, float]:
@@ -55,14 +55,8 @@ class DeepJudgeAligned(DeepJudge):
         layer = int(fp.meta["layer"])
         _require_split(suspect, "suspect", layer)
 
-        def acts(x):
-            return channel_means(suspect.head(x, layer))
-
-        s_align = batched_apply(acts, torch.cat([T["seeds_x"], T["tests_x"]]), batch_size=bs, device=device)
-        if s_align.shape != T["victim_align"].shape:
-            from ..utils import RemovalNetError
-            raise RemovalNetError(f"the suspect's block {layer} has {s_align.shape[1]} channels, the victim's "
-                                  f"{T['victim_align'].shape[1]}")
+        s_align = layer_means(suspect, layer, torch.cat([T["seeds_x"], T["tests_x"]]), batch_size=bs, device=device,
+                              victim_means=T["victim_align"])
         perm = match_channels(T["victim_align"], s_align)
         s_layer = s_align[len(T["seeds_x"]):][:, perm]
         return {"DJA-LOD": lod(T["victim_layer"], s_layer, P["p"]),
