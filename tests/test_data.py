@@ -23,7 +23,9 @@ from removalnet.data import fashion_mnist as fm
 from removalnet.utils import RemovalNetError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+# Skipped only outside CI: in CI (CI=true) a missing data package fails these tests instead of hiding them.
+needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
+                                   and not os.environ.get("CI"),
                                    reason="Debian package dataset-fashion-mnist not installed")
 
 
