@@ -1,4 +1,5 @@
 """RemovalNet: ILBS (Alg. 2), feature shuffling and the latent reverse (Alg. 1), the attack, the CLI."""
+import copy
 import csv
 import json
 import math
@@ -390,3 +391,94 @@ def test_cli_attack_errors_leave_nothing(victim_ckpt, tmp_path, capsys):
     (out / "x").write_text("keep")
     assert main(base + ["--out", str(out)]) == 2 and "already holds files" in capsys.readouterr().err
     assert (out / "x").read_text() == "keep"
+
+
+# ---------------------------------------------------------------------------------------------- eq. 15, oracle
+
+def _ilbs_numpy(v, grid):
+    """Algorithm 2 in numpy (float64): farthest partner, SMALLEST grid lambda that keeps argmax."""
+    import numpy as np
+    z2 = v.copy()
+    for i in range(len(v)):
+        j = int(np.argmax(np.sqrt(((v[i] - v) ** 2).sum(1))))
+        for lam in sorted(grid):
+            cand = lam * v[i] + (1 - lam) * v[j]
+            if cand.argmax() == v[i].argmax():
+                z2[i] = cand
+                break
+    return z2
+
+
+def _mlp_victim(seed=0):
+    from removalnet.models import SplitModel
+    torch.manual_seed(seed)
+    blocks = [nn.Sequential(nn.Flatten(), nn.Linear(16, 10), nn.Tanh()), nn.Sequential(nn.Linear(10, 8), nn.Tanh())]
+    head = nn.Linear(8, 5)
+    with torch.no_grad():
+        head.weight.mul_(4.0)                          # spread logits: ILBS lambdas well below 1
+    return SplitModel(blocks, head, in_chans=1, default_layer=1).eval()
+
+
+def test_removalnet_update_matches_eq15_oracle():
+    """Two SGD steps of the logit-level attack (beta=0) against eq. 15 written out here in float64:
+    CE on the VICTIM's argmax labels (not the dataset's labels) and KL towards the ILBS target z2 of the
+    victim's logits (recomputed in numpy), weights alpha and 1 - alpha. No dropout/BatchNorm, batch = whole
+    set, so every batch is the same set of samples and the surrogate's train mode changes nothing."""
+    import numpy as np
+    victim = _mlp_victim()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        v = victim(x).double()
+    y_hat = v.argmax(1)
+    y = (y_hat + 1 + torch.randint(0, 4, (24,), generator=g)) % 5         # dataset labels: never y_hat
+    grid = [0.1 * k for k in range(1, 11)]
+    z2 = torch.from_numpy(_ilbs_numpy(v.numpy(), grid))
+    assert (z2 - v).abs().amax(1).gt(0.1).sum() >= 12                      # the target really differs from F_V
+    alpha, temp, lr = 0.3, 2.0, 0.5
+    ref = copy.deepcopy(victim).double()
+    p_t = torch.softmax(z2 / temp, 1)
+    oracle = []
+    for _ in range(2):
+        s = ref(x.double())
+        logp = s - s.logsumexp(1, keepdim=True)
+        ce = -logp[torch.arange(24), y_hat].mean()
+        logq = s / temp - (s / temp).logsumexp(1, keepdim=True)
+        kl = (p_t * (p_t.log() - logq)).sum(1).mean()
+        loss = alpha * ce + (1 - alpha) * kl
+        ref.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for prm in ref.parameters():
+                prm -= lr * prm.grad
+        oracle.append((ce.item(), kl.item()))
+    a = create_attack("removalnet", iterations=2, batch_size=24, lr=lr, momentum=0.0, weight_decay=0.0,
+                      schedule="constant", alpha=alpha, beta=0.0, temperature=temp)
+    s = a(victim, torch.utils.data.TensorDataset(x, y), seed=3)
+    for row, (ce, kl) in zip(a.trace, oracle):
+        assert row["ce"] == pytest.approx(ce, rel=1e-5) and row["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
+    got, want = s.state_dict(), ref.state_dict()
+    for k in want:
+        assert torch.allclose(got[k].double(), want[k], atol=2e-5, rtol=1e-4), k
+    assert max(float((got[k].double() - victim.state_dict()[k].double()).abs().max()) for k in want) > 1e-2
+
+
+def test_removalnet_full_loss_terms_match_oracle_at_first_step():
+    """With both levels on (default alpha, beta), the first iteration's CE and KL (surrogate = victim) equal
+    the oracle: CE on the victim's labels, KL towards the numpy ILBS target."""
+    victim = _mlp_victim(seed=2)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(20, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        v = victim(x).double()
+    y_hat = v.argmax(1)
+    y = (y_hat + 1) % 5
+    z2 = torch.from_numpy(_ilbs_numpy(v.numpy(), [0.1 * k for k in range(1, 11)]))
+    logp = v - v.logsumexp(1, keepdim=True)
+    ce = float(-logp[torch.arange(20), y_hat].mean())
+    p_t = torch.softmax(z2, 1)
+    kl = float((p_t * (p_t.log() - logp)).sum(1).mean())
+    a = create_attack("removalnet", iterations=1, batch_size=20, latent_steps=2)
+    a(victim, torch.utils.data.TensorDataset(x, y), seed=0)
+    assert a.trace[0]["ce"] == pytest.approx(ce, rel=1e-5) and a.trace[0]["kl"] == pytest.approx(kl, rel=1e-4)
+    assert a.trace[0]["feat"] > 0
