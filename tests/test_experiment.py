@@ -182,3 +182,35 @@ def test_shipped_specs_validate_and_plan(path, tmp_path, capsys):
     assert len({j.id for j in jobs}) == len(jobs)
     assert main(["run", path, "--out", str(tmp_path), "--dry-run"]) == 0
     assert f"{len(jobs)} jobs, {len(jobs)} to run" in capsys.readouterr().out
+
+
+def test_failed_job_is_rerun_on_the_next_run(tmp_path, monkeypatch):
+    """A job that failed in an earlier run (e.g. out of memory) is run again, not skipped as finished, and
+    the jobs that were skipped because of it run too."""
+    import removalnet.experiment.runner as runner
+
+    spec = _spec(seeds=[0], attacks=TINY["attacks"][:1], references={"count": 1, "seed_offset": 1000})
+    real = runner.execute
+    calls = []
+
+    def flaky(job, run_dir, fp_jobs=None):
+        calls.append(job["name"])
+        if job["kind"] == "attack":
+            return {**real({"kind": "nope"}, run_dir), "status": "failed", "error": "RuntimeError: out of memory"}
+        return real(job, run_dir, fp_jobs)
+
+    monkeypatch.setattr(runner, "execute", flaky)
+    first = run_experiment(spec, tmp_path, progress=False)
+    assert first.failed == ["attacks/ft-0.5/seed-0"] and first.skipped_deps == ["scores/ft-0.5/seed-0"]
+    monkeypatch.setattr(runner, "execute", real)
+    with ResultStore(tmp_path / "results.db") as st:
+        before = {r["name"]: r["status"] for r in st.rows()}
+    assert before["attacks/ft-0.5/seed-0"] == "failed" and before["scores/ft-0.5/seed-0"] == "skipped"
+    second = run_experiment(spec, tmp_path, progress=False)
+    assert second.ok and second.ran == 2 and second.skipped_done == second.planned - 2
+    with ResultStore(tmp_path / "results.db") as st:
+        after = {r["name"]: r for r in st.rows()}
+    assert all(r["status"] == "done" for r in after.values())
+    assert after["attacks/ft-0.5/seed-0"]["error"] is None
+    assert (tmp_path / "attacks" / "ft-0.5" / "seed-0" / "surrogate.safetensors").is_file()
+    assert "IPG-MR" in after["scores/ft-0.5/seed-0"]["metrics"]
