@@ -148,8 +148,8 @@ def test_aligned_deepjudge_sees_through_a_permutation():
     plain = dj.score(fp, victim, permuted)
     aligned = dja.score(fpa, victim, permuted)
     assert plain["DJ-LOD"] > 0.1 and plain["DJ-NOD"] < 1e-4      # the layer moved, the function did not
-    assert aligned["DJA-LOD"] < 1e-5 and aligned["DJA-LAD"] == 0.0
-    assert dja.score(fpa, victim, victim) == {"DJA-LOD": 0.0, "DJA-LAD": 0.0}
+    assert aligned["DJA-LOD"] < 1e-5 and aligned["DJA-LAD"] == pytest.approx(0.0, abs=1e-6)
+    assert dja.score(fpa, victim, victim) == pytest.approx({"DJA-LOD": 0.0, "DJA-LAD": 0.0}, abs=1e-6)
 
 
 def _digits_victim():
