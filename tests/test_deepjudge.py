@@ -1,7 +1,9 @@
-"""DeepJudge: metric math on hand-made tensors, seed ranking, test generation, identity, neuron alignment."""
+"""DeepJudge: metric math on hand-made tensors against the official formulas re-written in numpy, seed ranking,
+test generation, black-box test cases, identity, neuron alignment."""
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,8 +13,8 @@ from removalnet.data import load_dataset
 from removalnet.train import TrainConfig, train_model
 from removalnet.utils import RemovalNetError, weights_hash
 from removalnet.verify import calibrate_models, verdict
-from removalnet.verify.deepjudge import (DeepJudge, channel_means, generate_tests, jsd, lad, lod, robd,
-                                         seed_confidence, select_seeds)
+from removalnet.verify.deepjudge import (DeepJudge, adversarial_tests, channel_means, generate_tests, jsd, lad, lod,
+                                         nad, nod, robd, seed_confidence, select_seeds)
 
 SMALL = dict(num_seeds=16, max_tests=24, max_iters=60, step=0.05, pgd_steps=5, batch_size=64)
 
@@ -59,21 +61,108 @@ def test_lad_golden_nchw():
     a, b = _ab()
     # sample 0, a: means [1, 4, 1.5], min 1, max 4 -> [0, 1, 0.1667] -> active [0, 1, 0]
     #           b: means [3, 0, 2],   min 0, max 3 -> [1, 0, 0.6667] -> active [1, 0, 1]
-    # |difference| = [1, 1, 1] -> 3 / 3 neurons = 1; sample 1: 0 -> LAD = (1 + 0) / 2 = 0.5
-    assert lad(a, b, 0.5) == pytest.approx(0.5)
-    # NHWC misreading: a [5/3, 8/3] -> [0, 1] active [0, 1]; b [5/3, 5/3] all equal -> none active: 1/2 per
-    # sample 0 -> 0.25 overall, which differs from 0.5
-    assert lad(_nhwc_port_means(a), _nhwc_port_means(b)) == pytest.approx(0.25)
+    # |difference| = [1, 1, 1]: L1 3 (official sum), 3 / 3 neurons = 1 (eq. 2 mean); sample 1: 0
+    assert lad(a, b, 0.5) == pytest.approx(1.5)
+    assert lad(a, b, 0.5, "mean") == pytest.approx(0.5)
+    # NHWC misreading: a [5/3, 8/3] -> [0, 1] active [0, 1]; b [5/3, 5/3] all equal -> none active: 1 on sample 0
+    assert lad(_nhwc_port_means(a), _nhwc_port_means(b)) == pytest.approx(0.5)
+    with pytest.raises(RemovalNetError, match="reduction"):
+        lad(a, b, 0.5, "max")
 
 
 def test_lad_threshold_is_strict_and_flat_rows_are_inactive():
     a = torch.tensor([[0.0, 0.5, 1.0], [2.0, 2.0, 2.0]])
     b = torch.tensor([[0.0, 0.6, 1.0], [1.0, 2.0, 3.0]])
-    # row 0: a normalised [0, .5, 1] -> active [F, F, T] (0.5 is not > 0.5); b [0, .6, 1] -> [F, T, T]: 1/3
-    # row 1: a has equal channels -> none active; b [0, .5, 1] -> [F, F, T]: 1/3
-    assert lad(a, b, 0.5) == pytest.approx(1 / 3)
-    # threshold .65: row 0: a [F, F, T], b [F, F, T] -> 0; row 1: a none, b [F, F, T] -> 1/3; mean 1/6
-    assert lad(a, b, 0.65) == pytest.approx(1 / 6)
+    # official normalisation (v - min) / (max - min + 1e-6):
+    # row 0: a -> [0, .4999995, .999999] active [F, F, T]; b -> [0, .5999994, .999999] [F, T, T]: 1 differs
+    # row 1: a flat -> all 0, none active; b -> [0, .49999975, .9999995] [F, F, T]: 1 differs
+    assert lad(a, b, 0.5) == pytest.approx(1.0)
+    assert lad(a, b, 0.5, "mean") == pytest.approx(1 / 3)
+    # threshold .65: row 0: a [F, F, T], b [F, F, T] -> 0; row 1: a none, b [F, F, T] -> 1
+    assert lad(a, b, 0.65) == pytest.approx(0.5)
+    assert lad(a, b, 0.65, "mean") == pytest.approx(1 / 6)
+
+
+def test_nod_nad_golden():
+    a, b = _ab()
+    neuron = torch.tensor([1, 0])            # test case 0 was generated for neuron 1, test case 1 for neuron 0
+    # NOD: case 0 |4 - 0| = 4 on its own neuron 1; case 1: a and b agree -> 0; mean 2
+    assert nod(a, b, neuron) == pytest.approx(2.0)
+    # another norm would not give 2: squared difference (16 + 0) / 2 = 8; L2 over all neurons (LOD) 2.25
+    assert nod(a, b, neuron) != pytest.approx(8.0) and nod(a, b, neuron) != pytest.approx(lod(a, b))
+    # NAD: case 0: a active [0, 1, 0], b [1, 0, 1] -> neuron 1 differs (1); case 1: 0; mean .5 x 2 neurons = 1
+    assert nad(a, b, neuron, 2) == pytest.approx(1.0)
+    assert nad(a, b, torch.tensor([1, 1]), 1) == pytest.approx(0.5)
+    with pytest.raises(RemovalNetError, match="neuron index"):
+        nod(a, b, torch.tensor([1, 3]))
+    with pytest.raises(RemovalNetError, match="2 test cases"):
+        nad(a, b, torch.tensor([1]), 1)
+
+
+# -------------------------------------------------- the official metrics.py formulas, re-written in numpy
+def _official(outs_v, outs_s, theta=0.5, order=2):
+    """LOD, LAD, NOD, NAD as DeepJudge/metrics.py computes them. ``outs_*``: {(layer, idx): layer outputs of the
+    test cases of neuron idx, CHANNELS LAST as in Keras (n, H, W, C) or (n, tokens, hidden)}."""
+    def means(o):
+        return o.reshape(o.shape[0], -1, o.shape[-1]).mean(axis=1)
+
+    def normalize(vs):
+        return [(v - np.min(v)) / (np.max(v) - np.min(v) + 1e-6) for v in vs]
+
+    lods, lads, nods, nads = [], [], [], []
+    for (layer, idx), o1 in outs_v.items():
+        a1, a2 = means(o1), means(outs_s[(layer, idx)])
+        lods.append(np.linalg.norm(a1 - a2, axis=1, ord=order))
+        act1 = np.array([np.where(i > theta, 1, 0) for i in normalize(a1)])
+        act2 = np.array([np.where(i > theta, 1, 0) for i in normalize(a2)])
+        lads.append(np.linalg.norm(act1 - act2, axis=1, ord=1))
+        nods.append(np.abs(a1[:, idx] - a2[:, idx]))
+        nads.append(np.abs(act1[:, idx] - act2[:, idx]))
+    return {"LOD": np.average(np.array(lods)), "LAD": np.average(np.array(lads)),
+            "NOD": np.average(np.array(nods)), "NAD": np.average(np.array(nads)) * len(outs_v)}
+
+
+@pytest.mark.parametrize("layout", ["conv", "tokens"])
+def test_metrics_match_the_official_code(layout):
+    g = torch.Generator().manual_seed(7)
+    tested, per = [0, 2, 3, 5], 3                         # 4 tested neurons, 3 test cases each (equal, as official)
+    n = len(tested) * per
+    neuron = torch.tensor(tested).repeat_interleave(per)
+    if layout == "conv":                                  # ours NCHW (n, 6, 3, 2); Keras NHWC
+        v = torch.randn(n, 6, 3, 2, generator=g, dtype=torch.float64)
+        s = v + 0.7 * torch.randn(n, 6, 3, 2, generator=g, dtype=torch.float64)
+        keras_v, keras_s = v.permute(0, 2, 3, 1).numpy(), s.permute(0, 2, 3, 1).numpy()
+    else:                                                 # (n, tokens 5, hidden 6): same layout in both
+        v = torch.randn(n, 5, 6, generator=g, dtype=torch.float64)
+        s = v + 0.7 * torch.randn(n, 5, 6, generator=g, dtype=torch.float64)
+        keras_v, keras_s = v.numpy(), s.numpy()
+    ov = {(3, c): keras_v[(neuron == c).numpy()] for c in tested}
+    os_ = {(3, c): keras_s[(neuron == c).numpy()] for c in tested}
+    ref = _official(ov, os_)
+    assert ref["NOD"] > 0.1 and 0 < ref["NAD"] and ref["LAD"] > 0.5       # a non-trivial case
+    assert lod(v, s) == pytest.approx(ref["LOD"], rel=1e-9)
+    assert lod(v, s, 1) == pytest.approx(_official(ov, os_, order=1)["LOD"], rel=1e-9)
+    assert lad(v, s) == pytest.approx(ref["LAD"], rel=1e-9)
+    assert lad(v, s, 0.5, "mean") == pytest.approx(ref["LAD"] / 6, rel=1e-9)
+    assert nod(v, s, neuron) == pytest.approx(ref["NOD"], rel=1e-9)
+    assert nad(v, s, neuron, len(tested)) == pytest.approx(ref["NAD"], rel=1e-9)
+    assert lad(v, s, 0.3) == pytest.approx(_official(ov, os_, theta=0.3)["LAD"], rel=1e-9)
+
+
+def test_transformer_neurons_are_hidden_units():
+    # torchvision vit_b_32 at 224 px: block outputs (N, 50 tokens, 768 hidden); neurons are the 768 hidden units
+    z = torch.randn(2, 50, 768, generator=torch.Generator().manual_seed(0))
+    m = channel_means(z)
+    assert m.shape == (2, 768)
+    assert torch.allclose(m, z.mean(dim=1), atol=1e-6)
+    # the real block: the project's vit_b_32 split (small-input variant: 8 x 8 patches + class token = 65 tokens)
+    torch.manual_seed(0)
+    vit = create_model("vit_b_32", 10, 3, 32).eval()
+    with torch.no_grad():
+        out = vit.head(torch.rand(2, 3, 32, 32), vit.default_layer)
+    assert out.shape == (2, 65, 768)
+    assert channel_means(out).shape == (2, 768)
+    assert torch.allclose(channel_means(out), out.mean(dim=1), atol=1e-6)
 
 
 def test_jsd_golden():
