@@ -403,7 +403,7 @@ class DeepJudge(Verifier):
             warnings.warn(f"DeepJudge: none of the {len(seeds_x)} adversarial examples ({P['adv_method']}, eps "
                           f"{P['pgd_eps']}) fools the victim, so DJ-RobD and DJ-JSD have no test case and will be "
                           "NaN (raise pgd_eps / pgd_steps)", stacklevel=3)
-            victim_adv_acc = torch.full((1,), float("nan"), dtype=torch.float64)
+            victim_adv_acc = torch.zeros(0, dtype=torch.float64)      # no example: no accuracy (not 0, not NaN)
         else:
             victim_adv_acc = (adv_logits.argmax(1) == adv_y).double().mean().reshape(1)
         per_channel = torch.bincount(gen["channel"][reached], minlength=len(gen["k"]))
