@@ -295,8 +295,8 @@ def _require_split(model: nn.Module, who: str, layer: int) -> None:
 
 def layer_means(model: nn.Module, layer: int, x: torch.Tensor, *, batch_size: int, device: torch.device,
                 victim_means: torch.Tensor | None = None) -> torch.Tensor:
-    """Channel means of block ``layer``'s output on ``x`` (N x C); with ``victim_means``, the suspect's, checked
-    to have the victim's channel count."""
+    """Neuron values (:func:`channel_means`) of block ``layer``'s output on ``x`` (N x C); with ``victim_means``,
+    the suspect's, checked to have the victim's neuron count."""
     acts = batched_apply(lambda z: channel_means(model.head(z, layer)), x, batch_size=batch_size, device=device)
     if victim_means is not None and acts.shape[1] != victim_means.shape[1]:
         raise RemovalNetError(
@@ -355,12 +355,10 @@ class DeepJudge(Verifier):
         if n == 0:
             raise RemovalNetError("DeepJudge was given an empty training set for k")
         best = None
-        with torch.no_grad():
-            for x, _ in DataLoader(Subset(train_data, range(n)), batch_size=self.params["batch_size"],
-                                   shuffle=False, num_workers=0):
-                a = channel_means(victim.head(torch.as_tensor(x, dtype=torch.float32).to(device), layer))
-                a = a.max(dim=0).values.float().cpu()
-                best = a if best is None else torch.maximum(best, a)
+        bs = self.params["batch_size"]
+        for x, _ in DataLoader(Subset(train_data, range(n)), batch_size=bs, shuffle=False, num_workers=0):
+            a = neuron_max(victim, layer, torch.as_tensor(x, dtype=torch.float32), batch_size=bs, device=device)
+            best = a if best is None else torch.maximum(best, a)
         return best
 
     def _extract(self, victim, data: Dataset, *, seed: int, generator: torch.Generator, device: torch.device,
