@@ -105,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
                     errors[m.name] = str(e)
         return values, errors
 
+    # metrics a fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without a fooling example) score NaN:
+    # no threshold, no verdict, an error row
+    degenerate = {m: f"degenerate fingerprint ({v.name}: see its meta)" for v in verifiers
+                  for m in fps[v.name].meta.get("degenerate", [])}
+    for m in degenerate:
+        print(f"warning: {m} is degenerate for this victim (no test case): it is not judged", file=sys.stderr)
     taus: dict[str, float] = {}
     ref_values: dict[str, list[float]] = {m.name: [] for m in metrics}
     if args.references:
@@ -121,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
                 ref_values[k].append(val)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # warned above
-            taus = calibrate(ref_values, metrics, args.rule, k=args.k, q=args.q)
+            taus = calibrate({k: v for k, v in ref_values.items() if k not in degenerate},
+                             [m for m in metrics if m.name not in degenerate], args.rule, k=args.k, q=args.q)
 
     suspects = []
     for path in args.suspect:
@@ -131,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
         for m in metrics:
             row: dict[str, Any] = {"direction": m.direction, "value": values.get(m.name),
                                    "tau": taus.get(m.name), "copy": None}
-            if m.name in errors:
-                row["error"] = errors[m.name]
+            if m.name in errors or m.name in degenerate:
+                row["error"] = errors.get(m.name) or degenerate[m.name]
             elif m.name in taus:
                 row["copy"] = verdict(m, values[m.name], taus[m.name])
             rows[m.name] = row

@@ -18,7 +18,7 @@ from ..data import balanced_subset, get_dataset_info, load_dataset
 from ..train import TrainConfig, evaluate, train_model
 from ..utils import RemovalNetError, atomic_path, package_versions, seed_everything
 
-__all__ = ["execute", "model_path", "verifier_data"]
+__all__ = ["execute", "model_path", "verifier_data", "verifier_train_data"]
 
 
 def model_path(run_dir: Path, model_job_name: str) -> Path:
@@ -51,6 +51,11 @@ def verifier_data(cfg: dict[str, Any]):
     if cfg.get("verifier_count"):
         return balanced_subset(test, count=min(cfg["verifier_count"], len(test)), seed=0)
     return test
+
+
+def verifier_train_data(verifier, cfg: dict[str, Any]):
+    """The victim's training data for a verifier that reads it (DeepJudge's k, as its official script), else None."""
+    return training_split(cfg)[0] if getattr(verifier, "uses_train_data", False) else None
 
 
 def _train(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -140,7 +145,8 @@ def _fingerprint(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     verifier = create_verifier(cfg["verifier"], **cfg["params"])
     t0 = time.perf_counter()
     fp = FingerprintCache(Path(run_dir) / "fingerprints").get_or_extract(
-        verifier, victim, verifier_data(cfg), seed=cfg["seed"], device=cfg["device"])
+        verifier, victim, verifier_data(cfg), seed=cfg["seed"], device=cfg["device"],
+        train_data=verifier_train_data(verifier, cfg))
     return {"time_s": time.perf_counter() - t0, "key": fp.key}
 
 
@@ -163,7 +169,8 @@ def _score(job: dict[str, Any], run_dir: Path, fp_jobs: dict[str, dict[str, Any]
         fcfg = fp_jobs[fp_job_name]["config"]
         verifier = create_verifier(vname, **fcfg["params"])
         t0 = time.perf_counter()
-        fp = cache.get_or_extract(verifier, victim, verifier_data(fcfg), seed=fcfg["seed"], device=dev)
+        fp = cache.get_or_extract(verifier, victim, verifier_data(fcfg), seed=fcfg["seed"], device=dev,
+                                  train_data=verifier_train_data(verifier, fcfg))
         metrics.update(verifier.score(fp, victim, suspect, device=dev))
         times[vname] = time.perf_counter() - t0
     metrics["score_time_s"] = times

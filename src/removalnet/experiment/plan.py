@@ -86,8 +86,12 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
                 every = params.get("checkpoint_every", 100)
                 for t in range(0, params.get("iterations", 0) + 1, every):
                     models.append((j, {"role": "checkpoint", "label": a.label, "index": s, "t": t}))
+    from ..verify import create_verifier
+
     fps = []
     for vname, vparams in spec.verifiers.items():
+        # the verifier's resolved parameters (defaults included): a change of its defaults re-runs its jobs
+        vparams = create_verifier(vname, **vparams).fingerprint_params()
         j = _job("fingerprint", f"fingerprints/{vname}", {**data, "verifier": vname, "params": vparams,
                                                           "verifier_count": spec.verifier_count, "seed": 0,
                                                           "device": spec.device}, [victim], seed=0, gpu=gpu)
