@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from removalnet.cli import main
-from test_byo_model import LENET, _Payload, _user_lenet
+from helpers import LENET, Payload as _Payload, user_lenet as _user_lenet
 
 
 @pytest.fixture(scope="module")

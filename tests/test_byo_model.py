@@ -1,6 +1,5 @@
 """A user's own model: references, automatic split points, the user's own state dict, bad input."""
 import pickle
-import textwrap
 
 import pytest
 import torch
@@ -11,61 +10,13 @@ from removalnet.checkpoint import load_weights, save_checkpoint
 from removalnet.models import NotSplittableError, SplitModel, create_model, describe_split, resolve_model
 from removalnet.utils import RemovalNetError
 
-LENET = textwrap.dedent('''
-    import torch
-    from torch import nn
-    import torch.nn.functional as F
-
-    class LeNet(nn.Module):
-        def __init__(self, num_classes=10):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
-            self.conv2 = nn.Conv2d(6, 16, 5)
-            self.fc1 = nn.Linear(16 * 5 * 5, 120)
-            self.fc2 = nn.Linear(120, 84)
-            self.fc3 = nn.Linear(84, num_classes)
-
-        def forward(self, x):
-            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-            x = torch.flatten(x, 1)
-            return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
-
-    def lenet_fixed():
-        return LeNet(10)
-
-    def broken(num_classes):
-        raise ValueError("no GPU here")
-
-    class Dynamic(nn.Module):          # data-dependent control flow: torch.fx cannot trace it
-        def __init__(self, num_classes=10):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3, padding=1)
-            self.fc = nn.Linear(4, num_classes)
-
-        def forward(self, x):
-            z = self.conv(x)
-            if z.mean() > 100:
-                z = z * 2
-            return self.fc(z.mean((2, 3)))
-''')
-
+from helpers import LENET, Payload as _Payload, user_lenet as _user_lenet
 
 @pytest.fixture
 def lenet_file(tmp_path):
     path = tmp_path / "mymodel.py"
     path.write_text(LENET)
     return path
-
-
-def _user_lenet(path, seed=0):
-    """The user's own class, imported independently of removalnet (the oracle)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"user_lenet_{seed}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    torch.manual_seed(seed)
-    return mod.LeNet(10).eval()
 
 
 def _assert_split_consistent(m: SplitModel, x: torch.Tensor) -> None:
@@ -155,14 +106,6 @@ def test_missing_and_extra_keys_named(lenet_file, tmp_path):
     msg = str(e.value)
     assert "missing 2 tensor(s), e.g. 'conv1.weight', 'fc3.bias'" in msg
     assert "1 unexpected tensor(s), e.g. 'head.weight'" in msg
-
-
-class _Payload:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.target)!r}, 'w').write('pwned')",))
 
 
 def test_malicious_pickle_refused(lenet_file, tmp_path):
