@@ -198,7 +198,7 @@ def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 @functools.lru_cache(maxsize=8)
-def _resolve(ref: str, mtime: float) -> tuple[DatasetInfo, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+def _resolve(ref: str, where: str, mtime: float) -> tuple[DatasetInfo, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     kind, path, opts = _parse(ref)
     if kind == "folder":
         dirs = _split_dirs(ref, path)
@@ -256,7 +256,7 @@ def data_ref_entry(ref: str):
     for sub in ("train", "test", "val", "valid"):
         if (path / sub).exists():
             mtime = max(mtime, (path / sub).stat().st_mtime)
-    info, splits = _resolve(ref, mtime)
+    info, splits = _resolve(ref, str(path), mtime)   # the resolved path: a relative ref moves with the cwd
 
     def load(info: DatasetInfo, split: str, root: Path | None, *, in_chans: int, input_size: int,
              download: bool) -> TensorImageDataset:
