@@ -106,6 +106,9 @@ def test_missing_and_extra_keys_named(lenet_file, tmp_path):
     msg = str(e.value)
     assert "missing 2 tensor(s), e.g. 'conv1.weight', 'fc3.bias'" in msg
     assert "1 unexpected tensor(s), e.g. 'head.weight'" in msg
+    torch.save(_user_lenet(lenet_file).state_dict(), tmp_path / "ten.pt")     # 10 classes, the data has 4
+    with pytest.raises(RemovalNetError, match=r"tensor 'fc3.weight' has shape \(10, 84\), the model expects \(4, 84\)"):
+        resolve_model(f"{lenet_file}:LeNet", 4, 1, 28, weights=tmp_path / "ten.pt")
 
 
 def test_malicious_pickle_refused(lenet_file, tmp_path):

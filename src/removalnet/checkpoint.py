@@ -108,9 +108,10 @@ def _check_and_load(model: nn.Module, state: dict[str, torch.Tensor], path: Path
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise RemovalNetError(f"{str(path)!r} does not match the architecture: {key_mismatch(missing, unexpected)}")
+    names = getattr(model, "source_keys", None) or {}
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise RemovalNetError(f"{str(path)!r} does not match the architecture: tensor {k!r} has shape "
+            raise RemovalNetError(f"{str(path)!r} does not match the architecture: tensor {names.get(k, k)!r} has shape "
                                   f"{tuple(state[k].shape)}, the model expects {tuple(v.shape)}")
     model.load_state_dict(state, strict=True)
 
