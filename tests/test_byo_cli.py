@@ -81,7 +81,8 @@ def test_train_attack_verify_on_a_user_model(user, capsys, monkeypatch, tmp_path
     assert main(["attack", "ft", "--victim", "model.pt", "--model", "mymodel.py:LeNet", "--data", "folder:digits",
                  "--count", "30", "--iterations", "2", "--no-checkpoints", "--out", str(tmp_path / "a"), "-q"]) == 0
     sur = tmp_path / "a" / "surrogate.safetensors"
-    assert json.loads(sur.with_suffix(".json").read_text())["victim"] == "model.pt"
+    side = json.loads(sur.with_suffix(".json").read_text())
+    assert side["victim"] == "model.pt" and side["dataset"] == f"folder:{user / 'digits'}"   # absolute: usable anywhere
     # every checkpoint rebuilds the user's model from its sidecar (no --model needed)
     res = _verify_json(capsys, ["--victim", str(tmp_path / "v" / "model.safetensors"), "--suspect", str(sur),
                                 "--data", data, "--verifier", "modeldiff", *MD])

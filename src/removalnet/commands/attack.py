@@ -28,6 +28,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..checkpoint import save_checkpoint
+from ..data.refs import canonical_data_ref
 from ._modelref import add_model_options, load_model, victim_file
 from ..utils import RemovalNetError, atomic_write_json, resolve_device, weights_hash
 
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ckpt_dir = tmp / "checkpoints"
         base_meta = {"role": "surrogate", "attack": attack.name, "params": attack.params, "scenario": args.scenario,
-                     "seed": args.seed, "dataset": args.data, "substitute": substitute.describe(),
+                     "seed": args.seed, "dataset": canonical_data_ref(args.data), "substitute": substitute.describe(),
                      "substitute_size": len(substitute), "victim": str(args.victim),
                      "victim_weights_sha256": victim_hash}
         bar = tqdm(total=attack.params.get("iterations", 0), desc=f"{attack.name}", disable=args.quiet,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..checkpoint import save_checkpoint
 from ..data import get_dataset_info, load_dataset
+from ..data.refs import canonical_data_ref
 from ._modelref import add_model_options, build_model
 from ..train import TrainConfig, train_model
 from ..utils import RemovalNetError, resolve_device, seed_everything
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     acc = hist["final_test_accuracy"]
     ckpt = save_checkpoint(out / "model.safetensors", model, {
-        "role": "trained", "dataset": args.data, "seed": args.seed, "train_config": config.to_dict(),
+        "role": "trained", "dataset": canonical_data_ref(args.data), "seed": args.seed, "train_config": config.to_dict(),
         "test_accuracy": acc, "train_time_s": round(wall, 2), "history": {
             "train_loss": hist["train_loss"], "test_accuracy": hist["test_accuracy"]},
         "iterations": hist["iterations"]})

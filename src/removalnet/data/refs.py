@@ -26,7 +26,7 @@ from ..utils import RemovalNetError
 from .base import ImageAdapter, TensorImageDataset, to_float
 from .registry import DatasetInfo
 
-__all__ = ["is_data_ref", "data_ref_entry", "TEST_FRACTION", "SPLIT_SEED"]
+__all__ = ["is_data_ref", "data_ref_entry", "canonical_data_ref", "TEST_FRACTION", "SPLIT_SEED"]
 
 PREFIXES = ("folder:", "npz:")
 TEST_FRACTION = 0.2
@@ -60,6 +60,15 @@ def _parse(ref: str) -> tuple[str, Path, dict[str, Any]]:
     if "size" in opts and opts["size"] < 1:
         raise RemovalNetError(f"dataset reference {ref!r}: size must be a positive integer")
     return kind, Path(path).expanduser().resolve(), opts
+
+
+def canonical_data_ref(name: str) -> str:
+    """``name`` with a ``folder:``/``npz:`` path made absolute (what checkpoints record); other names unchanged."""
+    if not is_data_ref(name):
+        return name
+    kind, _, rest = name.partition(":")
+    path, sep, query = rest.partition("?")
+    return f"{kind}:{Path(path).expanduser().resolve()}{sep}{query}"
 
 
 # ------------------------------------------------------------------------------------------------- folder
