@@ -1,5 +1,8 @@
-"""Small model builders shared by the verifier tests."""
+"""Small model builders shared by the verifier tests, and a user's own model file (LeNet) for the tests of
+model references."""
 import copy
+import importlib.util
+import textwrap
 
 import torch
 from torch import nn
@@ -33,3 +36,64 @@ def permuted_copy(model: SplitModel, seed: int = 0) -> SplitModel:
             t.copy_(t[perm])
         lin.weight.copy_(lin.weight[:, perm])
     return m
+
+
+# a user's own module file, as `removalnet ... --model mymodel.py:LeNet` takes it
+LENET = textwrap.dedent('''
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class LeNet(nn.Module):
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
+            self.conv2 = nn.Conv2d(6, 16, 5)
+            self.fc1 = nn.Linear(16 * 5 * 5, 120)
+            self.fc2 = nn.Linear(120, 84)
+            self.fc3 = nn.Linear(84, num_classes)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = torch.flatten(x, 1)
+            return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+    def lenet_fixed():
+        return LeNet(10)
+
+    def broken(num_classes):
+        raise ValueError("no GPU here")
+
+    class Dynamic(nn.Module):          # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4, num_classes)
+
+        def forward(self, x):
+            z = self.conv(x)
+            if z.mean() > 100:
+                z = z * 2
+            return self.fc(z.mean((2, 3)))
+''')
+
+
+def user_lenet(path, seed=0):
+    """The user's own class, imported independently of removalnet (the oracle)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"user_lenet_{seed}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(seed)
+    return mod.LeNet(10).eval()
+
+
+class Payload:
+    """Pickles to code that writes ``target`` when unpickled (a malicious weights file)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.target)!r}, 'w').write('pwned')",))

@@ -8,6 +8,10 @@ temporary names and moved into place only when both are complete.
 ``load_checkpoint`` rebuilds the architecture from the sidecar, checks every tensor name and shape and the
 weights hash, and fails with one clear message on any mismatch. A ``.pt``/``.pth`` file from another tool
 is read only with ``torch.load(weights_only=True)``: a pickle that tries to run code is refused.
+
+``load_weights(model, path)`` loads a user's weights into a model built from a reference
+(:func:`removalnet.models.resolve_model`): a ``.pt``/``.pth`` state dict, a plain ``.safetensors`` file or a
+removalnet checkpoint; the tensors may be named as the user's own module (the split model maps them).
 """
 from __future__ import annotations
 
@@ -22,9 +26,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .models import SplitModel, create_model
+from .models.split import key_mismatch
 from .utils import RemovalNetError, atomic_path, package_versions, weights_hash
 
-__all__ = ["save_checkpoint", "load_checkpoint", "sidecar_path", "read_sidecar", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "is_checkpoint", "sidecar_path", "read_sidecar",
+           "FORMAT"]
 
 FORMAT = "removalnet-checkpoint/1"
 
@@ -87,21 +93,54 @@ def _load_foreign(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_and_load(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    if isinstance(model, SplitModel) and model.is_source_state(state):   # named as the user's own module
+        try:
+            state = model.from_source_state(state)
+        except RemovalNetError:
+            pass  # reported below against the module's own names
+        else:
+            return _check_and_load(model, state, path)
+        need, have = set(model.source_keys.values()), set(state)
+        raise RemovalNetError(f"{str(path)!r} does not match the architecture: "
+                              f"{key_mismatch(need - have, have - set(model.source_names))}")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]!r}")
-        raise RemovalNetError(f"{str(path)!r} does not match the architecture: {'; '.join(parts)}")
+        raise RemovalNetError(f"{str(path)!r} does not match the architecture: {key_mismatch(missing, unexpected)}")
+    names = getattr(model, "source_keys", None) or {}
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise RemovalNetError(f"{str(path)!r} does not match the architecture: tensor {k!r} has shape "
+            raise RemovalNetError(f"{str(path)!r} does not match the architecture: tensor {names.get(k, k)!r} has shape "
                                   f"{tuple(state[k].shape)}, the model expects {tuple(v.shape)}")
     model.load_state_dict(state, strict=True)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a removalnet checkpoint (``.safetensors`` with its sidecar)."""
+    path = Path(path)
+    return path.suffix == ".safetensors" and sidecar_path(path).exists()
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load the weights in ``path`` into ``model`` (in place; returned): a ``.pt``/``.pth``/``.bin`` state dict
+    (``torch.load(weights_only=True)``), a plain ``.safetensors`` file or a removalnet checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise RemovalNetError(f"weights file {str(path)!r} does not exist")
+    if path.suffix in (".pt", ".pth", ".bin"):
+        _check_and_load(model, _load_foreign(path), path)
+    elif is_checkpoint(path):
+        load_checkpoint(path, model=model)
+    elif path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise RemovalNetError(f"{str(path)!r} is not a readable safetensors file ({e})") from e
+        _check_and_load(model, state, path)
+    else:
+        raise RemovalNetError(f"unsupported weights file {str(path)!r}: use a .pt/.pth state dict or .safetensors")
+    return model
 
 
 def load_checkpoint(path: str | Path, *, model: nn.Module | None = None,
@@ -116,7 +155,7 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | None = None,
         raise RemovalNetError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix in (".pt", ".pth", ".bin"):
         if model is None:
-            raise RemovalNetError(f"loading {str(path)!r} needs the architecture: pass model= (or --arch on the CLI)")
+            raise RemovalNetError(f"loading {str(path)!r} needs the architecture: pass model= (or --model REF on the CLI)")
         _check_and_load(model, _load_foreign(path), path)
         return model.to(device).eval(), {"format": "foreign", "source": str(path)}
     if path.suffix != ".safetensors":

@@ -27,7 +27,9 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
+from ..data.refs import canonical_data_ref
+from ._modelref import add_model_options, load_model, victim_file
 from ..utils import RemovalNetError, atomic_write_json, resolve_device, weights_hash
 
 NAME = "attack"
@@ -38,7 +40,8 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="attack name: removalnet, ft, wp, distill, knockoff")
-    p.add_argument("--victim", required=True, metavar="CKPT", help="victim checkpoint (.safetensors with sidecar)")
+    p.add_argument("--victim", default=None, metavar="CKPT",
+                   help="victim checkpoint (.safetensors with sidecar), or a state dict with --model REF")
     p.add_argument("--data", required=True, metavar="DATASET",
                    help="the victim's dataset: its training split feeds S_LTD, its test split the accuracy")
     p.add_argument("--data-root", default=None, help="where the datasets' files are, if not the default place")
@@ -60,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-checkpoints", action="store_true", help="do not save the intermediate checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_model_options(p, weights_help="the victim's weights (same as --victim)")
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -146,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     exclude = _read_indices(args.exclude) if args.exclude else None
     device = resolve_device(args.device)
 
-    victim, vmeta = load_checkpoint(args.victim, device=device)
+    victim, vmeta = load_model(victim_file(args), args, data=args.data, device=device)
     victim_hash = weights_hash(victim)
     bc = getattr(victim, "build_config", {}) or {}
     kw = dict(in_chans=victim.in_chans, input_size=bc.get("input_size"))
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ckpt_dir = tmp / "checkpoints"
         base_meta = {"role": "surrogate", "attack": attack.name, "params": attack.params, "scenario": args.scenario,
-                     "seed": args.seed, "dataset": args.data, "substitute": substitute.describe(),
+                     "seed": args.seed, "dataset": canonical_data_ref(args.data), "substitute": substitute.describe(),
                      "substitute_size": len(substitute), "victim": str(args.victim),
                      "victim_weights_sha256": victim_hash}
         bar = tqdm(total=attack.params.get("iterations", 0), desc=f"{attack.name}", disable=args.quiet,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..checkpoint import save_checkpoint
 from ..data import get_dataset_info, load_dataset
-from ..models import create_model
+from ..data.refs import canonical_data_ref
+from ._modelref import add_model_options, build_model
 from ..train import TrainConfig, train_model
 from ..utils import RemovalNetError, resolve_device, seed_everything
 
@@ -18,7 +19,9 @@ HELP = "train a classifier on a registered dataset and save it as a safetensors 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="fashion-mnist", help="dataset name (see `removalnet datasets`)")
     p.add_argument("--data-root", default=None, help="where the dataset's files are, if not the default place")
-    p.add_argument("--model", default="vgg_small", help="architecture (see `removalnet models`)")
+    p.add_argument("--model", default="vgg_small", metavar="REF",
+                   help="architecture: a registered name (see `removalnet models`), path/file.py:Factory, "
+                        "package.module:factory, torchvision:NAME or timm:NAME")
     p.add_argument("--width", type=int, default=None, help="base width of the small models")
     p.add_argument("--input-size", type=int, default=None, help="resize inputs to this size (default: the dataset's)")
     p.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
@@ -35,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out", required=True, help="output directory; the checkpoint is OUT/model.safetensors")
+    add_model_options(p, weights_help="initial weights (fine-tune from them): a state dict (.pt/.pth), "
+                                      ".safetensors, or 'pretrained' for timm:NAME")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
     train = load_dataset(args.data, "train", args.data_root, in_chans=in_chans, input_size=size)
     test = load_dataset(args.data, "test", args.data_root, in_chans=in_chans, input_size=size)
     seed_everything(args.seed)  # the initial weights depend on the seed too
-    model = create_model(args.model, info.num_classes, in_chans, size, mean=info.mean, std=info.std, **kw)
+    model = build_model(args, info, in_chans=in_chans, input_size=size, weights=args.weights, **kw)
     t0 = time.perf_counter()
     hist = train_model(model, train, test, config, seed=args.seed, device=device, progress=not args.quiet)
     wall = time.perf_counter() - t0
     acc = hist["final_test_accuracy"]
     ckpt = save_checkpoint(out / "model.safetensors", model, {
-        "role": "trained", "dataset": args.data, "seed": args.seed, "train_config": config.to_dict(),
+        "role": "trained", "dataset": canonical_data_ref(args.data), "seed": args.seed, "train_config": config.to_dict(),
         "test_accuracy": acc, "train_time_s": round(wall, 2), "history": {
             "train_loss": hist["train_loss"], "test_accuracy": hist["test_accuracy"]},
         "iterations": hist["iterations"]})

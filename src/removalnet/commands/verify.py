@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint import load_checkpoint
+from ._modelref import add_model_options, load_model, victim_file
 from ..data import load_dataset
+from ..models import NotSplittableError
 from ..utils import RemovalNetError, resolve_device, weights_hash
 from ..verify import MIN_REFERENCES, RULES, FingerprintCache, calibrate, create_verifier, list_verifiers, verdict
 
@@ -31,7 +32,8 @@ log = logging.getLogger("removalnet")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--victim", required=True, metavar="CKPT", help="victim checkpoint (.safetensors with sidecar)")
+    p.add_argument("--victim", default=None, metavar="CKPT",
+                   help="victim checkpoint (.safetensors with sidecar), or a state dict with --model REF")
     p.add_argument("--suspect", required=True, action="extend", nargs="+", metavar="CKPT",
                    help="suspect checkpoint(s); repeatable")
     p.add_argument("--verifier", action="extend", nargs="+", metavar="NAME", default=None,
@@ -51,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the fingerprint extraction")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    add_model_options(p, weights_help="the victim's weights (same as --victim)")
 
 
 def _parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
@@ -78,22 +81,32 @@ def run(args: argparse.Namespace) -> int:
     verifiers = [create_verifier(n, **params[n]) for n in names]
     metrics = [m for v in verifiers for m in v.metrics]
 
-    victim, vmeta = load_checkpoint(args.victim, device=device)
+    victim, vmeta = load_model(victim_file(args), args, data=args.data, device=device)
     dataset = args.data or vmeta.get("dataset")
     if not dataset:
         raise RemovalNetError("the victim's sidecar names no dataset: give the fingerprint data with --data")
     data = load_dataset(dataset, "test", args.data_root, in_chans=vmeta.get("in_chans"),
                         input_size=vmeta.get("input_size"))
     cache = FingerprintCache(args.fp_cache) if args.fp_cache else None
-    fps, extract_info = {}, {}
+    fps, extract_info, skipped = {}, {}, {}
     for v in verifiers:
         t0 = time.perf_counter()
-        fp = (cache.get_or_extract(v, victim, data, seed=args.seed, device=device) if cache
-              else v.extract(victim, data, seed=args.seed, device=device))
+        try:
+            fp = (cache.get_or_extract(v, victim, data, seed=args.seed, device=device) if cache
+                  else v.extract(victim, data, seed=args.seed, device=device))
+        except NotSplittableError as e:  # a white-box verifier on a model without split layers
+            skipped[v.name] = f"{v.name} cannot run: {e}"
+            print(f"warning: {skipped[v.name]}", file=sys.stderr)
+            continue
         fps[v.name] = fp
         extract_info[v.name] = {"key": fp.key, "params": fp.params, "seconds": round(time.perf_counter() - t0, 3),
                                 "meta": {k: val for k, val in fp.meta.items() if k != "versions"}}
         log.info(f"{v.name}: fingerprint {fp.key[:12]} ready in {time.perf_counter() - t0:.1f}s")
+
+    verifiers = [v for v in verifiers if v.name not in skipped]
+    metrics = [m for v in verifiers for m in v.metrics]
+    if not verifiers:
+        raise RemovalNetError(next(iter(skipped.values())))
 
     def score_all(model) -> tuple[dict[str, float], dict[str, str]]:
         values, errors = {}, {}
@@ -118,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: thresholds from {len(args.references)} reference model(s); at least {MIN_REFERENCES} "
                   "independently trained models are recommended", file=sys.stderr)
         for path in args.references:
-            ref, _ = load_checkpoint(path, device=device)
+            ref, _ = load_model(path, args, data=args.data, device=device)
             values, errors = score_all(ref)
             if errors:
                 metric, msg = next(iter(errors.items()))
@@ -132,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     suspects = []
     for path in args.suspect:
-        model, _ = load_checkpoint(path, device=device)
+        model, _ = load_model(path, args, data=args.data, device=device)
         values, errors = score_all(model)
         rows = {}
         for m in metrics:
@@ -150,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"victim": str(args.victim), "victim_hash": weights_hash(victim), "data": f"{dataset}:test",
               "data_size": len(data), "seed": args.seed, "rule": args.rule if taus else None,
               "references": list(args.references), "reference_values": ref_values if taus else {},
-              "taus": taus, "fingerprints": extract_info, "suspects": suspects}
+              "taus": taus, "fingerprints": extract_info, "suspects": suspects, "skipped": skipped}
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True, allow_nan=True))
     else:
@@ -170,6 +183,7 @@ def _table(result: dict, metrics) -> str:
         lines.append(f"thresholds: rule {result['rule']} from {len(result['references'])} reference model(s)")
     else:
         lines.append("thresholds: none (give --references to get verdicts)")
+    lines += [f"skipped: {why}" for why in result.get("skipped", {}).values()]
     header = f"{'metric':<10} {'direction':<10} {'value':>11} {'tau':>11}  verdict"
     for s in result["suspects"]:
         lines += ["", f"suspect {s['path']}", header, "-" * len(header)]

@@ -2,6 +2,7 @@
 
 Importing this package registers every dataset: fashion-mnist, digits, cifar10, cinic10, gtsrb, celeba
 (celeba-20, celeba-31), skin-lesion, bcn20000, imagenet.
+A user's own data is a dataset name too: ``folder:PATH`` (class folders) or ``npz:PATH`` (see ``refs.py``).
 """
 from .base import ImageAdapter, ImageDatasetWrapper, TensorImageDataset
 from .registry import (DATA_ROOT_ENV, DataMissingError, DatasetInfo, default_root, get_dataset_info, list_datasets,

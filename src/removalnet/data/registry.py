@@ -82,12 +82,17 @@ def list_datasets() -> list[str]:
 
 
 def _entry(name: str) -> _Entry:
+    if isinstance(name, str) and name.startswith(("folder:", "npz:")):   # a user's data (data/refs.py)
+        from .refs import data_ref_entry
+        info, loader = data_ref_entry(name)
+        return _Entry(info, loader, {})
     if not isinstance(name, str) or name not in _REGISTRY:
         raise RemovalNetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
     return _REGISTRY[name]
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
+    """The info of a registered dataset, or of a user's ``folder:PATH`` / ``npz:PATH`` (see ``data/refs.py``)."""
     return _entry(name).info
 
 
@@ -100,7 +105,8 @@ def default_root() -> Path:
 def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None, *,
                  in_chans: int | None = None, input_size: int | None = None, download: bool = False,
                  **kw: Any) -> Dataset:
-    """Load a registered dataset split as ``(x float32 CxHxW in [0,1], y int)`` samples.
+    """Load a registered dataset split as ``(x float32 CxHxW in [0,1], y int)`` samples; ``name`` may also be
+    a user's ``folder:PATH`` or ``npz:PATH`` (see ``removalnet.data.refs``).
 
     ``in_chans`` (default ``info.in_chans``): 3 on a grayscale set repeats the channel, 1 on a colour set
     converts to luminance. ``input_size`` (default ``info.input_size``): images are resized (bilinear,

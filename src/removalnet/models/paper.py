@@ -33,7 +33,7 @@ from ..utils import RemovalNetError
 from .registry import register_model
 from .split import SplitModel
 
-__all__ = ["torchvision_model", "from_torchvision", "SMALL_INPUT_MAX", "ViTEmbedding", "ViTClassifier"]
+__all__ = ["torchvision_model", "from_torchvision", "torchvision_family", "split_torchvision", "SMALL_INPUT_MAX", "ViTEmbedding", "ViTClassifier"]
 
 SMALL_INPUT_MAX = 64
 """Inputs up to this many pixels get the small-input variant."""
@@ -308,6 +308,36 @@ def from_torchvision(name: str, module: nn.Module, *, mean: Sequence[float] | No
     in_chans = _first_conv(module).in_channels
     return SplitModel(blocks, classifier, in_chans=in_chans, mean=mean, std=std,
                       default_layer=default_layer or _DEFAULT_LAYER[family], arch=name)
+
+
+def torchvision_family(module: nn.Module) -> str | None:
+    """The family (vgg, resnet, densenet, inception, mobilenet, vit) whose known stages split ``module``."""
+    for family, (_, cls) in _SPLITS.items():
+        if isinstance(module, cls):
+            return family
+    return None
+
+
+def split_torchvision(module: nn.Module, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                      arch: str = "custom") -> SplitModel:
+    """Any torchvision VGG / ResNet / DenseNet / Inception3 / MobileNetV2 / VisionTransformer (not only the
+    registered depths) split at its known stages, as :func:`from_torchvision`; ``split_points`` names the
+    module that ends each block and the SplitModel maps its tensor names to the module's."""
+    family = torchvision_family(module)
+    if family is None:
+        raise RemovalNetError(f"{type(module).__name__} is not a torchvision architecture with known stages")
+    blocks, classifier = _SPLITS[family][0](module)
+    names = {id(m): n for n, m in module.named_modules()}
+    points = []
+    for l, b in enumerate(blocks, 1):
+        last = list(b.children())[-1] if isinstance(b, nn.Sequential) else b
+        if isinstance(b, nn.Sequential) and isinstance(last, nn.ReLU) and id(last) not in names:
+            last = list(b.children())[-2]           # densenet's added final ReLU
+        points.append(names.get(id(b)) or names.get(id(last)) or f"block{l}")
+    model = SplitModel(blocks, classifier, in_chans=_first_conv(module).in_channels, mean=mean, std=std,
+                       default_layer=_DEFAULT_LAYER[family], arch=arch)
+    model.split_points = points
+    return model.record_source(module)
 
 
 def _build(name: str, num_classes: int, in_chans: int, input_size: int, mean, std, kw: dict) -> SplitModel:

@@ -47,8 +47,16 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, input_size
 
     ``input_size`` picks the variant: inputs up to 64 pixels get the small-input variant of the paper's
     architectures (first convolution shrunk, no early downsampling), larger inputs the ImageNet-size one.
-    ``mean``/``std`` set the model's input normalisation (the dataset's).
+    ``mean``/``std`` set the model's input normalisation (the dataset's). A model reference
+    (``file.py:Factory``, ``package.module:factory``, ``torchvision:NAME``, ``timm:NAME``) is built by
+    :func:`~removalnet.models.refs.resolve_model` (keyword ``split_after``).
     """
+    if isinstance(name, str) and ":" in name and name not in _REGISTRY:
+        from .refs import resolve_model
+        unknown = sorted(set(kwargs) - {"split_after"})
+        if unknown:
+            raise RemovalNetError(f"{name} takes no option(s) {', '.join(unknown)}")
+        return resolve_model(name, num_classes, in_chans, input_size, mean=mean, std=std, **kwargs)
     entry = model_info(name)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise RemovalNetError(f"num_classes must be an integer >= 2, got {num_classes!r}")
