@@ -56,7 +56,7 @@ def test_verify_plain_state_dict(user, capsys, monkeypatch):
                                 *DJ, *MD])
     assert res["data"] == "folder:digits:test" and res["data_size"] == 50
     same, other = res["suspects"]
-    assert abs(same["metrics"]["DJ-LOD"]["value"]) < 1e-6 and abs(same["metrics"]["DJ-JSD"]["value"]) < 1e-6
+    assert abs(same["metrics"]["DJ-LOD"]["value"]) < 1e-6 and abs(same["metrics"]["DJ-NOD"]["value"]) < 1e-6
     assert same["metrics"]["MD-DDV"]["value"] == pytest.approx(1.0, abs=1e-5)
     assert other["metrics"]["DJ-LOD"]["value"] > 1e-3                       # a different model is measured as such
     assert other["metrics"]["MD-DDV"]["value"] < 0.999
