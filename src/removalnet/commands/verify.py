@@ -21,6 +21,7 @@ import yaml
 
 from ..checkpoint import load_checkpoint
 from ..data import load_dataset
+from ..guards import check_comparable, require_finite
 from ..utils import RemovalNetError, resolve_device, weights_hash
 from ..verify import MIN_REFERENCES, RULES, FingerprintCache, calibrate, create_verifier, list_verifiers, verdict
 
@@ -84,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
         raise RemovalNetError("the victim's sidecar names no dataset: give the fingerprint data with --data")
     data = load_dataset(dataset, "test", args.data_root, in_chans=vmeta.get("in_chans"),
                         input_size=vmeta.get("input_size"))
+    # every model is loaded and checked before any fingerprint or metric: comparable with the victim, finite
+    refs = [(f"reference {i} ({path})", *load_checkpoint(path, device=device))
+            for i, path in enumerate(args.references, 1)]
+    susp = [(f"suspect {path}", *load_checkpoint(path, device=device)) for path in args.suspect]
+    require_finite(victim, data, f"the victim ({args.victim})", device=device)
+    for name, model, meta in refs + susp:
+        check_comparable(vmeta, meta, what=f"the {name}")
+        require_finite(model, data, f"the {name}", device=device)
     cache = FingerprintCache(args.fp_cache) if args.fp_cache else None
     fps, extract_info = {}, {}
     for v in verifiers:
@@ -111,12 +120,11 @@ def run(args: argparse.Namespace) -> int:
         if len(args.references) < MIN_REFERENCES:
             print(f"warning: thresholds from {len(args.references)} reference model(s); at least {MIN_REFERENCES} "
                   "independently trained models are recommended", file=sys.stderr)
-        for path in args.references:
-            ref, _ = load_checkpoint(path, device=device)
+        for name, ref, _ in refs:
             values, errors = score_all(ref)
             if errors:
                 metric, msg = next(iter(errors.items()))
-                raise RemovalNetError(f"reference {path}: {metric} failed: {msg}")
+                raise RemovalNetError(f"{name}: {metric} failed: {msg}")
             for k, val in values.items():
                 ref_values[k].append(val)
         with warnings.catch_warnings():
@@ -124,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
             taus = calibrate(ref_values, metrics, args.rule, k=args.k, q=args.q)
 
     suspects = []
-    for path in args.suspect:
-        model, _ = load_checkpoint(path, device=device)
+    for path, (_, model, _) in zip(args.suspect, susp):
         values, errors = score_all(model)
         rows = {}
         for m in metrics:
