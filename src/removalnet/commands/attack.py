@@ -182,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; --out gets a normal folder's permissions
     try:
         ckpt_dir = tmp / "checkpoints"
         base_meta = {"role": "surrogate", "attack": attack.name, "params": attack.params, "scenario": args.scenario,
