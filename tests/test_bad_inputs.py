@@ -342,21 +342,32 @@ def _done(run_dir):
         return 0
 
 
+def _wait_done(run_dir, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while _done(run_dir) < n and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def test_sigkill_mid_grid_resumes_to_the_uninterrupted_result(files, tmp_path, capsys):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(["run", str(files["spec"]), "-q", "--out", str(whole)]) == 0
     capsys.readouterr()
+    # Ctrl-C: "interrupted" on a line of its own after the progress bar, exit 130
+    proc = _cli("run", str(files["spec"]), "--out", str(killed))
+    _wait_done(killed, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    assert proc.returncode == 130 and err.endswith("\ninterrupted\n") and "job" in err.split("\n")[-3], err
+    # kill -9 in the middle of the grid
     proc = _cli("run", str(files["spec"]), "-q", "--out", str(killed))
-    deadline = time.time() + 120
-    while _done(killed) < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    _wait_done(killed, _done(killed) + 2, proc)
     # a second runner on the same folder is refused, naming the holder
     assert main(["run", str(files["spec"]), "-q", "--out", str(killed)]) == 2
     assert f"in use by another removalnet process (pid {proc.pid})" in capsys.readouterr().err
     assert proc.poll() is None, "the grid finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    assert 2 <= _done(killed) < len(_db_rows(whole))
+    assert 3 <= _done(killed) < len(_db_rows(whole))
     assert main(["run", str(files["spec"]), "-q", "--out", str(killed)]) == 0   # the kernel released the lock
     assert _db_rows(killed) == _db_rows(whole)
 
@@ -385,9 +396,11 @@ def test_run_folder_lock_fails_or_waits(files, tmp_path, capsys):
                            f"(pid {holder.pid}); wait for it to finish, or pass --wait")
     assert not (run_dir / "results.db").exists()
     # --wait: blocks until the holder ends, then runs
-    assert main(["run", str(files["spec"]), "--seeds", "1", "-q", "--wait", "--out", str(run_dir)]) == 0
+    assert main(["run", str(files["spec"]), "--seeds", "1", "-q", "--wait", "--max-jobs", "1",
+                 "--out", str(run_dir)]) == 1
     assert holder.poll() == 0 and time.time() - t0 >= 2
-    assert "is in use by pid" in capsys.readouterr().err
+    cap = capsys.readouterr()
+    assert "is in use by pid" in cap.err and "1 ran" in cap.out and "stopped early" in cap.out
     # released on any exit: an exception inside the block, and a holder killed with SIGKILL
     with pytest.raises(ZeroDivisionError):
         with RunLock(run_dir):
