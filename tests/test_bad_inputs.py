@@ -348,16 +348,46 @@ def _wait_done(run_dir, n, proc, timeout=120):
         time.sleep(0.05)
 
 
-def test_sigkill_mid_grid_resumes_to_the_uninterrupted_result(files, tmp_path, capsys):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert main(["run", str(files["spec"]), "-q", "--out", str(whole)]) == 0
-    capsys.readouterr()
+@pytest.fixture(scope="module")
+def whole(files, tmp_path_factory):
+    """The tiny grid, run without interruption."""
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    assert main(["run", str(files["spec"]), "-q", "--out", str(run_dir)]) == 0
+    return run_dir
+
+
+def _leftovers(folder):
+    return [p for p in Path(folder).rglob(".*") if p.name != ".lock"]
+
+
+def test_runner_refuses_a_non_finite_model_by_name(files, whole, tmp_path):
+    import shutil
+
+    from removalnet.experiment import load_spec, plan_jobs
+    from removalnet.experiment.jobs import execute, model_path
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(whole, run_dir)
+    jobs = {j.name: j.to_dict() for j in plan_jobs(load_spec(files["spec"]))}
+    fp_jobs = {n: j for n, j in jobs.items() if j["kind"] == "fingerprint"}
+    save_checkpoint(model_path(run_dir, "attacks/ft/seed-0"), _model(4, nan=True), {"dataset": "digits"})
+    res = execute(jobs["scores/ft/seed-0"], run_dir, fp_jobs)
+    assert res["status"] == "failed" and res["metrics"] is None
+    assert "model attacks/ft/seed-0 has non-finite weights" in res["error"]
+    save_checkpoint(model_path(run_dir, "models/victim"), _model(4, nan=True), {"dataset": "digits"})
+    res = execute(jobs["scores/ft/seed-1"], run_dir, fp_jobs)
+    assert res["status"] == "failed" and "the victim has non-finite weights" in res["error"]
+
+
+def test_sigkill_mid_grid_resumes_to_the_uninterrupted_result(files, whole, tmp_path, capsys):
+    killed = tmp_path / "killed"
     # Ctrl-C: "interrupted" on a line of its own after the progress bar, exit 130
     proc = _cli("run", str(files["spec"]), "--out", str(killed))
     _wait_done(killed, 1, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate()
     assert proc.returncode == 130 and err.endswith("\ninterrupted\n") and "job" in err.split("\n")[-3], err
+    assert _leftovers(killed) == []          # no temporary file left by the interrupted job
     # kill -9 in the middle of the grid
     proc = _cli("run", str(files["spec"]), "-q", "--out", str(killed))
     _wait_done(killed, _done(killed) + 2, proc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 import warnings
@@ -112,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
             except RemovalNetError as e:
                 for m in v.metrics:
                     errors[m.name] = str(e)
+        for name, val in list(values.items()):
+            if not math.isfinite(val):  # never shown as a number, never judged
+                errors[name] = f"the metric is not finite ({val})"
+                del values[name]
         return values, errors
 
     taus: dict[str, float] = {}
