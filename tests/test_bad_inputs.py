@@ -238,6 +238,50 @@ def test_bad_input(files, tmp_path, capsys, case, argv, code, fragment):
     assert not (files["dir"] / MARKER).exists()
 
 
+# (spec keys replaced, fragment of the error line): each through `removalnet run SPEC --dry-run`
+SPEC_CASES = [
+    ({"victim": {"arch": "nope"}}, "spec: victim.arch"),
+    ({"victim": {"kwargs": {"width": "wide"}}}, "spec: victim.kwargs"),
+    ({"victim": {"kwargs": {"depth": 2}}}, "spec: victim.kwargs: model 'vgg_small' has no option 'depth'"),
+    ({"victim": {"train": {"lr": -1}}}, "spec: victim.train"),
+    ({"attacks": [{"name": "ft", "scenario": "xyz", "count": 5}]}, "spec: attacks[0].scenario"),
+    ({"attacks": [{"name": "ft", "params": {"ratio": 3}, "count": 5}]}, "spec: attacks[0].params"),
+    ({"attacks": [{"name": "ft", "fraction": 0.1, "count": 5}]}, "spec: attacks[0]: give exactly one"),
+    ({"attacks": [{"name": "ft", "scenario": "lsd", "source": "partition", "count": 5}]}, "spec: attacks[0].source"),
+    ({"verifiers": {"nope": {}}}, "spec: verifiers.nope"),
+    ({"verifiers": {"sac": {"num_samples": 0}}}, "spec: verifiers.sac"),
+    ({"negatives": {"count": 3, "seed_offset": 1000}}, "spec: negatives.seed_offset"),
+    ({"seeds": [1, 1]}, "spec: seeds"),
+    ({"name": "a b"}, "spec: name"),
+    ({"dataset": "nope"}, "spec: dataset"),
+    ({"threshold_rule": "mean"}, "spec: threshold_rule"),
+    ({"study": {"name": "nope"}}, "spec: study.name"),
+    ({"study": {"name": "robustness", "colour": 1}}, "unknown parameter 'colour'"),
+]
+
+
+@pytest.mark.parametrize("patch,fragment", SPEC_CASES, ids=[c[1] for c in SPEC_CASES])
+def test_bad_spec(tmp_path, capsys, patch, fragment):
+    d = _spec()
+    for k, v in patch.items():
+        d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) and k != "verifiers" else v
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(d))
+    assert main(["run", str(spec), "--dry-run", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_study_of_another_kind_is_refused(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(_spec(study={"name": "boundary"})))
+    assert main(["study", "saliency", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: spec {str(spec)!r} is a 'boundary' study, not 'saliency'\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
 def test_data_root_is_the_only_place_looked_at(files, capsys):
     assert main(["train", "--data", "fashion-mnist", "--data-root", str(files["empty_dir"]), "-q",
                  "--out", str(files["dir"] / "never")]) == 2
