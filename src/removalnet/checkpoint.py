@@ -172,7 +172,18 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | None = None,
         bc = meta.get("build_config")
         if not bc:
             raise RemovalNetError(f"{str(sidecar_path(path))!r} has no build_config: pass model= to load it")
-        model = create_model(bc["arch"], bc["num_classes"], bc["in_chans"], bc["input_size"],
-                             mean=meta.get("mean"), std=meta.get("std"), **bc.get("kwargs", {}))
+        if not isinstance(bc, dict):
+            raise RemovalNetError(f"{str(sidecar_path(path))!r}: build_config must be a mapping")
+        lacking = [k for k in ("arch", "num_classes", "in_chans", "input_size") if k not in bc]
+        if lacking:
+            raise RemovalNetError(f"{str(sidecar_path(path))!r}: build_config lacks {', '.join(map(repr, lacking))}")
+        kwargs = bc.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise RemovalNetError(f"{str(sidecar_path(path))!r}: build_config.kwargs must be a mapping")
+        try:
+            model = create_model(bc["arch"], bc["num_classes"], bc["in_chans"], bc["input_size"],
+                                 mean=meta.get("mean"), std=meta.get("std"), **kwargs)
+        except RemovalNetError as e:
+            raise RemovalNetError(f"{str(sidecar_path(path))!r}: cannot rebuild the model: {e}") from e
     _check_and_load(model, state, path)
     return model.to(device).eval(), meta

@@ -24,6 +24,20 @@ from .utils import RemovalNetError
 log = logging.getLogger("removalnet")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the toolkit's error format: one line ``error: ...`` and a pointer to ``--help``, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _close_progress_bars() -> None:
+    """Close open tqdm bars so that a following message starts on a line of its own."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _discover() -> list:
     mods = []
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
@@ -36,7 +50,7 @@ def _discover() -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="removalnet",
         description="DNN fingerprint removal attacks (RemovalNet and baselines) and the ownership verifiers "
                     "they are measured against.")
@@ -110,9 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _set_threads(args.threads)
         return int(args._run(args) or 0)
     except RemovalNetError as e:
+        _close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
 

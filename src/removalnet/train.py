@@ -202,6 +202,10 @@ def train_model(model: nn.Module, train_set: Dataset, test_set: Dataset | None =
         for x, y in make_loader(train_set, config.batch_size, shuffle=True, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen))):
             x = augment_batch(x, config.augment, gen).to(dev)
             loss = F.cross_entropy(model(x), torch.as_tensor(y).to(dev))
+            if not bool(torch.isfinite(loss.detach())):
+                bar.close()
+                raise RemovalNetError(f"training diverged: the loss became non-finite ({float(loss.detach())}) at "
+                                      f"iteration {step + 1}; lower the learning rate (lr={config.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -219,6 +223,10 @@ def train_model(model: nn.Module, train_set: Dataset, test_set: Dataset | None =
             model.train()
     bar.close()
     model.eval()
+    bad = next((k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
+    if bad is not None:
+        raise RemovalNetError(f"training diverged: weight {bad!r} became non-finite; lower the learning rate "
+                              f"(lr={config.lr})")
     hist.update(iterations=step, epochs=epoch, time_s=time.perf_counter() - start)
     hist["final_test_accuracy"] = hist["test_accuracy"][-1] if hist["test_accuracy"] else None
     return hist

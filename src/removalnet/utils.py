@@ -84,10 +84,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets a normal file's permissions
+    mode = 0o666 & ~umask  # mkstemp makes 0600; the result gets a normal file's permissions
+    os.chmod(tmp, mode)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, mode)  # again: a writer may have replaced the file (safetensors writes a new 0600 one)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

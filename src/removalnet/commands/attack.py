@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import save_checkpoint
 from ..data.refs import canonical_data_ref
+from ..guards import check_comparable, check_output_dir, warn
 from ._modelref import add_model_options, load_model, victim_file
 from ..utils import RemovalNetError, atomic_write_json, resolve_device, weights_hash
 
@@ -115,9 +116,8 @@ def _write_trace(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
+    check_output_dir(out)  # before the attack runs: it must not fail only at its save
     if out.exists():
-        if not out.is_dir():
-            raise RemovalNetError(f"--out {str(out)!r} exists and is not a directory")
         if any(out.iterdir()) and not overwrite:
             raise RemovalNetError(f"--out {str(out)!r} already holds files; choose another or add --overwrite")
 
@@ -130,6 +130,25 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_data(args: argparse.Namespace, vmeta: dict[str, Any]) -> None:
+    """The attack's data against the victim's: other classes are refused; another dataset of the same
+    classes gets a warning (S_LTD is the victim's own training data; ``--source`` is S_LSD's other dataset)."""
+    from ..data import get_dataset_info
+
+    for name, opt in ((args.data, "--data"), (args.source, "--source")):
+        if name is None:
+            continue
+        info = get_dataset_info(name)
+        if opt == "--source" and args.labels == "victim":
+            continue  # labelled by the victim: only the images matter, and they are adapted to its input
+        check_comparable(vmeta, {"num_classes": info.num_classes}, what=f"{opt} {name!r}",
+                         data_warning=False)
+    victim_data = vmeta.get("dataset")
+    if victim_data and args.data != victim_data:
+        warn(f"--data {args.data!r} is not the victim's dataset {victim_data!r}: the substitute set and the "
+             "accuracy come from another dataset (for S_LSD, give the other dataset as --source)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
     victim, vmeta = load_model(victim_file(args), args, data=args.data, device=device)
     victim_hash = weights_hash(victim)
+    _check_data(args, vmeta)
     bc = getattr(victim, "build_config", {}) or {}
     kw = dict(in_chans=victim.in_chans, input_size=bc.get("input_size"))
     train = load_dataset(args.data, "train", args.data_root, **kw)
@@ -166,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; --out gets a normal folder's permissions
     try:
         ckpt_dir = tmp / "checkpoints"
         base_meta = {"role": "surrogate", "attack": attack.name, "params": attack.params, "scenario": args.scenario,
@@ -183,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
                     bar.set_postfix(loss=f"{loss:.4g}")
             elif event == "checkpoint" and not args.no_checkpoints:
                 save_checkpoint(ckpt_dir / f"t{info['t']:04d}.safetensors", info["model"],
-                                {**base_meta, "t": info["t"], "test_accuracy": info["accuracy"]})
+                                {**base_meta, "t": info["t"], "test_accuracy": info.get("accuracy")})
 
         t0 = time.perf_counter()
         surrogate = attack(victim, substitute, seed=args.seed, callbacks=[callback], eval_set=test, device=device)
@@ -191,7 +214,9 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         if weights_hash(victim) != victim_hash:  # the attack API guarantees this; never save over a changed victim
             raise RemovalNetError("the victim's weights changed during the attack")
-        acc = attack.history[-1]["accuracy"] if attack.history else float(evaluate(surrogate, test, device=device))
+        acc = attack.history[-1].get("accuracy") if attack.history else None  # removalnet-plus logs a selection
+        if acc is None:
+            acc = float(evaluate(surrogate, test, device=device))
         victim_acc = vmeta.get("test_accuracy")
         if victim_acc is None:
             victim_acc = float(evaluate(victim, test, device=device))

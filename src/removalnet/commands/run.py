@@ -25,6 +25,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="override the spec's device (cpu, cuda, ...)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs (done / to run) without running them")
     p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
+    p.add_argument("--wait", action="store_true",
+                   help="if another process is running in the run folder, wait for it instead of failing")
 
 
 def spec_overrides(args: argparse.Namespace) -> dict:
@@ -38,7 +40,7 @@ def run_spec(spec, args: argparse.Namespace, file=None):
     out = Path(args.out) if args.out else Path(args.runs) / spec.name
     executor = None if args.dry_run else make_executor(args.executor, args.address)
     s = run_experiment(spec, out, executor=executor, max_jobs=args.max_jobs, dry_run=args.dry_run,
-                       progress=not args.quiet)
+                       progress=not args.quiet, wait=args.wait)
     if args.dry_run:
         return out, None
     print(f"{out}: {s.planned} jobs, {s.skipped_done} already done, {s.ran} ran, {len(s.failed)} failed, "

@@ -8,9 +8,11 @@ from pathlib import Path
 from ..checkpoint import save_checkpoint
 from ..data import get_dataset_info, load_dataset
 from ..data.refs import canonical_data_ref
+from ..guards import check_output_dir
+from ..models import check_model_kwargs
 from ._modelref import add_model_options, build_model
 from ..train import TrainConfig, train_model
-from ..utils import RemovalNetError, resolve_device, seed_everything
+from ..utils import resolve_device, seed_everything
 
 NAME = "train"
 HELP = "train a classifier on a registered dataset and save it as a safetensors checkpoint"
@@ -47,13 +49,12 @@ def run(args: argparse.Namespace) -> int:
     in_chans = args.in_chans or info.in_chans
     size = args.input_size or info.input_size
     device = resolve_device(args.device)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise RemovalNetError(f"--out {str(out)!r} exists and is not a directory")
+    out = check_output_dir(args.out)  # before any training: a run must not fail only at its save
     config = TrainConfig(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size,
                          optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, schedule=args.schedule, augment=args.augment)
-    kw = {"width": args.width} if args.width else {}
+    kw = {"width": args.width} if args.width is not None else {}
+    check_model_kwargs(args.model, kw)
     train = load_dataset(args.data, "train", args.data_root, in_chans=in_chans, input_size=size)
     test = load_dataset(args.data, "test", args.data_root, in_chans=in_chans, input_size=size)
     seed_everything(args.seed)  # the initial weights depend on the seed too

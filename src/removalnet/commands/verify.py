@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 import warnings
@@ -21,6 +22,7 @@ import yaml
 
 from ._modelref import add_model_options, load_model, victim_file
 from ..data import load_dataset
+from ..guards import check_comparable, require_finite
 from ..models import NotSplittableError
 from ..utils import RemovalNetError, resolve_device, weights_hash
 from ..verify import MIN_REFERENCES, RULES, FingerprintCache, calibrate, create_verifier, list_verifiers, verdict
@@ -87,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
         raise RemovalNetError("the victim's sidecar names no dataset: give the fingerprint data with --data")
     data = load_dataset(dataset, "test", args.data_root, in_chans=vmeta.get("in_chans"),
                         input_size=vmeta.get("input_size"))
+    # every model is loaded and checked before any fingerprint or metric: comparable with the victim, finite
+    refs = [(f"reference {i} ({path})", *load_model(path, args, data=args.data, device=device))
+            for i, path in enumerate(args.references, 1)]
+    susp = [(f"suspect {path}", *load_model(path, args, data=args.data, device=device)) for path in args.suspect]
+    require_finite(victim, data, f"the victim ({victim_file(args)})", device=device)
+    for name, model, meta in refs + susp:
+        check_comparable(vmeta, meta, what=f"the {name}")
+        require_finite(model, data, f"the {name}", device=device)
     cache = FingerprintCache(args.fp_cache) if args.fp_cache else None
     fps, extract_info, skipped = {}, {}, {}
     for v in verifiers:
@@ -116,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
             except RemovalNetError as e:
                 for m in v.metrics:
                     errors[m.name] = str(e)
+        for name, val in list(values.items()):
+            if not math.isfinite(val):  # never shown as a number, never judged
+                errors[name] = f"the metric is not finite ({val})"
+                del values[name]
         return values, errors
 
     # metrics a fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without a fooling example) score NaN:
@@ -130,12 +144,11 @@ def run(args: argparse.Namespace) -> int:
         if len(args.references) < MIN_REFERENCES:
             print(f"warning: thresholds from {len(args.references)} reference model(s); at least {MIN_REFERENCES} "
                   "independently trained models are recommended", file=sys.stderr)
-        for path in args.references:
-            ref, _ = load_model(path, args, data=args.data, device=device)
+        for name, ref, _ in refs:
             values, errors = score_all(ref)
             if errors:
                 metric, msg = next(iter(errors.items()))
-                raise RemovalNetError(f"reference {path}: {metric} failed: {msg}")
+                raise RemovalNetError(f"{name}: {metric} failed: {msg}")
             for k, val in values.items():
                 ref_values[k].append(val)
         with warnings.catch_warnings():
@@ -144,8 +157,7 @@ def run(args: argparse.Namespace) -> int:
                              [m for m in metrics if m.name not in degenerate], args.rule, k=args.k, q=args.q)
 
     suspects = []
-    for path in args.suspect:
-        model, _ = load_model(path, args, data=args.data, device=device)
+    for path, (_, model, _) in zip(args.suspect, susp):
         values, errors = score_all(model)
         rows = {}
         for m in metrics:

@@ -1,11 +1,11 @@
 """Fashion-MNIST (60,000 / 10,000 grayscale 28 x 28 images, 10 classes), read from IDX files into memory.
 
 Where the files are looked for, in order:
-1. ``root`` when given: ``root/FashionMNIST/raw/`` (torchvision layout), then ``root/`` itself;
-2. ``$REMOVALNET_FASHION_MNIST_DIR`` when set, else ``/usr/share/datasets/fashion-mnist/``
-   (Debian package ``dataset-fashion-mnist``);
-3. ``<default root>/FashionMNIST/raw/`` when no root is given;
-4. with ``download=True`` only: torchvision's download into the root.
+1. ``root`` when given: ``root/FashionMNIST/raw/`` (torchvision layout), then ``root/`` itself, and nowhere
+   else (a given root is the only place looked at);
+2. without a root: ``$REMOVALNET_FASHION_MNIST_DIR`` when set, else ``/usr/share/datasets/fashion-mnist/``
+   (Debian package ``dataset-fashion-mnist``), then ``<default root>/FashionMNIST/raw/``;
+3. with ``download=True`` only: torchvision's download into the root.
 Each location may hold the gzipped (``*.gz``) or the uncompressed IDX files.
 """
 from __future__ import annotations
@@ -89,14 +89,10 @@ def _read_pair(images: str, labels: str, _stamp: tuple) -> tuple[np.ndarray, np.
 
 
 def candidate_dirs(root: Path | None) -> list[Path]:
-    dirs = []
-    if root is not None:
-        dirs += [root / "FashionMNIST" / "raw", root]
+    if root is not None:  # a given root is the only place looked at
+        return [root / "FashionMNIST" / "raw", root]
     env = os.environ.get(DIR_ENV)
-    dirs.append(Path(env).expanduser() if env else SYSTEM_DIR)
-    if root is None:
-        dirs.append(default_root() / "FashionMNIST" / "raw")
-    return dirs
+    return [Path(env).expanduser() if env else SYSTEM_DIR, default_root() / "FashionMNIST" / "raw"]
 
 
 def load_fashion_mnist_arrays(split: str, root: Path | None = None, download: bool = False

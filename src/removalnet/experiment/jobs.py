@@ -15,6 +15,7 @@ from typing import Any
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import balanced_subset, get_dataset_info, load_dataset
+from ..guards import require_finite
 from ..train import TrainConfig, evaluate, train_model
 from ..utils import RemovalNetError, atomic_path, package_versions, seed_everything
 
@@ -143,6 +144,7 @@ def _fingerprint(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     cfg = job["config"]
     victim, _ = load_checkpoint(model_path(run_dir, "models/victim"), device=cfg["device"])
     verifier = create_verifier(cfg["verifier"], **cfg["params"])
+    require_finite(victim, verifier_data(cfg), "the victim", device=cfg["device"])
     t0 = time.perf_counter()
     fp = FingerprintCache(Path(run_dir) / "fingerprints").get_or_extract(
         verifier, victim, verifier_data(cfg), seed=cfg["seed"], device=cfg["device"],
@@ -162,6 +164,9 @@ def _score(job: dict[str, Any], run_dir: Path, fp_jobs: dict[str, dict[str, Any]
         path = model_path(run_dir, cfg["model"])
     suspect, meta = load_checkpoint(path, device=dev)
     test = _dataset(cfg["dataset"], "test", cfg.get("data_root"))
+    require_finite(victim, test, "the victim", device=dev)  # refused by name before any metric
+    require_finite(suspect, test, f"model {cfg['model']}" + (f" t={cfg['t']}" if cfg["role"] == "checkpoint" else ""),
+                   device=dev)
     metrics: dict[str, Any] = {"accuracy": evaluate(suspect, test)}
     times = {}
     cache = FingerprintCache(Path(run_dir) / "fingerprints")

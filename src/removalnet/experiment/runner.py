@@ -6,12 +6,14 @@ job records its error; jobs that depend on it are recorded as skipped; every oth
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tqdm.auto import tqdm
 
+from ..guards import RunLock, check_output_dir
 from ..utils import RemovalNetError, atomic_write_json, package_versions
 from .jobs import execute
 from .plan import Job, plan_jobs
@@ -100,10 +102,13 @@ def make_executor(name: str, address: str | None = None):
 
 def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any = None,
                    max_jobs: int | None = None, dry_run: bool = False, progress: bool = True,
-                   echo: Callable[[str], None] = print) -> RunSummary:
+                   echo: Callable[[str], None] = print, wait: bool = False) -> RunSummary:
     """Plan and run ``spec`` under ``run_dir``; return a summary. ``max_jobs`` stops after that many jobs
-    have run (what an interruption does; a rerun resumes)."""
+    have run (what an interruption does; a rerun resumes). One runner per run folder: a second one fails
+    naming the holder's pid, or with ``wait`` waits for it (:class:`~removalnet.guards.RunLock`)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RemovalNetError(f"run folder {str(run_dir)!r} exists and is not a directory")
     jobs = plan_jobs(spec)
     by_id = {j.id: j for j in jobs}
     if dry_run:
@@ -118,10 +123,10 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
         todo = sum(store_status.get(j.id) != "done" for j in jobs)
         echo(f"{len(jobs)} jobs, {todo} to run")
         return RunSummary(planned=len(jobs), skipped_done=len(jobs) - todo)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "spec.json", spec.to_dict())
+    check_output_dir(run_dir, "run folder").mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor()
-    with ResultStore(run_dir / "results.db") as store:
+    with RunLock(run_dir, wait=wait), ResultStore(run_dir / "results.db") as store:
+        atomic_write_json(run_dir / "spec.json", spec.to_dict())
         store.set_meta("spec", spec.to_dict())
         store.set_meta("plan", [j.id for j in jobs])
         store.set_meta("versions", package_versions())
@@ -158,7 +163,7 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
                 bar.set_postfix_str(jd["name"])
                 result = execute(jd, run_dir, fp_jobs)
                 ran += 1
-                _record(store, jd, result, state, summary, echo)
+                _record(store, jd, result, state, summary)
                 bar.update(1)
         else:
             for jd, result in executor.run(queue, run_dir, fp_jobs, is_ready):
@@ -169,18 +174,17 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
                     summary.skipped_deps.append(jd["name"])
                 else:
                     ran += 1
-                    _record(store, jd, result, state, summary, echo)
+                    _record(store, jd, result, state, summary)
                 bar.update(1)
         bar.close()
         summary.ran = ran
     return summary
 
 
-def _record(store: ResultStore, jd: dict, result: dict, state: dict, summary: RunSummary,
-            echo: Callable[[str], None]) -> None:
+def _record(store: ResultStore, jd: dict, result: dict, state: dict, summary: RunSummary) -> None:
     state[jd["id"]] = result["status"]
     store.record(jd, result["status"], metrics=result["metrics"], error=result["error"],
                  versions=result["versions"], started=result["started"], finished=result["finished"])
     if result["status"] == "failed":
         summary.failed.append(jd["name"])
-        echo(f"job {jd['name']} failed: {result['error']}")
+        tqdm.write(f"job {jd['name']} failed: {result['error']}", file=sys.stderr)  # errors go to stderr

@@ -128,6 +128,11 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
     victim = ModelSpec(**_take(raw.pop("victim", {}), ModelSpec, "victim"))
     if victim.arch not in list_models():
         _fail("victim.arch", f"unknown architecture {victim.arch!r}")
+    from ..models import check_model_kwargs
+    try:
+        check_model_kwargs(victim.arch, victim.kwargs)
+    except RemovalNetError as e:
+        _fail("victim.kwargs", str(e))
     _int(victim.seed, "victim.seed", 0)
     try:
         TrainConfig.from_dict(victim.train)
