@@ -118,6 +118,13 @@ def run(args: argparse.Namespace) -> int:
     if not verifiers:
         raise RemovalNetError(next(iter(skipped.values())))
 
+    # metrics a fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without a fooling example) score NaN:
+    # no threshold, no verdict, an error row
+    degenerate = {m: f"degenerate fingerprint ({v.name}: see its meta)" for v in verifiers
+                  for m in fps[v.name].meta.get("degenerate", [])}
+    for m in degenerate:
+        print(f"warning: {m} is degenerate for this victim (no test case): it is not judged", file=sys.stderr)
+
     def score_all(model) -> tuple[dict[str, float], dict[str, str]]:
         values, errors = {}, {}
         for v in verifiers:
@@ -126,18 +133,14 @@ def run(args: argparse.Namespace) -> int:
             except RemovalNetError as e:
                 for m in v.metrics:
                     errors[m.name] = str(e)
+        for name in degenerate:
+            values.pop(name, None)  # reported as degenerate, not as a failure of this model
         for name, val in list(values.items()):
             if not math.isfinite(val):  # never shown as a number, never judged
                 errors[name] = f"the metric is not finite ({val})"
                 del values[name]
         return values, errors
 
-    # metrics a fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without a fooling example) score NaN:
-    # no threshold, no verdict, an error row
-    degenerate = {m: f"degenerate fingerprint ({v.name}: see its meta)" for v in verifiers
-                  for m in fps[v.name].meta.get("degenerate", [])}
-    for m in degenerate:
-        print(f"warning: {m} is degenerate for this victim (no test case): it is not judged", file=sys.stderr)
     taus: dict[str, float] = {}
     ref_values: dict[str, list[float]] = {m.name: [] for m in metrics}
     if args.references:
