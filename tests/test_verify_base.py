@@ -108,7 +108,7 @@ def test_cache_extracts_once_and_score_checks_the_victim(tmp_path, data, monkeyp
     fp2 = FingerprintCache(tmp_path).get_or_extract(DeepJudge(**{**TINY, "batch_size": 7}), victim, data[1], seed=0)
     assert len(calls) == 1
     assert fp2.key == fp1.key and all(torch.equal(fp1.tensors[k], fp2.tensors[k]) for k in fp1.tensors)
-    assert dj.score(fp2, victim, other) == dj.score(fp1, victim, other)
+    assert dj.score(fp2, victim, other) == pytest.approx(dj.score(fp1, victim, other), rel=1e-12)
     # another seed, another victim, other data or other parameters: a new extraction
     FingerprintCache(tmp_path).get_or_extract(dj, victim, data[1], seed=1)
     FingerprintCache(tmp_path).get_or_extract(dj, other, data[1], seed=0)
@@ -182,11 +182,11 @@ def test_cli_verify_end_to_end(checkpoints, tmp_path, capsys, monkeypatch):
     assert fp_meta["tests_tried"] == 8 and 0 <= fp_meta["tests_reached"] <= 8 and fp_meta["layer"] == 2
     assert set(res["taus"]) == {"DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD", "DJ-RobD", "DJ-JSD"}
     for metric, tau in res["taus"].items():
-        assert tau == min(res["reference_values"][metric])
+        assert tau == pytest.approx(min(res["reference_values"][metric]), rel=1e-12)
     copy, indep = res["suspects"]
     assert copy["path"].endswith("copy.safetensors")
     for metric, row in copy["metrics"].items():
-        assert row["value"] == 0.0 and row["direction"] == "distance"
+        assert row["value"] == pytest.approx(0.0, abs=1e-9) and row["direction"] == "distance"
         assert row["copy"] is (res["taus"][metric] > 0), metric
     assert indep["metrics"]["DJ-LOD"]["value"] > 0
     assert len(list(cache.glob("deepjudge-*.safetensors"))) == 1

@@ -60,7 +60,7 @@ def test_lime_recovers_linear_model_exactly(intercept, bias):
         if intercept:
             torch.testing.assert_close(t["intercept"][n], lin.bias.detach(), atol=1e-4, rtol=1e-4)
     # the masked inputs really put the channel mean (normalised value 0) on masked segments
-    assert torch.equal(t["fill"], torch.tensor([0.3]))
+    torch.testing.assert_close(t["fill"], torch.tensor([0.3]))
 
 
 def test_masked_inputs_golden():
@@ -68,10 +68,11 @@ def test_masked_inputs_golden():
     seg = torch.tensor([[[0, 1], [1, 2]]])
     masks = torch.tensor([[1, 0, 1]], dtype=torch.uint8)
     out = masked_inputs(img, seg, masks, torch.tensor([0.3]))
-    assert torch.equal(out, torch.tensor([[[[0.0, 0.3], [0.3, 0.25]]]]))
+    torch.testing.assert_close(out, torch.tensor([[[[0.0, 0.3], [0.3, 0.25]]]]), atol=1e-7, rtol=0)
     m = SplitModel([nn.Identity()], nn.Flatten(), in_chans=1, mean=[0.3], std=[0.5])
     normed = m.normalize(out)
-    assert normed[0, 0, 0, 1] == 0 and normed[0, 0, 1, 0] == 0
+    assert normed[0, 0, 0, 1].item() == pytest.approx(0.0, abs=1e-7)
+    assert normed[0, 0, 1, 0].item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_random_masks_and_pinv():
