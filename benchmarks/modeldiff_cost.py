@@ -1,0 +1,127 @@
+"""What ModelDiff costs per suspect, now that its profiling inputs are searched for every (victim, suspect) pair.
+
+On vgg_small width 8 at Fashion-MNIST size (1 x 28 x 28, 10 classes), one torch thread, the verifier's
+data the Fashion-MNIST test split: the victim and ``--suspects`` independently initialised suspects (BatchNorm
+statistics set on 512 test images, so outputs depend on the input). For each setting, the seconds of
+``extract`` (the seeds, once per victim), of ``pair`` (the hill-climbing search, once per suspect) and of
+``score`` on the paired fingerprint (the suspect's DDV), as wall and process CPU time; and for comparison
+the suspect-independent ``modeldiff_pgd`` variant (extraction once, then scoring only).
+
+Settings: the official defaults (300 seeds per model, 600 inputs, 1000 steps) and the demo's reduced
+setting (50 seeds per model, 300 steps). Writes ``benchmarks/results/modeldiff_cost.json`` and ``.md``.
+
+    PYTHONPATH=src python benchmarks/modeldiff_cost.py
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from attack_speed import cpu_model
+from removalnet.data import balanced_subset, load_dataset
+from removalnet.models import create_model
+from removalnet.utils import atomic_path, atomic_write_json, package_versions, seed_everything
+from removalnet.verify import create_verifier
+from removalnet.verify.base import dataset_tensors
+from zest_speed import commit, timed
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SETTINGS = {"official defaults": {}, "demo setting": {"num_pairs": 50, "iterations": 300}}
+
+
+def model(seed: int, x: torch.Tensor) -> nn.Module:
+    seed_everything(seed)
+    m = create_model("vgg_small", 10, 1, 28, width=8, mean=[0.286], std=[0.353])
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.momentum = None
+    with torch.no_grad():
+        m.train()
+        m(x)
+    return m.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--suspects", type=int, default=3)
+    ap.add_argument("--out", default=str(RESULTS / "modeldiff_cost.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    data = balanced_subset(load_dataset("fashion-mnist", "test"), count=1000, seed=0)
+    calib, _ = dataset_tensors(data, list(range(512)))
+    victim = model(0, calib)
+    suspects = [model(100 + i, calib) for i in range(args.suspects)]
+    load_before = os.getloadavg()
+    results: dict[str, Any] = {}
+    for label, params in SETTINGS.items():
+        md = create_verifier("modeldiff", **params)
+        fp, ext_wall, ext_cpu = timed(lambda: md.extract(victim, data, seed=0))
+        rows = []
+        for s in suspects:
+            paired, pair_wall, pair_cpu = timed(lambda: md.pair(fp, victim, s))
+            score, score_wall, score_cpu = timed(lambda: md.score(paired, victim, s))
+            rows.append({"pair_wall_s": pair_wall, "pair_cpu_s": pair_cpu, "score_wall_s": score_wall,
+                         "score_cpu_s": score_cpu, "MD-DDV": score["MD-DDV"],
+                         "mutations_accepted": paired.meta["mutations_accepted"]})
+        per_suspect = {k: statistics.median(r[k] for r in rows)
+                       for k in ("pair_wall_s", "pair_cpu_s", "score_wall_s", "score_cpu_s")}
+        results[label] = {"params": md.params, "extract_wall_s": ext_wall, "extract_cpu_s": ext_cpu,
+                          "per_suspect_median": per_suspect, "suspects": rows}
+        print(f"modeldiff {label}: extract {ext_wall:.2f} s, per suspect pair {per_suspect['pair_wall_s']:.2f} s "
+              f"wall / {per_suspect['pair_cpu_s']:.2f} s CPU + score {per_suspect['score_wall_s']:.2f} s")
+    pgd = create_verifier("modeldiff_pgd")
+    fp, ext_wall, ext_cpu = timed(lambda: pgd.extract(victim, data, seed=0))
+    scores = [timed(lambda: pgd.score(fp, victim, s)) for s in suspects]
+    results["modeldiff_pgd defaults"] = {
+        "params": pgd.params, "extract_wall_s": ext_wall, "extract_cpu_s": ext_cpu,
+        "per_suspect_median": {"score_wall_s": statistics.median(w for _, w, _ in scores),
+                               "score_cpu_s": statistics.median(c for _, _, c in scores)}}
+    report = {
+        "benchmark": "ModelDiff cost per suspect (profiling inputs searched per pair)",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+        "model": "vgg_small width 8, 1x28x28, 10 classes (random weights, BatchNorm statistics on test images)",
+        "data": "fashion-mnist test split, balanced subset of 1000", "suspects": args.suspects, "results": results,
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                    "torch_threads": 1, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                    "device": "cpu",
+                    "note": "the cores are shared with other processes (see loadavg): wall times include "
+                            "waiting for them; the process CPU times do not"},
+        "versions": package_versions(),
+    }
+    out = Path(args.out)
+    atomic_write_json(out, report)
+    md_lines = [
+        "# ModelDiff cost per suspect",
+        "",
+        f"{report['date']}, commit `{report['commit']}`, {report['machine']['cpu']} "
+        f"({report['machine']['cpu_count']} cores), torch {report['versions'].get('torch', '?')}, 1 thread. "
+        f"Model: {report['model']}; median over {args.suspects} suspects.",
+        "",
+        "| verifier, setting | extract once (wall / CPU s) | pair per suspect (wall / CPU s) | score per suspect (wall / CPU s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, r in results.items():
+        ps = r["per_suspect_median"]
+        pair = f"{ps['pair_wall_s']:.2f} / {ps['pair_cpu_s']:.2f}" if "pair_wall_s" in ps else "-"
+        name = label if label.startswith("modeldiff_pgd") else f"modeldiff, {label}"
+        md_lines.append(f"| {name} | {r['extract_wall_s']:.2f} / {r['extract_cpu_s']:.2f} | {pair} | "
+                        f"{ps['score_wall_s']:.2f} / {ps['score_cpu_s']:.2f} |")
+    md_lines += ["", f"Load average before / after: {', '.join(f'{v:.1f}' for v in load_before)} / "
+                     f"{', '.join(f'{v:.1f}' for v in report['machine']['loadavg_after'])}. "
+                     f"{report['machine']['note']}.", ""]
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(md_lines))
+    print("\n".join(md_lines))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
