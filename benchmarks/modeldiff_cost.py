@@ -1,8 +1,8 @@
 """What ModelDiff costs per suspect, now that its profiling inputs are searched for every (victim, suspect) pair.
 
 On vgg_small width 8 at Fashion-MNIST size (1 x 28 x 28, 10 classes), one torch thread, the verifier's
-data the Fashion-MNIST test split: the victim and ``--suspects`` independently initialised suspects (BatchNorm
-statistics set on 512 test images, so outputs depend on the input). For each setting, the seconds of
+data the Fashion-MNIST test split: the victim and ``--suspects`` independently initialised suspects (random
+weights: the cost does not depend on them). For each setting, the seconds of
 ``extract`` (the seeds, once per victim), of ``pair`` (the hill-climbing search, once per suspect) and of
 ``score`` on the paired fingerprint (the suspect's DDV), as wall and process CPU time; and for comparison
 the suspect-independent ``modeldiff_pgd`` variant (extraction once, then scoring only).
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 from pathlib import Path
 from typing import Any
@@ -25,28 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from attack_speed import cpu_model
 from removalnet.data import balanced_subset, load_dataset
 from removalnet.models import create_model
 from removalnet.utils import atomic_path, atomic_write_json, package_versions, seed_everything
 from removalnet.verify import create_verifier
-from removalnet.verify.base import dataset_tensors
-from zest_speed import commit, timed
+from zest_speed import commit, machine, timed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"official defaults": {}, "demo setting": {"num_pairs": 50, "iterations": 300}}
 
 
-def model(seed: int, x: torch.Tensor) -> nn.Module:
+def model(seed: int) -> nn.Module:
     seed_everything(seed)
-    m = create_model("vgg_small", 10, 1, 28, width=8, mean=[0.286], std=[0.353])
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.momentum = None
-    with torch.no_grad():
-        m.train()
-        m(x)
-    return m.eval()
+    return create_model("vgg_small", 10, 1, 28, width=8, mean=[0.286], std=[0.353]).eval()
 
 
 def main() -> None:
@@ -56,9 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = balanced_subset(load_dataset("fashion-mnist", "test"), count=1000, seed=0)
-    calib, _ = dataset_tensors(data, list(range(512)))
-    victim = model(0, calib)
-    suspects = [model(100 + i, calib) for i in range(args.suspects)]
+    victim = model(0)
+    suspects = [model(100 + i) for i in range(args.suspects)]
     load_before = os.getloadavg()
     results: dict[str, Any] = {}
     for label, params in SETTINGS.items():
@@ -87,14 +76,9 @@ def main() -> None:
     report = {
         "benchmark": "ModelDiff cost per suspect (profiling inputs searched per pair)",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
-        "model": "vgg_small width 8, 1x28x28, 10 classes (random weights, BatchNorm statistics on test images)",
+        "model": "vgg_small width 8, 1x28x28, 10 classes (random weights; the cost does not depend on them)",
         "data": "fashion-mnist test split, balanced subset of 1000", "suspects": args.suspects, "results": results,
-        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-                    "torch_threads": 1, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                    "device": "cpu",
-                    "note": "the cores are shared with other processes (see loadavg): wall times include "
-                            "waiting for them; the process CPU times do not"},
-        "versions": package_versions(),
+        "machine": machine(load_before), "versions": package_versions(),
     }
     out = Path(args.out)
     atomic_write_json(out, report)

@@ -52,6 +52,14 @@ def commit() -> str:
         return "unknown"
 
 
+def machine(load_before: tuple[float, ...]) -> dict[str, Any]:
+    """The machine a one-thread CPU benchmark ran on, with the load average before and after."""
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": 1,
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "device": "cpu",
+            "note": "the cores are shared with other processes (see loadavg): wall times include waiting for "
+                    "them; the process CPU times do not"}
+
+
 def timed(fn) -> tuple[Any, float, float]:
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
@@ -104,12 +112,7 @@ def main() -> None:
         "ratio": {"wall": zest_wall / bound_wall, "cpu": zest_cpu / bound_cpu},
         "aim": AIM, "aim_met_cpu": zest_cpu / bound_cpu <= AIM, "aim_met_wall": zest_wall / bound_wall <= AIM,
         "segments_mean": fp.meta["segments_mean"],
-        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-                    "torch_threads": 1, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                    "device": "cpu",
-                    "note": "the cores are shared with other processes (see loadavg): wall times include "
-                            "waiting for them; the process CPU times do not"},
-        "versions": package_versions(),
+        "machine": machine(load_before), "versions": package_versions(),
     }
     out = Path(args.out)
     atomic_write_json(out, report)

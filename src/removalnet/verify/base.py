@@ -59,7 +59,7 @@ from ..utils import RemovalNetError, atomic_path, atomic_write_json, package_ver
 __all__ = [
     "Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
     "list_verifiers", "verifier_class", "all_metrics", "fingerprint_key", "data_digest", "prepared_models",
-    "dataset_tensors", "batched_apply", "batched_logits", "check_int", "check_float", "check_bool",
+    "dataset_tensors", "input_normalization", "batched_apply", "batched_logits", "check_int", "check_float", "check_bool",
     "check_choice", "FORMAT_VERSION",
 ]
 
@@ -269,6 +269,25 @@ def dataset_tensors(data: Dataset, indices: Sequence[int] | None = None, *, batc
         xs.append(torch.as_tensor(x, dtype=torch.float32))
         ys.append(torch.as_tensor(y, dtype=torch.int64))
     return torch.cat(xs), torch.cat(ys)
+
+
+def input_normalization(model: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, std) of the model's input normalisation (``model.normalize``), CPU float32.
+
+    A model without one gets (0, 1): its normalised space is pixel space.
+    """
+    norm = getattr(model, "normalize", None)
+    out = []
+    for name, default in (("mean", 0.0), ("std", 1.0)):
+        t = getattr(norm, name, None)
+        if t is None:
+            out.append(torch.full((channels,), default))
+            continue
+        t = t.detach().float().cpu().flatten()
+        if t.numel() != channels:
+            raise RemovalNetError(f"the victim normalises {t.numel()} channels, the data has {channels}")
+        out.append(t)
+    return out[0], out[1]
 
 
 def batched_apply(fn, x: torch.Tensor, *, batch_size: int, device: torch.device) -> torch.Tensor:

@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 
 from ..utils import RemovalNetError
 from .base import Fingerprint, Metric, Verifier, batched_logits, check_choice, check_float, check_int, \
-    dataset_tensors, register_verifier
+    dataset_tensors, input_normalization, register_verifier
 
 __all__ = ["ModelDiff", "decision_distance", "ddv_similarity", "official_ddv", "all_pairs_ddv", "profiling_score",
            "hill_climb", "transform_outputs"]
@@ -210,16 +210,6 @@ def hill_climb(model1: nn.Module, model2: nn.Module, seeds: torch.Tensor, positi
     return x, accepted, trace
 
 
-def _channel_std(model: nn.Module, channels: int) -> torch.Tensor:
-    std = getattr(getattr(model, "normalize", None), "std", None)
-    if std is None:  # a model without an input normalisation: normalised space is pixel space
-        return torch.ones(channels)
-    std = std.detach().float().cpu().flatten()
-    if std.numel() != channels:
-        raise RemovalNetError(f"the victim normalises {std.numel()} channels, the data has {channels}")
-    return std
-
-
 @register_verifier
 class ModelDiff(Verifier):
     """ModelDiff as the official code computes it: metric MD-DDV (similarity), profiling inputs searched per
@@ -264,7 +254,7 @@ class ModelDiff(Verifier):
         iters = p["iterations"]
         positions = torch.randint(0, seeds[0].numel(), (iters,), generator=generator)
         targets = torch.randint(0, seeds.shape[0], (iters,), generator=generator)
-        step = p["epsilon"] * _channel_std(victim, seeds.shape[1])
+        step = p["epsilon"] * input_normalization(victim, seeds.shape[1])[1]
         inputs, accepted, trace = hill_climb(victim, suspect, seeds, positions, targets, step, output=p["output"],
                                              batch_size=p["batch_size"], device=device)
         meta = {"mutations_accepted": int(accepted.sum()), "search_score": float(trace[-1]) if iters else 0.0}

@@ -52,7 +52,7 @@ from torch.utils.data import Dataset
 
 from ..utils import RemovalNetError
 from .base import Fingerprint, Metric, Verifier, check_bool, check_choice, check_float, check_int, \
-    dataset_tensors, register_verifier
+    dataset_tensors, input_normalization, register_verifier
 
 __all__ = ["ZEST", "segment_images", "random_masks", "masked_inputs", "lime_pinv", "lime_signature",
            "zest_distances"]
@@ -181,17 +181,6 @@ def zest_distances(sig_a: torch.Tensor, sig_b: torch.Tensor) -> tuple[float, flo
     return l2, cos_d
 
 
-def _fill_value(model: nn.Module, channels: int) -> torch.Tensor:
-    norm = getattr(model, "normalize", None)
-    mean = getattr(norm, "mean", None)
-    if mean is None:  # a model without an input normalisation: normalised space is pixel space
-        return torch.zeros(channels)
-    mean = mean.detach().float().cpu().flatten()
-    if mean.numel() != channels:
-        raise RemovalNetError(f"the victim normalises {mean.numel()} channels, the data has {channels}")
-    return mean
-
-
 @register_verifier
 class ZEST(Verifier):
     """ZEST (paper 2.3): LIME signatures on reference images; metrics ZEST-L2 and ZEST-Cos (distances).
@@ -233,7 +222,7 @@ class ZEST(Verifier):
                                   image_range=p["image_range"], seed=seed)
         num_segments = segments.flatten(1).max(dim=1).values + 1
         masks = random_masks(num_segments, p["num_masks"], generator)
-        fill = _fill_value(victim, images.shape[1])
+        fill, _ = input_normalization(victim, images.shape[1])
         tensors = {"indices": idx, "images": images, "segments": segments.to(torch.int32),
                    "num_segments": num_segments.to(torch.int32), "masks": masks, "fill": fill}
         coef, icept = self._signature(victim, tensors, device)
