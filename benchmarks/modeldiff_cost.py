@@ -100,7 +100,7 @@ def main() -> None:
                         f"{ps['score_wall_s']:.2f} / {ps['score_cpu_s']:.2f} |")
     md_lines += ["", f"Load average before / after: {', '.join(f'{v:.1f}' for v in load_before)} / "
                      f"{', '.join(f'{v:.1f}' for v in report['machine']['loadavg_after'])}. "
-                     f"{report['machine']['note']}.", ""]
+                     f"Note: {report['machine']['note']}.", ""]
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(md_lines))
     print("\n".join(md_lines))

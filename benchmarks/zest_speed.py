@@ -135,7 +135,7 @@ def main() -> None:
         f"Throughput: {before['per_s_cpu']:.0f} / {after['per_s_cpu']:.0f} images per CPU second before / after "
         f"({before['per_s_wall']:.0f} / {after['per_s_wall']:.0f} per wall second).",
         f"Load average before / after: {', '.join(f'{v:.1f}' for v in load_before)} / "
-        f"{', '.join(f'{v:.1f}' for v in report['machine']['loadavg_after'])}. {report['machine']['note']}.",
+        f"{', '.join(f'{v:.1f}' for v in report['machine']['loadavg_after'])}. Note: {report['machine']['note']}.",
         "",
     ]
     with atomic_path(out.with_suffix(".md")) as tmp:
