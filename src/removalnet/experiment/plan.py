@@ -86,8 +86,12 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
                 every = params.get("checkpoint_every", 100)
                 for t in range(0, params.get("iterations", 0) + 1, every):
                     models.append((j, {"role": "checkpoint", "label": a.label, "index": s, "t": t}))
+    from ..verify import create_verifier
     fps = []
     for vname, vparams in spec.verifiers.items():
+        # every parameter resolved (as for attacks): a verifier whose parameters or defaults change gets new
+        # fingerprint and score jobs instead of resuming the values of the old definition
+        vparams = create_verifier(vname, **vparams).params
         j = _job("fingerprint", f"fingerprints/{vname}", {**data, "verifier": vname, "params": vparams,
                                                           "verifier_count": spec.verifier_count, "seed": 0,
                                                           "device": spec.device}, [victim], seed=0, gpu=gpu)
