@@ -26,9 +26,9 @@ from torch import nn
 
 from removalnet.data import balanced_subset, load_dataset
 from removalnet.models import create_model
-from removalnet.utils import atomic_path, atomic_write_json, package_versions, seed_everything
+from removalnet.utils import package_versions, seed_everything
 from removalnet.verify import create_verifier
-from zest_speed import commit, machine, timed
+from zest_speed import commit, machine, timed, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"official defaults": {}, "demo setting": {"num_pairs": 50, "iterations": 300}}
@@ -80,8 +80,6 @@ def main() -> None:
         "data": "fashion-mnist test split, balanced subset of 1000", "suspects": args.suspects, "results": results,
         "machine": machine(load_before), "versions": package_versions(),
     }
-    out = Path(args.out)
-    atomic_write_json(out, report)
     md_lines = [
         "# ModelDiff cost per suspect",
         "",
@@ -98,13 +96,7 @@ def main() -> None:
         name = label if label.startswith("modeldiff_pgd") else f"modeldiff, {label}"
         md_lines.append(f"| {name} | {r['extract_wall_s']:.2f} / {r['extract_cpu_s']:.2f} | {pair} | "
                         f"{ps['score_wall_s']:.2f} / {ps['score_cpu_s']:.2f} |")
-    md_lines += ["", f"Load average before / after: {', '.join(f'{v:.1f}' for v in load_before)} / "
-                     f"{', '.join(f'{v:.1f}' for v in report['machine']['loadavg_after'])}. "
-                     f"Note: {report['machine']['note']}.", ""]
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text("\n".join(md_lines))
-    print("\n".join(md_lines))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_results(Path(args.out), report, [*md_lines, ""])
 
 
 if __name__ == "__main__":

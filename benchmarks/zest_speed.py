@@ -45,8 +45,10 @@ def commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        # results written by earlier benchmark runs do not make the code that runs now dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -58,6 +60,18 @@ def machine(load_before: tuple[float, ...]) -> dict[str, Any]:
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "device": "cpu",
             "note": "the cores are shared with other processes (see loadavg): wall times include waiting for "
                     "them; the process CPU times do not"}
+
+
+def write_results(out: Path, report: dict[str, Any], lines: list[str]) -> None:
+    """``out`` (JSON) and its ``.md`` twin: ``lines`` plus the load average and the shared-machine note."""
+    m = report["machine"]
+    lines = [*lines, f"Load average before / after: {', '.join(f'{v:.1f}' for v in m['loadavg_before'])} / "
+                     f"{', '.join(f'{v:.1f}' for v in m['loadavg_after'])}. Note: {m['note']}.", ""]
+    atomic_write_json(out, report)
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def timed(fn) -> tuple[Any, float, float]:
@@ -114,8 +128,6 @@ def main() -> None:
         "segments_mean": fp.meta["segments_mean"],
         "machine": machine(load_before), "versions": package_versions(),
     }
-    out = Path(args.out)
-    atomic_write_json(out, report)
     r = report["ratio"]
     md = [
         "# ZEST extraction vs its forward passes alone",
@@ -134,14 +146,8 @@ def main() -> None:
         "",
         f"Throughput: {before['per_s_cpu']:.0f} / {after['per_s_cpu']:.0f} images per CPU second before / after "
         f"({before['per_s_wall']:.0f} / {after['per_s_wall']:.0f} per wall second).",
-        f"Load average before / after: {', '.join(f'{v:.1f}' for v in load_before)} / "
-        f"{', '.join(f'{v:.1f}' for v in report['machine']['loadavg_after'])}. Note: {report['machine']['note']}.",
-        "",
     ]
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text("\n".join(md))
-    print("\n".join(md))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_results(Path(args.out), report, md)
 
 
 if __name__ == "__main__":
