@@ -29,7 +29,7 @@ TINY = {
          "scenario": "lsd", "source": "partition", "count": 40},
     ],
     "lsd_holdout": 0.1,
-    "verifiers": {"ipguard": {"num_points": 8, "max_iter": 20}, "modeldiff": {"num_pairs": 8, "steps": 3},
+    "verifiers": {"ipguard": {"num_points": 8, "max_iter": 20}, "modeldiff": {"num_pairs": 8, "iterations": 30},
                   "sac": {"num_samples": 8}},
 }
 

@@ -9,7 +9,7 @@ from removalnet.verify import create_verifier
 
 PARAMS = {
     "ipguard": {"num_points": 10, "max_iter": 30},
-    "modeldiff": {"num_pairs": 10, "steps": 4},
+    "modeldiff": {"num_pairs": 10, "iterations": 100},
     "sac": {"num_samples": 12, "source": "cutmix"},
     "zest": {"num_images": 2, "num_masks": 40},
 }

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def test_correlation_matrix_and_distance_golden():
                                torch.tensor(1.0, dtype=torch.float64))
     other = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])   # all rows parallel: C = 0
     assert sac_distance(c, correlation_matrix(other)) == pytest.approx((2 * 0.5 + 4 * h) / 9)
-    assert sac_distance(c, c) == 0.0
+    assert sac_distance(c, c) == pytest.approx(0.0, abs=1e-15)
     with pytest.raises(RemovalNetError):
         sac_distance(c, torch.zeros(2, 2))
 
@@ -70,13 +71,13 @@ def test_wrong_source_identity_roundtrip(data, models, tmp_path):
     with torch.no_grad():
         assert (victim(xs).argmax(1) != data.tensors[1][idx]).all()     # only misclassified samples
         torch.testing.assert_close(fp.tensors["correlation_victim"], correlation_matrix(victim(xs)).float())
-    assert sac.score(fp, victim, victim) == {"SAC": 0.0}
+    assert sac.score(fp, victim, victim)["SAC"] == pytest.approx(0.0, abs=1e-12)
     s = sac.score(fp, victim, suspect)["SAC"]
     with torch.no_grad():
         expected = sac_distance(correlation_matrix(victim(xs)), correlation_matrix(suspect(xs)))
     assert s == pytest.approx(expected, rel=1e-6) and s > 0
     fp.save(tmp_path / "sac")
-    assert sac.score(Fingerprint.load(tmp_path / "sac"), victim, suspect)["SAC"] == s
+    assert sac.score(Fingerprint.load(tmp_path / "sac"), victim, suspect)["SAC"] == pytest.approx(s, rel=1e-12)
     fp2 = sac.extract(victim, data, seed=0)
     for k in fp.tensors:
         assert torch.equal(fp.tensors[k], fp2.tensors[k]), k
@@ -90,8 +91,46 @@ def test_cutmix_source_and_softmax(data, models):
     fp = sac.extract(victim, data, seed=2)
     assert fp.tensors["samples"].shape == (12, 1, 28, 28)
     assert not torch.equal(fp.tensors["samples"], data.tensors[0][fp.tensors["indices"]])
-    assert sac.score(fp, victim, victim)["SAC"] == 0.0
+    assert sac.score(fp, victim, victim)["SAC"] == pytest.approx(0.0, abs=1e-12)
     assert 0 < sac.score(fp, victim, suspect)["SAC"] <= 1
+
+
+def _np_correlation(outputs: np.ndarray) -> np.ndarray:
+    """The reference's correlation: cosine distance between every two output rows, scaled to [0, 1]."""
+    n = len(outputs)
+    c = np.zeros((n, n))
+    for a in range(n):
+        for b in range(n):
+            cos = outputs[a] @ outputs[b] / (np.linalg.norm(outputs[a]) * np.linalg.norm(outputs[b]))
+            c[a, b] = (1 - cos) / 2
+    return c
+
+
+def _np_softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("source", ["wrong", "cutmix"])
+def test_softmax_output_against_numpy_oracle(data, models, source):
+    """output="softmax" correlates the softmax outputs: an independent numpy oracle on the same samples,
+    and a margin from the value on logits, so a verifier that ignored the option would fail."""
+    victim, suspect = models
+    sac = create_verifier("sac", **SMALL, source=source, output="softmax")
+    fp = sac.extract(victim, data, seed=1)
+    xs = fp.tensors["samples"]
+    with torch.no_grad():
+        zv, zs = victim(xs).double().numpy(), suspect(xs).double().numpy()
+    cv, cs = _np_correlation(_np_softmax(zv)), _np_correlation(_np_softmax(zs))
+    np.testing.assert_allclose(fp.tensors["correlation_victim"].double().numpy(), cv, atol=1e-6)
+    expected = np.mean(np.abs(cs - cv))
+    got = sac.score(fp, victim, suspect)["SAC"]
+    assert got == pytest.approx(expected, rel=1e-5)
+    on_logits = np.mean(np.abs(_np_correlation(zs) - _np_correlation(zv)))
+    assert abs(on_logits - expected) > 100 * 1e-5 * expected                    # the option matters here
+    logit_sac = create_verifier("sac", **SMALL, source=source)
+    assert logit_sac.score(logit_sac.extract(victim, data, seed=1), victim, suspect)["SAC"] == \
+        pytest.approx(on_logits, rel=1e-5)
 
 
 def test_too_few_misclassified(data, models):

@@ -22,7 +22,7 @@ BASE = {"dataset": "digits", "seeds": [0, 1],
                    "train": {"iterations": 30, "batch_size": 64, "lr": 0.05}},
         "references": {"count": 2, "seed_offset": 1000}, "negatives": {"count": 1, "seed_offset": 2000},
         "verifier_count": 60, "lsd_holdout": 0.2,
-        "verifiers": {"ipguard": {"num_points": 8, "max_iter": 20}, "modeldiff": {"num_pairs": 8, "steps": 3}}}
+        "verifiers": {"ipguard": {"num_points": 8, "max_iter": 20}, "modeldiff": {"num_pairs": 8, "iterations": 30}}}
 FAST = {"iterations": 4, "batch_size": 16, "latent_steps": 1, "checkpoint_every": 2}
 TINY = {
     "substitute_size": {"ratios": [0.05, 0.1], "counts": [40], "params": FAST},

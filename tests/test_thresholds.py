@@ -20,13 +20,13 @@ FIVE_S = [0.3, 0.8, 0.6, 0.1, 0.5]
 
 def test_minmax_is_lowest_distance_and_highest_similarity():
     taus = calibrate({"T-D": FIVE_D, "T-S": FIVE_S}, [D, S])
-    assert taus == {"T-D": 0.2, "T-S": 0.8}
+    assert taus == pytest.approx({"T-D": 0.2, "T-S": 0.8})
 
 
 def test_minmax_never_judges_a_reference_a_copy():
     taus = calibrate({"T-D": FIVE_D, "T-S": FIVE_S}, [D, S])
-    assert false_positive_rate(D, FIVE_D, taus["T-D"]) == 0.0
-    assert false_positive_rate(S, FIVE_S, taus["T-S"]) == 0.0
+    assert false_positive_rate(D, FIVE_D, taus["T-D"]) == pytest.approx(0.0, abs=1e-15)
+    assert false_positive_rate(S, FIVE_S, taus["T-S"]) == pytest.approx(0.0, abs=1e-15)
 
 
 def test_normal_rule_golden():
@@ -49,7 +49,7 @@ def test_percentile_rule_golden():
     assert calibrate({"T-D": vals}, [D], "percentile", q=25, margin=0.1)["T-D"] == pytest.approx(1.6)
     assert calibrate({"T-S": vals}, [S], "percentile", q=25, margin=0.1)["T-S"] == pytest.approx(4.4)
     # q = 0 is the minmax rule
-    assert calibrate({"T-D": vals}, [D], "percentile", q=0)["T-D"] == 1.0
+    assert calibrate({"T-D": vals}, [D], "percentile", q=0)["T-D"] == pytest.approx(1.0)
 
 
 def test_verdict_both_directions_and_ties():
@@ -66,7 +66,7 @@ def test_verdict_both_directions_and_ties():
 
 def test_false_positive_rate_golden():
     # held-out independent models; tau 0.2: 0.1 and 0.15 are < 0.2, 0.2 is a tie (no), 0.3 no -> 2 / 4
-    assert false_positive_rate(D, [0.1, 0.2, 0.3, 0.15], 0.2) == 0.5
+    assert false_positive_rate(D, [0.1, 0.2, 0.3, 0.15], 0.2) == pytest.approx(0.5)
     # similarity tau 0.8: only 0.9 is > 0.8 -> 1 / 5
     assert false_positive_rate(S, [0.9, 0.8, 0.1, 0.5, 0.7], 0.8) == pytest.approx(0.2)
     with pytest.raises(RemovalNetError):

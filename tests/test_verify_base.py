@@ -186,7 +186,7 @@ def test_cli_verify_end_to_end(checkpoints, tmp_path, capsys, monkeypatch):
     assert "DJ-RobD is degenerate" in out.err
     assert set(res["taus"]) == {"DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD"}
     for metric, tau in res["taus"].items():
-        assert tau == min(res["reference_values"][metric])
+        assert tau == pytest.approx(min(res["reference_values"][metric]), rel=1e-12)
     copy, indep = res["suspects"]
     assert copy["path"].endswith("copy.safetensors")
     for metric in ("DJ-RobD", "DJ-JSD"):
@@ -194,7 +194,7 @@ def test_cli_verify_end_to_end(checkpoints, tmp_path, capsys, monkeypatch):
     for metric, row in copy["metrics"].items():
         if metric in ("DJ-RobD", "DJ-JSD"):
             continue
-        assert abs(row["value"]) < 1e-12 and row["direction"] == "distance"
+        assert row["value"] == pytest.approx(0.0, abs=1e-9) and row["direction"] == "distance"
         assert row["copy"] is (res["taus"][metric] > 0), metric
     assert indep["metrics"]["DJ-LOD"]["value"] > 0
     assert len(list(cache.glob("deepjudge-*.safetensors"))) == 1
@@ -222,3 +222,30 @@ def test_cli_verify_errors(checkpoints, capsys):
     assert err.startswith("error:") and err.count("\n") == 1
     assert main(["verify", "--victim", str(checkpoints["victim"]), "--suspect", str(checkpoints["indep"]),
                  "--verifier", "nope"]) == 2
+
+
+def test_cli_verify_pairs_modeldiff_per_suspect(checkpoints, tmp_path, capsys, monkeypatch):
+    from removalnet.verify.modeldiff import ModelDiff
+    cache = tmp_path / "fp"
+    ck = checkpoints
+    args = ["verify", "--victim", str(ck["victim"]), "--suspect", str(ck["copy"]), "--suspect", str(ck["indep"]),
+            "--verifier", "modeldiff", "--references", str(ck["ref1"]), str(ck["ref2"]),
+            "--param", "modeldiff.num_pairs=4", "--param", "modeldiff.iterations=20", "--json", "--fp-cache", str(cache)]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    copy, indep = res["suspects"]
+    assert copy["metrics"]["MD-DDV"]["value"] == pytest.approx(1.0, abs=1e-12)
+    assert indep["metrics"]["MD-DDV"]["value"] < 0.999
+    # the seeds once, then one pairing per distinct suspect (references included; the copy has the victim's hash)
+    assert len(list(cache.glob("modeldiff-*.json"))) == 1 + 4
+    stored = [Fingerprint.load(p) for p in cache.glob("modeldiff-*.json")]
+    assert sorted(fp.suspect_hash is None for fp in stored) == [False] * 4 + [True]
+
+    def no_search(*a, **kw):
+        raise AssertionError("profiling inputs searched again")
+
+    monkeypatch.setattr(ModelDiff, "_pair", no_search)
+    assert main(args) == 0                                          # a second run reads every pair from the cache
+    again = json.loads(capsys.readouterr().out)
+    assert again["suspects"][1]["metrics"]["MD-DDV"]["value"] == pytest.approx(indep["metrics"]["MD-DDV"]["value"],
+                                                                               rel=1e-12)

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ def test_lime_recovers_linear_model_exactly(intercept, bias):
         if intercept:
             torch.testing.assert_close(t["intercept"][n], lin.bias.detach(), atol=1e-4, rtol=1e-4)
     # the masked inputs really put the channel mean (normalised value 0) on masked segments
-    assert torch.equal(t["fill"], torch.tensor([0.3]))
+    torch.testing.assert_close(t["fill"], torch.tensor([0.3]))
 
 
 def test_masked_inputs_golden():
@@ -67,10 +68,11 @@ def test_masked_inputs_golden():
     seg = torch.tensor([[[0, 1], [1, 2]]])
     masks = torch.tensor([[1, 0, 1]], dtype=torch.uint8)
     out = masked_inputs(img, seg, masks, torch.tensor([0.3]))
-    assert torch.equal(out, torch.tensor([[[[0.0, 0.3], [0.3, 0.25]]]]))
+    torch.testing.assert_close(out, torch.tensor([[[[0.0, 0.3], [0.3, 0.25]]]]), atol=1e-7, rtol=0)
     m = SplitModel([nn.Identity()], nn.Flatten(), in_chans=1, mean=[0.3], std=[0.5])
     normed = m.normalize(out)
-    assert normed[0, 0, 0, 1] == 0 and normed[0, 0, 1, 0] == 0
+    assert normed[0, 0, 0, 1].item() == pytest.approx(0.0, abs=1e-7)
+    assert normed[0, 0, 1, 0].item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_random_masks_and_pinv():
@@ -85,7 +87,7 @@ def test_random_masks_and_pinv():
     assert p.shape == (2, 5, 30)
     y = torch.randn(2, 30, 3, dtype=torch.float64)
     w = p @ y
-    assert torch.all(w[0, 3:] == 0)                            # padded segments: zero coefficients
+    torch.testing.assert_close(w[0, 3:], torch.zeros_like(w[0, 3:]), atol=1e-12, rtol=0)   # padded segments
 
 
 def test_segment_images_gray_and_rgb():
@@ -108,8 +110,23 @@ def test_zest_distances_golden():
     assert l2 == pytest.approx(2.0) and cos_d == pytest.approx(0.0, abs=1e-15)
     l2, cos_d = zest_distances(torch.tensor([3.0, 4.0]), torch.tensor([-3.0, -4.0]))
     assert l2 == pytest.approx(10.0) and cos_d == pytest.approx(2.0)
+    l2, cos_d = zest_distances(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0]))
+    assert l2 == pytest.approx(1.0) and cos_d == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-12)
+    assert zest_distances(torch.zeros(3), torch.ones(3)) == pytest.approx((math.sqrt(3), 1.0))
     with pytest.raises(RemovalNetError, match="shape"):
         zest_distances(a, torch.zeros(3))
+
+
+def test_identical_signatures_give_exact_zeros():
+    """The code returns exact zeros for identical signatures (1 - cos rounds to 1e-16 on some CPUs)."""
+    g = torch.Generator().manual_seed(0)
+    for shape in ((200, 10), (3, 7, 5), (1,)):
+        sig = torch.randn(*shape, generator=g) * 1e3
+        assert zest_distances(sig, sig.clone()) == (0.0, 0.0)
+    assert zest_distances(torch.zeros(4, 2), torch.zeros(4, 2)) == (0.0, 0.0)
+    sig = torch.randn(500, generator=g, dtype=torch.float64)
+    _, cos_d = zest_distances(sig, sig * 3)                    # parallel, not identical: ~0 within rounding
+    assert cos_d == pytest.approx(0.0, abs=1e-15)
 
 
 def test_identity_permutation_and_unrelated(data):
@@ -122,7 +139,7 @@ def test_identity_permutation_and_unrelated(data):
     h = weights_hash(victim)
     fp = zest.extract(victim, data, seed=0)
     same = zest.score(fp, victim, victim)
-    assert same == {"ZEST-L2": 0.0, "ZEST-Cos": 0.0}
+    assert same == pytest.approx({"ZEST-L2": 0.0, "ZEST-Cos": 0.0}, abs=1e-12)
     p = zest.score(fp, victim, perm)
     o = zest.score(fp, victim, other)
     assert p["ZEST-L2"] < 1e-3 * o["ZEST-L2"] and p["ZEST-Cos"] < 1e-6
@@ -144,11 +161,50 @@ def test_seeded_bit_identical_roundtrip_and_batching(data, tmp_path):
         not torch.equal(fp1.tensors["indices"], fp3.tensors["indices"])
     fp1.save(tmp_path / "zest")
     loaded = Fingerprint.load(tmp_path / "zest")
-    assert zest.score(loaded, victim, suspect) == zest.score(fp1, victim, suspect)
+    assert zest.score(loaded, victim, suspect) == pytest.approx(zest.score(fp1, victim, suspect), rel=1e-12)
     small_batches = create_verifier("zest", **{**SMALL, "batch_size": 7})
     s_small = small_batches.score(fp1, victim, suspect)
     s_big = zest.score(fp1, victim, suspect)
     assert s_small["ZEST-L2"] == pytest.approx(s_big["ZEST-L2"], rel=1e-4)
+
+
+def _reference_inputs(image: np.ndarray, segment: np.ndarray, masks: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The reference ``get_reference_dataset``: masked segments of the image take the fudge value (the mean)."""
+    out = []
+    for sample in masks:
+        temp = image.copy()
+        hidden = np.zeros(segment.shape, dtype=bool)
+        for z in np.where(sample == 0)[0]:
+            hidden[segment == z] = True
+        temp[:, hidden] = mean[:, None]
+        out.append(temp)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("intercept", [False, True])
+def test_signature_against_the_reference_fit(data, intercept):
+    """Oracle: the reference's masked inputs and its least squares re-written in numpy:
+    pinv(A^T A) A^T Y without intercept (``train_lime_model``); with the option, lstsq on [1, A]."""
+    x = data.tensors[0]
+    victim = calibrated_vgg(0, x)
+    zest = create_verifier("zest", **SMALL, intercept=intercept)
+    assert create_verifier("zest").params["intercept"] is False                # the reference's fit by default
+    fp = zest.extract(victim, data, seed=0)
+    t = fp.tensors
+    mean = t["fill"].double().numpy()
+    for i in range(len(t["images"])):
+        s_i = int(t["num_segments"][i])
+        a = t["masks"][i, :, :s_i].double().numpy()
+        inputs = _reference_inputs(t["images"][i].double().numpy(), t["segments"][i].numpy(), a, mean)
+        with torch.no_grad():
+            y = victim(torch.from_numpy(inputs).float()).double().numpy()
+        if intercept:
+            design = np.hstack([np.ones((len(a), 1)), a])
+            w = np.linalg.lstsq(design, y, rcond=None)[0][1:]
+        else:
+            w = np.linalg.pinv(a.T @ a) @ a.T @ y
+        np.testing.assert_allclose(t["signature"][i, :s_i].double().numpy(), w, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(t["signature"][i, s_i:].numpy(), 0.0, atol=1e-6)   # padding
 
 
 def test_params_validated_and_mismatch(data):

@@ -3,9 +3,10 @@
 The fingerprint data D_fp is the verifier's own: the TEST split of the victim's dataset (the ``dataset``
 key of the victim's sidecar, or ``--data``), never an attacker's substitute set. Each verifier extracts
 its fingerprint once (stored under ``--fp-cache DIR`` when given, and reused by later runs); every
-suspect is then scored with every chosen verifier. With ``--references`` (independently trained models),
-each metric's threshold tau is calibrated from them (paper section 4.1.4, ``--rule``) and every value
-gets a verdict: "copy" when a distance < tau or a similarity > tau.
+suspect is then scored with every chosen verifier. ModelDiff's profiling inputs are searched for each
+(victim, suspect) pair when that suspect is scored (also stored under ``--fp-cache``). With
+``--references`` (independently trained models), each metric's threshold tau is calibrated from them
+(paper section 4.1.4, ``--rule``) and every value gets a verdict: "copy" when a distance < tau or a similarity > tau.
 """
 from __future__ import annotations
 
@@ -129,7 +130,10 @@ def run(args: argparse.Namespace) -> int:
         values, errors = {}, {}
         for v in verifiers:
             try:
-                values.update(v.score(fps[v.name], victim, model, device=device))
+                fp = fps[v.name]
+                if cache and v.per_suspect:
+                    fp = cache.get_or_extract(v, victim, data, seed=args.seed, device=device, suspect=model)
+                values.update(v.score(fp, victim, model, device=device))
             except RemovalNetError as e:
                 for m in v.metrics:
                     errors[m.name] = str(e)

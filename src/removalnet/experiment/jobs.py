@@ -174,8 +174,9 @@ def _score(job: dict[str, Any], run_dir: Path, fp_jobs: dict[str, dict[str, Any]
         fcfg = fp_jobs[fp_job_name]["config"]
         verifier = create_verifier(vname, **fcfg["params"])
         t0 = time.perf_counter()
+        # per-suspect verifiers (ModelDiff) pair the victim's fingerprint with this suspect here, once
         fp = cache.get_or_extract(verifier, victim, verifier_data(fcfg), seed=fcfg["seed"], device=dev,
-                                  train_data=verifier_train_data(verifier, fcfg))
+                                  train_data=verifier_train_data(verifier, fcfg), suspect=suspect)
         metrics.update(verifier.score(fp, victim, suspect, device=dev))
         times[vname] = time.perf_counter() - t0
     metrics["score_time_s"] = times

@@ -90,7 +90,8 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
 
     fps = []
     for vname, vparams in spec.verifiers.items():
-        # the verifier's resolved parameters (defaults included): a change of its defaults re-runs its jobs
+        # every parameter resolved, defaults included (as for attacks): a verifier whose parameters or defaults
+        # change gets new fingerprint and score jobs instead of resuming the values of the old definition
         vparams = create_verifier(vname, **vparams).fingerprint_params()
         j = _job("fingerprint", f"fingerprints/{vname}", {**data, "verifier": vname, "params": vparams,
                                                           "verifier_count": spec.verifier_count, "seed": 0,

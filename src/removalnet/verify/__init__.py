@@ -1,8 +1,9 @@
 """Ownership verifiers (DNN fingerprinting defenses) and decision thresholds.
 
 Importing this package registers every available verifier: DeepJudge ("deepjudge"), the alignment-aware
-DeepJudge countermeasure ("deepjudge_aligned"), ZEST ("zest"), ModelDiff ("modeldiff"), IPGuard ("ipguard")
-and sample correlation ("sac").
+DeepJudge countermeasure ("deepjudge_aligned"), ZEST ("zest"), ModelDiff ("modeldiff", profiling inputs
+searched per suspect as the official code does), its suspect-independent PGD-pair variant ("modeldiff_pgd"),
+IPGuard ("ipguard") and sample correlation ("sac").
 """
 import importlib as _importlib
 
@@ -10,7 +11,7 @@ from .base import (Fingerprint, FingerprintCache, Metric, Verifier, all_metrics,
                    register_verifier, verifier_class)
 from .thresholds import MIN_REFERENCES, RULES, Calibration, calibrate, calibrate_models, false_positive_rate, verdict
 
-for _name in ("deepjudge", "deepjudge_aligned", "zest", "modeldiff", "ipguard", "sac"):
+for _name in ("deepjudge", "deepjudge_aligned", "zest", "modeldiff", "modeldiff_pgd", "ipguard", "sac"):
     try:
         _importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _e:  # that verifier's module is not part of this installation

@@ -29,6 +29,12 @@ The base class validates parameters, seeds every RNG from ``seed`` (and hands a 
 parameters and restores their mode, device and ``requires_grad`` flags afterwards, checks that a
 fingerprint belongs to the victim and the verifier before scoring, and stores fingerprints as
 safetensors + JSON (never pickle).
+
+Per-suspect verifiers (``per_suspect = True``; ModelDiff, whose profiling inputs are searched on
+both models) split the fingerprint in two: ``extract`` builds the victim-side part (the seeds) once,
+and ``pair(fp, victim, suspect)`` (``_pair`` in the subclass) completes it for one suspect. The paired
+fingerprint carries the suspect's weights hash, which is part of its key; ``score`` pairs on the fly
+when handed an unpaired fingerprint and refuses one paired with another suspect.
 """
 from __future__ import annotations
 
@@ -53,7 +59,7 @@ from ..utils import RemovalNetError, atomic_path, atomic_write_json, package_ver
 __all__ = [
     "Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
     "list_verifiers", "verifier_class", "all_metrics", "fingerprint_key", "data_digest", "prepared_models",
-    "dataset_tensors", "batched_apply", "batched_logits", "check_int", "check_float", "check_bool",
+    "dataset_tensors", "input_normalization", "batched_apply", "batched_logits", "check_int", "check_float", "check_bool",
     "check_choice", "FORMAT_VERSION",
 ]
 
@@ -78,11 +84,15 @@ def _jsonable(obj: Any, what: str) -> Any:
         raise RemovalNetError(f"{what} must be JSON-serialisable (plain numbers, strings, lists, dicts): {e}") from e
 
 
-def fingerprint_key(verifier: str, params: dict, victim_hash: str, seed: int, data: str | None = None) -> str:
-    """sha256 of (verifier name, canonical JSON of the parameters, victim weights hash, seed[, data digest])."""
+def fingerprint_key(verifier: str, params: dict, victim_hash: str, seed: int, data: str | None = None,
+                    suspect_hash: str | None = None) -> str:
+    """sha256 of (verifier name, canonical JSON of the parameters, victim weights hash, seed[, data digest]
+    [, suspect weights hash: per-suspect fingerprints only])."""
     payload = {"verifier": verifier, "params": params, "victim_hash": victim_hash, "seed": seed}
     if data is not None:
         payload["data"] = data
+    if suspect_hash is not None:
+        payload["suspect_hash"] = suspect_hash
     return hashlib.sha256(_canonical_json(payload).encode()).hexdigest()
 
 
@@ -110,12 +120,15 @@ class Fingerprint:
 
     ``params``: the verifier's parameters at extraction. ``meta``: JSON values (seed, resolved
     settings, counts, timings, versions). ``tensors``: CPU tensors, stored with safetensors.
+    ``suspect_hash``: the weights hash of the suspect a per-suspect fingerprint was paired with (None
+    for every other fingerprint).
     """
     verifier: str
     params: dict
     victim_hash: str
     tensors: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
+    suspect_hash: str | None = None
 
     @property
     def seed(self) -> int:
@@ -123,10 +136,11 @@ class Fingerprint:
 
     @property
     def key(self) -> str:
-        """sha256 of (verifier name, parameters that decide the fingerprint, victim hash, seed, data)."""
+        """sha256 of (verifier name, parameters that decide the fingerprint, victim hash, seed, data[, suspect])."""
         runtime = set(self.meta.get("runtime_params", ()))
         params = {k: v for k, v in self.params.items() if k not in runtime}
-        return fingerprint_key(self.verifier, params, self.victim_hash, self.seed, self.meta.get("data_digest"))
+        return fingerprint_key(self.verifier, params, self.victim_hash, self.seed, self.meta.get("data_digest"),
+                               self.suspect_hash)
 
     @staticmethod
     def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -139,11 +153,13 @@ class Fingerprint:
         """Write ``<path>.safetensors`` (tensors) then ``<path>.json`` (everything else), each atomically."""
         st_path, js_path = self._paths(path)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.tensors.items()}
+        paired = {} if self.suspect_hash is None else {"suspect_hash": self.suspect_hash}
         with atomic_path(st_path) as tmp:
-            save_file(tensors, str(tmp), metadata={"verifier": self.verifier, "victim_hash": self.victim_hash})
+            save_file(tensors, str(tmp), metadata={"verifier": self.verifier, "victim_hash": self.victim_hash,
+                                                   **paired})
         atomic_write_json(js_path, {
             "format_version": FORMAT_VERSION, "verifier": self.verifier, "params": self.params,
-            "victim_hash": self.victim_hash, "meta": self.meta, "key": self.key,
+            "victim_hash": self.victim_hash, **paired, "meta": self.meta, "key": self.key,
             "tensors": sorted(tensors),
         })
 
@@ -166,7 +182,7 @@ class Fingerprint:
             raise RemovalNetError(f"fingerprint {st_path} does not hold the tensors its JSON lists "
                                   "(the two files are from different extractions)")
         return cls(verifier=info["verifier"], params=info["params"], victim_hash=info["victim_hash"],
-                   tensors=tensors, meta=info.get("meta", {}))
+                   tensors=tensors, meta=info.get("meta", {}), suspect_hash=info.get("suspect_hash"))
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -255,6 +271,25 @@ def dataset_tensors(data: Dataset, indices: Sequence[int] | None = None, *, batc
     return torch.cat(xs), torch.cat(ys)
 
 
+def input_normalization(model: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, std) of the model's input normalisation (``model.normalize``), CPU float32.
+
+    A model without one gets (0, 1): its normalised space is pixel space.
+    """
+    norm = getattr(model, "normalize", None)
+    out = []
+    for name, default in (("mean", 0.0), ("std", 1.0)):
+        t = getattr(norm, name, None)
+        if t is None:
+            out.append(torch.full((channels,), default))
+            continue
+        t = t.detach().float().cpu().flatten()
+        if t.numel() != channels:
+            raise RemovalNetError(f"the victim normalises {t.numel()} channels, the data has {channels}")
+        out.append(t)
+    return out[0], out[1]
+
+
 def batched_apply(fn, x: torch.Tensor, *, batch_size: int, device: torch.device) -> torch.Tensor:
     """``torch.cat([fn(chunk on device) for chunks of x])`` on the CPU, without gradients."""
     outs = []
@@ -276,10 +311,12 @@ class Verifier(abc.ABC):
     ``batch_size`` (default 256) bounds every forward pass. Parameters listed in ``runtime_params``
     change speed, not the fingerprint: they are left out of the cache key and may differ between
     extraction and scoring; every other parameter must match the fingerprint's.
+    ``per_suspect``: the probing inputs depend on the suspect too (see the module docstring).
     """
 
     name: ClassVar[str]
     metrics: ClassVar[tuple[Metric, ...]]
+    per_suspect: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     #: True when ``_extract`` also takes ``train_data`` (the victim's training data, e.g. DeepJudge's k)
@@ -309,10 +346,17 @@ class Verifier(abc.ABC):
     def fingerprint_params(self) -> dict:
         return {k: v for k, v in self.params.items() if k not in self.runtime_params}
 
-    def key(self, victim: nn.Module, data: Dataset, *, seed: int = 0, train_data: Dataset | None = None) -> str:
-        """The key the fingerprint of (this verifier, victim, data[, train_data], seed) will have."""
+    def key(self, victim: nn.Module, data: Dataset, *, seed: int = 0, train_data: Dataset | None = None,
+            suspect: nn.Module | None = None) -> str:
+        """The key the fingerprint of (this verifier, victim, data[, train_data], seed) will have; with ``suspect``
+        (per-suspect verifiers only), the key of the fingerprint paired with that suspect."""
+        shash = None
+        if suspect is not None:
+            if not self.per_suspect:
+                raise RemovalNetError(f"verifier {self.name!r} extracts one fingerprint per victim, not per suspect")
+            shash = weights_hash(suspect)
         return fingerprint_key(self.name, self.fingerprint_params(), weights_hash(victim), seed,
-                               self._data_digest(data, train_data))
+                               self._data_digest(data, train_data), shash)
 
     def _data_digest(self, data: Dataset, train_data: Dataset | None) -> str:
         if train_data is None:
@@ -361,6 +405,45 @@ class Verifier(abc.ABC):
                  device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
         """Return (tensors, meta). ``victim`` is in eval mode on ``device`` with frozen parameters."""
 
+    # ------------------------------------------------------------------------------- per-suspect pairing
+    def pair(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *,
+             device: str | torch.device | None = None) -> Fingerprint:
+        """Complete the victim-side fingerprint ``fp`` of a per-suspect verifier for ``suspect``.
+
+        Every RNG is seeded from the fingerprint's seed, so pairing is deterministic. The result holds the
+        tensors of ``fp`` and those ``_pair`` adds, and carries the suspect's weights hash.
+        """
+        dev = resolve_device(device)
+        if not self.per_suspect:
+            raise RemovalNetError(f"verifier {self.name!r} extracts one fingerprint per victim; nothing to pair")
+        self.check_fingerprint(fp, victim)
+        if fp.suspect_hash is not None:
+            raise RemovalNetError(f"this {self.name} fingerprint is already paired with a suspect "
+                                  f"(weights hash {fp.suspect_hash[:12]}...)")
+        if not isinstance(suspect, nn.Module):
+            raise RemovalNetError(f"the suspect must be a torch model (nn.Module), got {type(suspect).__name__}")
+        vhash, shash = fp.victim_hash, weights_hash(suspect)
+        generator = seed_everything(fp.seed)
+        t0 = time.perf_counter()
+        with prepared_models(victim, suspect, device=dev):
+            tensors, meta = self._pair(fp, victim, suspect, generator=generator, device=dev)
+        elapsed = time.perf_counter() - t0
+        if weights_hash(victim) != vhash or weights_hash(suspect) != shash:
+            raise AssertionError(f"{self.name}: pairing modified a model's weights")
+        clash = sorted(set(tensors) & set(fp.tensors))
+        if clash:
+            raise AssertionError(f"{self.name}: _pair returned {clash[0]!r}, which the fingerprint already holds")
+        meta = _jsonable({**fp.meta, **meta, "pair_seconds": round(elapsed, 3), "pair_device": str(dev)},
+                         f"{self.name} fingerprint meta")
+        tensors = {**fp.tensors, **{k: v.detach().cpu().contiguous() for k, v in tensors.items()}}
+        return Fingerprint(verifier=fp.verifier, params=dict(fp.params), victim_hash=vhash, tensors=tensors,
+                           meta=meta, suspect_hash=shash)
+
+    def _pair(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *, generator: torch.Generator,
+              device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
+        """Per-suspect verifiers: return the (tensors, meta) that complete ``fp`` for ``suspect``."""
+        raise NotImplementedError(f"verifier {self.name!r} declares per_suspect but implements no _pair")
+
     # -------------------------------------------------------------------------------------- scoring
     def check_fingerprint(self, fp: Fingerprint, victim: nn.Module) -> None:
         if not isinstance(fp, Fingerprint):
@@ -379,11 +462,21 @@ class Verifier(abc.ABC):
 
     def score(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *,
               device: str | torch.device | None = None) -> dict[str, float]:
-        """d(F_V, F_S) on the fingerprint: one float per metric of this verifier."""
+        """d(F_V, F_S) on the fingerprint: one float per metric of this verifier.
+
+        Per-suspect verifiers: an unpaired fingerprint is paired with ``suspect`` first (:meth:`pair`);
+        a fingerprint paired with another suspect is refused.
+        """
         dev = resolve_device(device)
         self.check_fingerprint(fp, victim)
         if not isinstance(suspect, nn.Module):
             raise RemovalNetError(f"the suspect must be a torch model (nn.Module), got {type(suspect).__name__}")
+        if fp.suspect_hash is not None and fp.suspect_hash != weights_hash(suspect):
+            raise RemovalNetError(
+                f"this {self.name} fingerprint was generated for another suspect (weights hash "
+                f"{fp.suspect_hash[:12]}..., the given suspect has {weights_hash(suspect)[:12]}...)")
+        if self.per_suspect and fp.suspect_hash is None:
+            fp = self.pair(fp, victim, suspect, device=dev)
         with prepared_models(victim, suspect, device=dev):
             out = self._score(fp, victim, suspect, device=dev)
         if set(out) != set(self.metric_names):
@@ -444,7 +537,9 @@ class FingerprintCache:
     """Fingerprints on disk under ``directory``, keyed by :attr:`Fingerprint.key`.
 
     ``get_or_extract`` loads the stored fingerprint when one with the same key exists, else extracts
-    and stores it; scoring further suspects then never regenerates it.
+    and stores it; scoring further suspects then never regenerates it. For a per-suspect verifier
+    given a ``suspect``, it returns the fingerprint paired with that suspect (its key includes the
+    suspect's weights hash), pairing and storing it once.
     """
 
     def __init__(self, directory: str | Path):
@@ -453,16 +548,34 @@ class FingerprintCache:
     def path_for(self, verifier: Verifier, key: str) -> Path:
         return self.directory / f"{verifier.name}-{key[:24]}"
 
-    def get_or_extract(self, verifier: Verifier, victim: nn.Module, data: Dataset, *, seed: int = 0,
-                       device: str | torch.device | None = None, train_data: Dataset | None = None) -> Fingerprint:
-        key = verifier.key(victim, data, seed=seed, train_data=train_data)
+    def _stored(self, verifier: Verifier, key: str) -> Fingerprint | None:
         path = self.path_for(verifier, key)
         if Fingerprint._paths(path)[1].is_file():
             fp = Fingerprint.load(path)
             if fp.key == key:
                 return fp
-        fp = verifier.extract(victim, data, seed=seed, device=device, train_data=train_data)
+        return None
+
+    def _store(self, verifier: Verifier, key: str, fp: Fingerprint) -> Fingerprint:
         if fp.key != key:
             raise AssertionError(f"{verifier.name}: fingerprint key changed during extraction")
-        fp.save(path)
+        fp.save(self.path_for(verifier, key))
         return fp
+
+    def get_or_extract(self, verifier: Verifier, victim: nn.Module, data: Dataset, *, seed: int = 0,
+                       device: str | torch.device | None = None, train_data: Dataset | None = None,
+                       suspect: nn.Module | None = None) -> Fingerprint:
+        """The fingerprint of (verifier, victim, data[, train_data], seed); paired with ``suspect`` when the
+        verifier is per-suspect and a suspect is given (``suspect`` is ignored by the other verifiers)."""
+        key = verifier.key(victim, data, seed=seed, train_data=train_data)
+        fp = self._stored(verifier, key)
+        if fp is None:
+            fp = self._store(verifier, key, verifier.extract(victim, data, seed=seed, device=device,
+                                                             train_data=train_data))
+        if suspect is None or not verifier.per_suspect:
+            return fp
+        pkey = verifier.key(victim, data, seed=seed, train_data=train_data, suspect=suspect)
+        paired = self._stored(verifier, pkey)
+        if paired is None:
+            paired = self._store(verifier, pkey, verifier.pair(fp, victim, suspect, device=device))
+        return paired

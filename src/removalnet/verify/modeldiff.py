@@ -1,26 +1,46 @@
-"""ModelDiff: decision distance vectors (Li et al., ISSTA 2021; paper 2.3, eq. 3-4).
+"""ModelDiff: decision distance vectors (Li et al., ISSTA 2021; paper 2.3, eq. 3-4), as the official code
+(yuanchun-li/ModelDiff, ``modeldiff.py``) computes them.
 
-Extraction: ``num_pairs`` seeds x_i drawn (seeded) from the verifier's data, each paired with an
-adversarial variant x'_i found by PGD against the victim (reference settings: eps 0.06, 50 steps of
-0.01, random start in the eps-ball). The PGD objective, maximised per pair, is the same decision
-distance the DDV uses, on the victim: ``d(F_V(x'_i), F_V(x_i))`` with ``F_V(x_i)`` fixed. So every
-variant moves the victim's output away from its output on the seed, within ``|x' - x|_inf <= eps``.
+The profiling inputs depend on BOTH models being compared, so this verifier is per-suspect
+(``per_suspect``): ``extract`` draws the seeds once per victim, ``pair`` searches the profiling inputs
+for one (victim, suspect) pair, and ``score`` measures the pair on them.
 
-Score (eq. 3-4): ``DDV_F[i] = d(F(x_i), F(x'_i))`` for each pair, and ``MD-DDV = cos(DDV_V, DDV_S)``
-(a similarity). The pairs are always (seed, its own variant); nothing pairs unrelated clean inputs.
+Seeds (official ``get_seed_inputs`` + ``compare``): ``num_pairs`` inputs for each of the two models,
+2 x ``num_pairs`` in all, in random order. The official code draws each half from the training data of
+its model; the verifier here only holds its own data, so both halves come from it (seeded draw without
+replacement).
 
-``ddv`` chooses d:
+Profiling inputs (official ``_gen_profiling_inputs_search``): hill climbing from the seeds X_0. For
+``iterations`` steps (1000): pick a random input k and a random position p (pixel of one channel),
+form X + e and X - e with e = ``epsilon`` at (k, p) only, and keep the better of the two when its score
+beats the current one (ties go to the minus side, as in the official code). The score is
 
-* ``"cosine"`` (default): ``1 - cos(F(x), F(x'))``, the cosine distance the ModelDiff reference code
-  uses (equivalently, half the squared L2 distance of the L2-normalised outputs). It is invariant to
-  the scale of each output vector, so a suspect whose logits are uniformly larger or smaller (a
-  changed temperature, a distilled copy) is compared on the direction of its decisions only.
-* ``"l2"``: ``||F(x) - F(x')||_2``, the form of the paper's eq. 3.
+    score(X) = d_1 * d_2 * div_1 * div_2,
+    d_m   = mean_i ||F_m(X)_i - F_m(X_0)_i||_2          (output shift from the seeds, per model)
+    div_m = mean_{i,j} ||F_m(X)_i - F_m(X)_j||_2        (output diversity, all N^2 pairs incl. i = j)
 
-``output``: "logits" (default; the reference compares raw model outputs) or "softmax".
-``random_start`` should stay on: the objective is at its minimum (zero, with zero gradient) at the seed
-itself, so PGD started there does not move.
-If a DDV is all zeros (a model that gives the same output on every pair) the similarity is 0.
+with F_1 the victim and F_2 the suspect. The score starts at 0 (d = 0 on the seeds). Here only the
+mutated input is run through the models and only its row of the distance matrices is recomputed, which
+gives the official scores (up to rounding) at 4 forwards of one input per step instead of 8 of all 2n.
+``epsilon`` is in the model's normalised input units, as in the official code (whose inputs are
+normalised tensors): the pixel step is epsilon x the victim's normalisation std of that channel.
+Like the official code, nothing clips the mutated inputs to the pixel range.
+
+DDV (``ddv``):
+
+* ``"official"`` (default; official ``compute_ddv``): with 2n profiling inputs, DDV[i] = cosine
+  distance (1 - cos) between the model's outputs on input i and on input i + n, i < n.
+* ``"all_pairs"``: the RemovalNet paper's eq. 3, DDV = {||F(x_i) - F(x_j)||_2, i < j} over all 2n
+  inputs. (Its cosine equals that of the official ``compute_similarity_with_ddm`` distance matrix,
+  which the latest official ``compare()`` maps further to (1 + cos) / 2.)
+
+Score (eq. 4, official ``compute_similarity_with_ddv``): ``MD-DDV = cos(DDV_V, DDV_S)``, a similarity;
+exactly 1 for identical DDVs, 0 if either DDV is all zeros (the official code would return nan).
+``output``: "logits" (default; the official code compares raw model outputs) or "softmax", used for
+the search and the DDV alike.
+
+The suspect-independent variant that pairs each seed with a victim-only PGD example is
+``modeldiff_pgd`` (metric MD-PGD-DDV), not this verifier.
 """
 from __future__ import annotations
 
@@ -30,17 +50,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..utils import RemovalNetError
-from .adversarial import pgd
-from .base import Fingerprint, Metric, Verifier, batched_logits, check_bool, check_choice, check_float, \
-    check_int, dataset_tensors, register_verifier
+from .base import Fingerprint, Metric, Verifier, batched_logits, check_choice, check_float, check_int, \
+    dataset_tensors, input_normalization, register_verifier
 
-__all__ = ["ModelDiff", "decision_distance", "ddv_similarity"]
+__all__ = ["ModelDiff", "decision_distance", "ddv_similarity", "official_ddv", "all_pairs_ddv", "profiling_score",
+           "hill_climb", "transform_outputs"]
 
-DDVS = ("cosine", "l2")
+DDVS = ("official", "all_pairs")
 OUTPUTS = ("logits", "softmax")
 
 
-def _transform(logits: torch.Tensor, output: str) -> torch.Tensor:
+def transform_outputs(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """The outputs a ModelDiff verifier compares: the logits, or their softmax."""
     return F.softmax(logits, dim=-1) if output == "softmax" else logits
 
 
@@ -52,74 +73,199 @@ def decision_distance(out_a: torch.Tensor, out_b: torch.Tensor, kind: str = "cos
         return 1.0 - F.cosine_similarity(out_a, out_b, dim=-1, eps=1e-12)
     if kind == "l2":
         return torch.linalg.vector_norm(out_a - out_b, dim=-1)
-    raise RemovalNetError(f"ddv must be one of {', '.join(DDVS)}, got {kind!r}")
+    raise RemovalNetError(f"the decision distance must be 'cosine' or 'l2', got {kind!r}")
+
+
+def official_ddv(outputs: torch.Tensor) -> torch.Tensor:
+    """Official ``compute_ddv``: ``1 - cos(out[i], out[i + n])`` for i < n, with 2n rows (float64)."""
+    if outputs.dim() != 2 or outputs.shape[0] < 2 or outputs.shape[0] % 2:
+        raise RemovalNetError(f"the official DDV needs 2n x K outputs, got shape {tuple(outputs.shape)}")
+    o = outputs.double()
+    n = o.shape[0] // 2
+    return decision_distance(o[:n], o[n:], "cosine")
+
+
+def all_pairs_ddv(outputs: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: ``||out[i] - out[j]||_2`` for every i < j (row-major order), float64."""
+    if outputs.dim() != 2 or outputs.shape[0] < 2:
+        raise RemovalNetError(f"the all-pairs DDV needs N x K outputs with N >= 2, got shape {tuple(outputs.shape)}")
+    return F.pdist(outputs.double())
 
 
 def ddv_similarity(ddv_a: torch.Tensor, ddv_b: torch.Tensor) -> float:
-    """Eq. 4: cosine similarity of two decision distance vectors (float64); 0 if either is all zeros."""
+    """Eq. 4: cosine similarity of two decision distance vectors (float64); exactly 1 for identical
+    vectors, 0 if either is all zeros."""
     if ddv_a.shape != ddv_b.shape:
         raise RemovalNetError(f"DDVs differ in length: {tuple(ddv_a.shape)} vs {tuple(ddv_b.shape)}")
     a, b = ddv_a.double().flatten(), ddv_b.double().flatten()
     na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
     if na == 0 or nb == 0:
         return 0.0
+    if torch.equal(a, b):
+        return 1.0
     return float(max(-1.0, min(1.0, float(a @ b / (na * nb)))))
+
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|A| x |B| L2 distances, computed entry by entry (no matrix-product shortcut: exact zeros stay zero)."""
+    return torch.linalg.vector_norm(a[:, None, :] - b[None, :, :], dim=-1)
+
+
+def profiling_score(out1: torch.Tensor, init1: torch.Tensor, out2: torch.Tensor, init2: torch.Tensor) -> float:
+    """The search objective ``d_1 * d_2 * div_1 * div_2`` of the official ``_gen_profiling_inputs_search``.
+
+    ``out_m``: model m's outputs on the current inputs; ``init_m``: its outputs on the seeds (N x K each).
+    """
+    def parts(out: torch.Tensor, init: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, init = out.double(), init.double()
+        return torch.linalg.vector_norm(out - init, dim=-1).mean(), _pairwise(out, out).mean()
+
+    (d1, div1), (d2, div2) = parts(out1, init1), parts(out2, init2)
+    return float(d1 * d2 * div1 * div2)
+
+
+def hill_climb(model1: nn.Module, model2: nn.Module, seeds: torch.Tensor, positions: torch.Tensor,
+               targets: torch.Tensor, step: torch.Tensor, *, output: str = "logits", batch_size: int = 256,
+               device: torch.device | str = "cpu", block: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The official profiling-input search with its random draws given: step t mutates input ``targets[t]``
+    at flat position ``positions[t]`` (index into C x H x W) by +/- ``step[channel]``.
+
+    Returns (inputs N x C x H x W, accepted T bool, score after every step T float64).
+
+    Same decisions as the official loop, at a fraction of its cost: a step changes one input only, so only
+    that input's two candidates are run through the models, and only its row of each model's distance
+    matrix changes. The candidates of up to ``block`` consecutive steps that mutate distinct inputs do not
+    depend on each other's outcome, so they run in one forward pass; the steps are then decided one after
+    the other. The current and the two candidate scores are computed from the same sums, and a candidate
+    whose outputs equal the current ones keeps the current score, so it is rejected as in the official code.
+    """
+    n = seeds.shape[0]
+    hw = seeds[0].numel() // seeds.shape[1]
+    models = (model1, model2)
+
+    def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return transform_outputs(batched_logits(model, x, batch_size=batch_size, device=device), output).double()
+
+    x = seeds.detach().float().cpu().clone()
+    init = [outputs(m, x) for m in models]
+    cur = [o.clone() for o in init]
+    dist = [torch.cdist(o, o, compute_mode="donot_use_mm_for_euclid_dist") for o in cur]
+    rowsum = [d.sum(dim=1) for d in dist]
+    total = [r.sum() for r in rowsum]
+    shift = [torch.zeros(n, dtype=torch.float64) for _ in models]
+    accepted = torch.zeros(len(targets), dtype=torch.bool)
+    trace = torch.zeros(len(targets), dtype=torch.float64)
+    score = profiling_score(cur[0], init[0], cur[1], init[1])
+    step = step.detach().float().cpu()
+    t0 = 0
+    while t0 < len(targets):
+        t1, seen = t0, set()
+        while t1 < len(targets) and t1 - t0 < block and int(targets[t1]) not in seen:
+            seen.add(int(targets[t1]))
+            t1 += 1
+        cand = x[targets[t0:t1]].flatten(1).repeat_interleave(2, dim=0)        # (plus, minus) per step
+        rows_idx = torch.arange(t1 - t0)
+        delta = step[positions[t0:t1] // hw]
+        cand[2 * rows_idx, positions[t0:t1]] += delta
+        cand[2 * rows_idx + 1, positions[t0:t1]] -= delta
+        cand = cand.reshape(-1, *x.shape[1:])
+        outs = [outputs(m, cand) for m in models]
+        for j, t in enumerate(range(t0, t1)):
+            k = int(targets[t])
+            scores = torch.ones(3, dtype=torch.float64)
+            unchanged = [True, True, True]
+            rows, shifts = [], []
+            for m in range(2):
+                o = torch.cat([cur[m][k:k + 1], outs[m][2 * j:2 * j + 2]])          # current, plus, minus
+                row = _pairwise(o, cur[m])
+                row[:, k] = 0.0
+                sh = torch.linalg.vector_norm(o - init[m][k], dim=-1)
+                div_rest = total[m] - 2 * rowsum[m][k]                               # pairs without input k
+                d_rest = shift[m].sum() - shift[m][k]
+                scores *= ((d_rest + sh) / n) * ((div_rest + 2 * row.sum(dim=1)) / (n * n))
+                rows.append((o, row))
+                shifts.append(sh)
+                unchanged = [u and torch.equal(o[c], o[0]) for c, u in enumerate(unchanged)]
+            for c in (1, 2):
+                if unchanged[c]:
+                    scores[c] = scores[0]
+            current, plus, minus = (float(v) for v in scores)
+            if plus > current or minus > current:
+                c = 1 if plus > minus else 2
+                x[k] = cand[2 * j + c - 1]
+                for m in range(2):
+                    o, row = rows[m]
+                    new = row[c]
+                    rowsum[m] += new - dist[m][k]
+                    rowsum[m][k] = new.sum()
+                    total[m] = rowsum[m].sum()
+                    dist[m][k, :] = new
+                    dist[m][:, k] = new
+                    cur[m][k] = o[c]
+                    shift[m][k] = shifts[m][c]
+                accepted[t] = True
+                score = float(scores[c])
+            trace[t] = score
+        t0 = t1
+    return x, accepted, trace
 
 
 @register_verifier
 class ModelDiff(Verifier):
-    """ModelDiff (paper eq. 3-4): metric MD-DDV (similarity) on (seed, PGD variant) pairs.
+    """ModelDiff as the official code computes it: metric MD-DDV (similarity), profiling inputs searched per
+    (victim, suspect) pair.
 
-    Parameters: ``num_pairs`` (100), ``eps`` (0.06), ``alpha`` (0.01, the PGD step), ``steps`` (50),
-    ``random_start`` (True) -- PGD settings of the reference; ``ddv`` ("cosine"), ``output`` ("logits").
+    Parameters: ``num_pairs`` (300, the official N_INPUT_PAIRS: seeds per model, so 2 x num_pairs
+    profiling inputs), ``iterations`` (1000 hill-climbing steps), ``epsilon`` (0.2, the mutation in
+    normalised input units), ``ddv`` ("official" or "all_pairs", eq. 3), ``output`` ("logits").
     """
 
     name = "modeldiff"
     metrics = (Metric("MD-DDV", "similarity"),)
-    defaults = {"num_pairs": 100, "eps": 0.06, "alpha": 0.01, "steps": 50, "random_start": True,
-                "ddv": "cosine", "output": "logits"}
+    per_suspect = True
+    defaults = {"num_pairs": 300, "iterations": 1000, "epsilon": 0.2, "ddv": "official", "output": "logits"}
 
     def _check_params(self) -> None:
         p = self.params
         check_int(p, "num_pairs", minimum=2)
-        check_float(p, "eps", minimum=0.0, maximum=1.0, min_exclusive=True)
-        check_float(p, "alpha", minimum=0.0, maximum=1.0, min_exclusive=True)
-        check_int(p, "steps", minimum=1)
-        check_bool(p, "random_start")
+        check_int(p, "iterations", minimum=0)
+        check_float(p, "epsilon", minimum=0.0, min_exclusive=True)
         check_choice(p, "ddv", DDVS)
         check_choice(p, "output", OUTPUTS)
-
-    def _ddv(self, model: nn.Module, seeds: torch.Tensor, variants: torch.Tensor, device: torch.device):
-        bs, out = self.params["batch_size"], self.params["output"]
-        a = _transform(batched_logits(model, seeds, batch_size=bs, device=device), out)
-        b = _transform(batched_logits(model, variants, batch_size=bs, device=device), out)
-        return decision_distance(a, b, self.params["ddv"])
 
     def _extract(self, victim: nn.Module, data: Dataset, *, seed: int, generator: torch.Generator,
                  device: torch.device):
         p = self.params
-        n = min(p["num_pairs"], len(data))  # type: ignore[arg-type]
+        n_data = len(data)  # type: ignore[arg-type]
+        n = min(p["num_pairs"], n_data // 2)
         if n < 2:
-            raise RemovalNetError("ModelDiff needs at least 2 samples in the verifier's data")
-        idx = torch.randperm(len(data), generator=generator)[:n]  # type: ignore[arg-type]
+            raise RemovalNetError("ModelDiff needs at least 4 samples in the verifier's data (2 pairs)")
+        idx = torch.randperm(n_data, generator=generator)[:2 * n]
         seeds, labels = dataset_tensors(data, idx.tolist())
-        ref = _transform(batched_logits(victim, seeds, batch_size=p["batch_size"], device=device), p["output"])
-
-        def away(outputs: torch.Tensor, ref_b: torch.Tensor) -> torch.Tensor:
-            return decision_distance(_transform(outputs, p["output"]), ref_b, p["ddv"])
-
-        variants = pgd(victim, seeds.to(device), ref.to(device), eps=p["eps"], alpha=p["alpha"], steps=p["steps"],
-                       random_start=p["random_start"], loss_fn=away, generator=generator,
-                       batch_size=p["batch_size"]).cpu()
-        ddv_v = self._ddv(victim, seeds, variants, device)
-        meta = {"num_pairs": n, "ddv_mean": round(float(ddv_v.mean()), 6),
-                "linf_max": round(float((variants - seeds).abs().max()), 6)}
+        meta = {"num_pairs": n, "num_inputs": 2 * n, "per_suspect": True}
         if n < p["num_pairs"]:
-            meta["note"] = f"the data holds only {n} samples; num_pairs={p['num_pairs']} was asked"
-        return {"indices": idx, "seeds": seeds, "labels": labels, "variants": variants, "ddv_victim": ddv_v}, meta
+            meta["note"] = f"the data holds only {n_data} samples; num_pairs={p['num_pairs']} was asked"
+        return {"indices": idx, "seeds": seeds, "labels": labels}, meta
+
+    def _pair(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *, generator: torch.Generator,
+              device: torch.device):
+        p = self.params
+        seeds = fp.tensors["seeds"]
+        iters = p["iterations"]
+        positions = torch.randint(0, seeds[0].numel(), (iters,), generator=generator)
+        targets = torch.randint(0, seeds.shape[0], (iters,), generator=generator)
+        step = p["epsilon"] * input_normalization(victim, seeds.shape[1])[1]
+        inputs, accepted, trace = hill_climb(victim, suspect, seeds, positions, targets, step, output=p["output"],
+                                             batch_size=p["batch_size"], device=device)
+        meta = {"mutations_accepted": int(accepted.sum()), "search_score": float(trace[-1]) if iters else 0.0}
+        return {"inputs": inputs, "positions": positions, "targets": targets, "accepted": accepted,
+                "ddv_victim": self._ddv(victim, inputs, device)}, meta
+
+    def _ddv(self, model: nn.Module, inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+        out = transform_outputs(batched_logits(model, inputs, batch_size=self.params["batch_size"], device=device),
+                                self.params["output"])
+        return official_ddv(out) if self.params["ddv"] == "official" else all_pairs_ddv(out)
 
     def _score(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *, device: torch.device):
-        seeds, variants = fp.tensors["seeds"], fp.tensors["variants"]
-        ddv_v = self._ddv(victim, seeds, variants, device)
-        ddv_s = self._ddv(suspect, seeds, variants, device)
-        return {"MD-DDV": ddv_similarity(ddv_v, ddv_s)}
+        # the victim's DDV on these inputs was computed when pairing (the base class checked the victim's hash)
+        return {"MD-DDV": ddv_similarity(fp.tensors["ddv_victim"], self._ddv(suspect, fp.tensors["inputs"], device))}

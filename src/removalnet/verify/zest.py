@@ -9,11 +9,15 @@ Extraction (once per victim):
    A masked segment is set to zero in the model's NORMALISED input space: its pixels get the
    channel mean of the victim's normalisation (``victim.normalize.mean``), whose normalised value is 0.
    Suspect and victim see the same pixel-space inputs.
-4. For every image, ordinary least squares (Moore-Penrose pseudo-inverse, batched over images) from
-   the masks to the model's output vectors. The per-image coefficient matrix (segments x classes) is
-   the LIME explanation; the signature is the concatenation of these matrices over all images.
+4. For every image, ordinary least squares WITHOUT intercept, as the reference
+   ``lime_pytorch.train_lime_model`` fits it: ``W = pinv(A^T A) A^T Y`` with A the image's masks
+   (num_masks x segments) and Y the model's output vectors on the masked images (batched over images).
+   The per-image coefficient matrix (segments x classes) is the LIME explanation; the signature is the
+   concatenation of these matrices over all images.
 
-Score: ``ZEST-L2`` = ||sig_V - sig_S||_2 and ``ZEST-Cos`` = 1 - cos(sig_V, sig_S), both distances.
+Score: ``ZEST-L2`` = ||sig_V - sig_S||_2 and ``ZEST-Cos`` = 1 - cos(sig_V, sig_S) (the reference's
+``compute_distance``), both distances; identical signatures give exactly 0 for both (the cosine distance
+is computed as ||a/|a| - b/|b|||^2 / 2, which is exact there and accurate near 0, where 1 - cos cancels).
 The victim's signature is stored in the fingerprint, so scoring runs only the suspect.
 
 Choices where the references differ, each a parameter:
@@ -24,10 +28,10 @@ Choices where the references differ, each a parameter:
   on a 28x28 image, which makes the explanation nearly empty; at 0..255 Fashion-MNIST images get
   about 5-11 segments. Grayscale images are repeated to three channels so that the Lab conversion
   applies to them as well (their a/b channels are 0, L carries the intensity).
-* ``intercept`` (default True): fit the OLS with a constant column, as LIME's own regression does,
-  so the segment coefficients are the effects of switching a segment on; the intercept (the output on
-  the fully masked image) is stored but is not part of the signature. ``False`` is the ZEST
-  reference's fit (``pinv(A^T A) A^T Y`` on the masks alone).
+* ``intercept`` (default False, the ZEST reference's fit on the masks alone): ``True`` fits the OLS
+  with a constant column, as LIME's own regression does, so the segment coefficients are the effects of
+  switching a segment on; the intercept (the output on the fully masked image) is then stored but is
+  not part of the signature.
 * ``output`` (default "logits"): the ZEST reference regresses the raw model outputs (logits);
   "softmax" regresses probabilities, as LIME does for classifiers.
 
@@ -48,7 +52,7 @@ from torch.utils.data import Dataset
 
 from ..utils import RemovalNetError
 from .base import Fingerprint, Metric, Verifier, check_bool, check_choice, check_float, check_int, \
-    dataset_tensors, register_verifier
+    dataset_tensors, input_normalization, register_verifier
 
 __all__ = ["ZEST", "segment_images", "random_masks", "masked_inputs", "lime_pinv", "lime_signature",
            "zest_distances"]
@@ -106,7 +110,7 @@ def masked_inputs(images: torch.Tensor, segments: torch.Tensor, masks: torch.Ten
     return fill + on * (images - fill)
 
 
-def lime_pinv(masks: torch.Tensor, intercept: bool = True) -> torch.Tensor:
+def lime_pinv(masks: torch.Tensor, intercept: bool = False) -> torch.Tensor:
     """Batched pseudo-inverse of the design matrices (float64): N x P x num_masks, P = S_max (+1).
 
     With ``intercept`` the first column of each design matrix is constant 1 (row 0 of the result is
@@ -119,7 +123,7 @@ def lime_pinv(masks: torch.Tensor, intercept: bool = True) -> torch.Tensor:
 
 
 def lime_signature(model: nn.Module, images: torch.Tensor, segments: torch.Tensor, masks: torch.Tensor,
-                   fill: torch.Tensor, *, intercept: bool = True, output: str = "logits", batch_size: int = 500,
+                   fill: torch.Tensor, *, intercept: bool = False, output: str = "logits", batch_size: int = 500,
                    device: torch.device | str = "cpu", group: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """OLS coefficients of ``model``'s outputs on the masks, for every image.
 
@@ -157,29 +161,24 @@ def lime_signature(model: nn.Module, images: torch.Tensor, segments: torch.Tenso
 
 
 def zest_distances(sig_a: torch.Tensor, sig_b: torch.Tensor) -> tuple[float, float]:
-    """(L2 distance, cosine distance 1 - cos) between two signatures, flattened, in float64."""
+    """(L2 distance, cosine distance 1 - cos) between two signatures, flattened, in float64.
+
+    Identical signatures give exactly (0.0, 0.0). The cosine distance is ||a/|a| - b/|b|||^2 / 2 (equal to
+    1 - cos), so it does not depend on how a CPU's kernels round a dot product near cos = 1.
+    """
     if sig_a.shape != sig_b.shape:
         raise RemovalNetError(f"ZEST signatures differ in shape: {tuple(sig_a.shape)} vs {tuple(sig_b.shape)} "
                               "(the two models must have the same number of classes)")
     a, b = sig_a.double().flatten(), sig_b.double().flatten()
+    if torch.equal(a, b):
+        return 0.0, 0.0
     l2 = float(torch.linalg.vector_norm(a - b))
-    na, nb = float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b))
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
     if na == 0.0 or nb == 0.0:
-        cos_d = 0.0 if na == nb else 1.0
+        cos_d = 1.0                                   # one zero signature (both zero: equal, handled above)
     else:
-        cos_d = min(2.0, max(0.0, 1.0 - float(a @ b) / (na * nb)))   # rounding can step outside [0, 2]
+        cos_d = min(2.0, float(torch.linalg.vector_norm(a / na - b / nb) ** 2 / 2))
     return l2, cos_d
-
-
-def _fill_value(model: nn.Module, channels: int) -> torch.Tensor:
-    norm = getattr(model, "normalize", None)
-    mean = getattr(norm, "mean", None)
-    if mean is None:  # a model without an input normalisation: normalised space is pixel space
-        return torch.zeros(channels)
-    mean = mean.detach().float().cpu().flatten()
-    if mean.numel() != channels:
-        raise RemovalNetError(f"the victim normalises {mean.numel()} channels, the data has {channels}")
-    return mean
 
 
 @register_verifier
@@ -188,14 +187,14 @@ class ZEST(Verifier):
 
     Parameters: ``num_images`` (128, reference), ``num_masks`` (1000, reference; mask 0 is all ones),
     ``kernel_size``/``ratio``/``max_dist`` (quickshift, 4 / 0.2 / 200, reference), ``image_range``
-    (255, see the module docstring), ``intercept`` (True), ``output`` ("logits", reference),
+    (255, see the module docstring), ``intercept`` (False, reference), ``output`` ("logits", reference),
     ``batch_size`` (500, inputs per forward pass; does not change the result).
     """
 
     name = "zest"
     metrics = (Metric("ZEST-L2", "distance"), Metric("ZEST-Cos", "distance"))
     defaults = {"num_images": 128, "num_masks": 1000, "kernel_size": 4, "ratio": 0.2, "max_dist": 200,
-                "image_range": 255, "intercept": True, "output": "logits", "batch_size": 500}
+                "image_range": 255, "intercept": False, "output": "logits", "batch_size": 500}
 
     def _check_params(self) -> None:
         p = self.params
@@ -223,7 +222,7 @@ class ZEST(Verifier):
                                   image_range=p["image_range"], seed=seed)
         num_segments = segments.flatten(1).max(dim=1).values + 1
         masks = random_masks(num_segments, p["num_masks"], generator)
-        fill = _fill_value(victim, images.shape[1])
+        fill, _ = input_normalization(victim, images.shape[1])
         tensors = {"indices": idx, "images": images, "segments": segments.to(torch.int32),
                    "num_segments": num_segments.to(torch.int32), "masks": masks, "fill": fill}
         coef, icept = self._signature(victim, tensors, device)
