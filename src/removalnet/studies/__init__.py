@@ -14,10 +14,14 @@ writes its report; :func:`build_study_report` and :func:`write_study_report` do 
 """
 from __future__ import annotations
 
-from . import ablation, boundary, efficiency, robustness, saliency, substitute_size  # noqa: F401  (registers)
 from .base import (Study, StudyReport, SurrogateStudy, create_study, list_studies, register_study,
                    study_class)
 from .report import build_study_report, study_sections, write_study_report
+from ..registry import import_modules
+
+# The study modules; each registers its study on import (a new study: one file and one name here).
+MODULES = ("substitute_size", "efficiency", "ablation", "saliency", "boundary", "robustness")
+import_modules(__name__, MODULES)
 
 __all__ = ["Study", "StudyReport", "SurrogateStudy", "create_study", "list_studies", "register_study",
            "study_class", "build_study_report", "write_study_report", "study_sections"]

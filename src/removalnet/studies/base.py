@@ -22,14 +22,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..attacks.base import Param, validate_params
+from ..params import Param, validate_params
+from ..registry import Registry
 from ..utils import RemovalNetError, atomic_path
 
 __all__ = ["Study", "SurrogateStudy", "StudyReport", "register_study", "create_study", "list_studies", "study_class",
            "ATTACK_PARAMS", "mean_std", "fmt_ms", "scores_by_label", "metric_split", "save_figure",
            "finished_job", "save_arrays"]
 
-_STUDIES: dict[str, type["Study"]] = {}
+_STUDIES: Registry[type["Study"]] = Registry("study")
 
 #: the substitute-set parameters shared by the studies that add a RemovalNet row
 ATTACK_PARAMS = {
@@ -152,18 +153,15 @@ class SurrogateStudy(Study):
 def register_study(cls: type[Study]) -> type[Study]:
     if not (isinstance(cls, type) and issubclass(cls, Study)) or not cls.name:
         raise TypeError("register_study needs a Study subclass with a non-empty `name`")
-    _STUDIES[cls.name] = cls
-    return cls
+    return _STUDIES.add(cls.name, cls)
 
 
 def list_studies() -> list[str]:
-    return sorted(_STUDIES)
+    return _STUDIES.names()
 
 
 def study_class(name: str) -> type[Study]:
-    if name not in _STUDIES:
-        raise RemovalNetError(f"unknown study {name!r}; known: {', '.join(list_studies())}")
-    return _STUDIES[name]
+    return _STUDIES.get(name)
 
 
 def create_study(name: str, **params: Any) -> Study:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..attacks.base import Param
+from ..params import Param
 from ..utils import RemovalNetError
 from .base import ATTACK_PARAMS, Study, StudyReport, register_study
 from .substitute_size import SCENARIO_NAMES

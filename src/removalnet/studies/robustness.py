@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..attacks.base import Param
+from ..params import Param
 from ..utils import RemovalNetError
 from .base import finished_job, save_arrays, StudyReport, SurrogateStudy, fmt_ms, register_study
 

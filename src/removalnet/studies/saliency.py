@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks.base import Param
+from ..params import Param
 from ..utils import RemovalNetError
 from .base import finished_job, save_arrays, StudyReport, SurrogateStudy, register_study
 

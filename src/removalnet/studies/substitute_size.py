@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..attacks.base import Param
+from ..params import Param
 from ..utils import RemovalNetError
 from .base import (Study, StudyReport, fmt_ms, mean_std, metric_split, register_study, scores_by_label)
 

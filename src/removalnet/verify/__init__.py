@@ -4,19 +4,15 @@ Importing this package registers every available verifier: DeepJudge ("deepjudge
 DeepJudge countermeasure ("deepjudge_aligned"), ZEST ("zest"), ModelDiff ("modeldiff"), IPGuard ("ipguard")
 and sample correlation ("sac").
 """
-import importlib as _importlib
-
+from ..registry import import_modules
 from .base import (Fingerprint, FingerprintCache, Metric, Verifier, all_metrics, create_verifier, list_verifiers,
                    register_verifier, verifier_class)
 from .thresholds import MIN_REFERENCES, RULES, Calibration, calibrate, calibrate_models, false_positive_rate, verdict
 
-for _name in ("deepjudge", "deepjudge_aligned", "zest", "modeldiff", "ipguard", "sac"):
-    try:
-        _importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:  # that verifier's module is not part of this installation
-        if _e.name != f"{__name__}.{_name}":
-            raise
-del _name
+# The verifier modules; each registers its verifier on import (a new verifier: one file and one name here).
+# An import error in any of them is raised.
+MODULES = ("deepjudge", "deepjudge_aligned", "zest", "modeldiff", "ipguard", "sac")
+import_modules(__name__, MODULES)
 
 __all__ = ["Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
            "list_verifiers", "verifier_class", "all_metrics", "calibrate", "calibrate_models", "verdict",
