@@ -178,6 +178,8 @@ class Attack(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: a parameter-reusing baseline (FT, WP, Distill): the threshold rules' detection rate is measured on these
+    baseline: ClassVar[bool] = False
     PARAMS: ClassVar[dict[str, Param]] = {
         "iterations": Param(1000, int, low=0, doc="optimisation steps (paper: 1000)"),
         "batch_size": Param(128, int, low=1, doc="substitute samples per step (paper: 128)"),

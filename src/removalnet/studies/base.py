@@ -22,9 +22,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..attacks import create_attack
+from ..experiment.artifacts import attack_job, study_job
+from ..experiment.hooks import SpecSection, register_job_kind, register_spec_section
 from ..params import Param, validate_params
 from ..registry import Registry
 from ..utils import RemovalNetError, atomic_path
+from ..verify import all_metrics
 
 __all__ = ["Study", "SurrogateStudy", "StudyReport", "register_study", "create_study", "list_studies", "study_class",
            "ATTACK_PARAMS", "mean_std", "fmt_ms", "scores_by_label", "metric_split", "save_figure",
@@ -111,7 +115,6 @@ class Study:
         if p.get("scenario") == "lsd" and not p["source"]:
             raise RemovalNetError("scenario lsd needs a source (a dataset name, or 'partition')")
         try:
-            from ..attacks import create_attack
             create_attack("removalnet", **p["params"])
         except RemovalNetError as e:
             raise RemovalNetError(f"params: {e}") from None
@@ -136,9 +139,7 @@ class SurrogateStudy(Study):
 
     def attack_job(self, spec, seed: int | None = None) -> str:
         """Name of the attack job of ``seed`` (default: the chosen seed) in ``spec`` (an ExperimentSpec)."""
-        from ..experiment.plan import slug
-        s = self.chosen_seed(spec) if seed is None else seed
-        return f"attacks/{slug(self.label)}/seed-{s}"
+        return attack_job(self.label, self.chosen_seed(spec) if seed is None else seed)
 
     def chosen_seed(self, spec) -> int:
         seeds = spec.seeds
@@ -167,6 +168,36 @@ def study_class(name: str) -> type[Study]:
 def create_study(name: str, **params: Any) -> Study:
     """Build a registered study with validated parameters."""
     return study_class(name)(**params)
+
+
+# ------------------------------------------------------------------------ hooks into the experiment runner
+def _expand_section(section: Any, raw_spec: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A spec's ``study`` section validated, and the attack rows the study adds."""
+    if not isinstance(section, dict) or "name" not in section:
+        raise RemovalNetError("study: must be a mapping with a name")
+    if section["name"] not in _STUDIES:
+        raise RemovalNetError(f"study.name: unknown study {section['name']!r} (known: {', '.join(list_studies())})")
+    try:
+        st = create_study(**section)
+        added = st.attacks(raw_spec)
+    except RemovalNetError as e:
+        raise RemovalNetError(f"study: {e}") from None
+    return st.to_dict(), added
+
+
+def _plan_section(spec, jobs: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], list[str]]]:
+    """The study's analysis jobs as ``(kind, name, config, dependency names)``."""
+    study = create_study(**spec.study)
+    return [("study", study_job(study.name, name), {"study": study.to_dict(), **cfg}, deps)
+            for name, cfg, deps in study.analysis_jobs(spec, jobs)]
+
+
+def _run_study_job(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
+    return create_study(**job["config"]["study"]).run_job(job, run_dir)
+
+
+register_spec_section(SpecSection("study", _expand_section, _plan_section))
+register_job_kind("study", _run_study_job)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -211,7 +242,6 @@ def save_arrays(run_dir: Path, job_name: str, filename: str, arrays: dict[str, A
 
 def metric_split(metrics: list[str]) -> tuple[list[str], list[str]]:
     """(distance metrics, similarity metrics) among ``metrics``, in the given order."""
-    from ..verify import all_metrics
     known = all_metrics()
     dist = [m for m in metrics if m in known and known[m].direction == "distance"]
     sim = [m for m in metrics if m in known and known[m].direction == "similarity"]

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..attacks import create_attack
 from ..params import Param
 from ..utils import RemovalNetError
 from .base import ATTACK_PARAMS, Study, StudyReport, register_study
@@ -63,7 +64,6 @@ class Efficiency(Study):
     }
 
     def validate(self) -> None:
-        from ..attacks import create_attack
         try:
             create_attack("knockoff", **self.params["knockoff"])
         except RemovalNetError as e:

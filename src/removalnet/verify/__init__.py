@@ -7,7 +7,8 @@ and sample correlation ("sac").
 from ..registry import import_modules
 from .base import (Fingerprint, FingerprintCache, Metric, Verifier, all_metrics, create_verifier, list_verifiers,
                    register_verifier, verifier_class)
-from .thresholds import MIN_REFERENCES, RULES, Calibration, calibrate, calibrate_models, false_positive_rate, verdict
+from .thresholds import (MIN_REFERENCES, RULES, Calibration, ThresholdRule, calibrate, calibrate_models,
+                         false_positive_rate, score_model, verdict)
 
 # The verifier modules; each registers its verifier on import (a new verifier: one file and one name here).
 # An import error in any of them is raised.
@@ -16,4 +17,4 @@ import_modules(__name__, MODULES)
 
 __all__ = ["Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
            "list_verifiers", "verifier_class", "all_metrics", "calibrate", "calibrate_models", "verdict",
-           "false_positive_rate", "Calibration", "RULES", "MIN_REFERENCES"]
+           "false_positive_rate", "Calibration", "RULES", "MIN_REFERENCES", "ThresholdRule", "score_model"]
