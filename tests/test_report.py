@@ -18,7 +18,7 @@ def _score(store, i, role, label, seed, acc, mr, sac):
 @pytest.fixture
 def run_dir(tmp_path):
     with ResultStore(tmp_path / "results.db") as s:
-        s.set_meta("spec", {"name": "hand", "attacks": [{"label": "FT(0.5)"}], "threshold_rule": "minmax"})
+        s.set_meta("spec", {"name": "hand", "attacks": [{"name": "ft", "label": "FT(0.5)"}], "threshold_rule": "minmax"})
         ids = []
         s.record({"id": "v", "kind": "train", "name": "models/victim", "seed": 0, "config": {"role": "victim"}},
                  "done", metrics={"accuracy": 0.90})

@@ -7,16 +7,16 @@ A study is a small class that does up to three things, all on top of the ordinar
 * :meth:`Study.analysis_jobs` adds ``study`` jobs that need the trained models (saliency maps, t-SNE,
   adversarial sets); their ids hash their configuration and dependencies like every other job, so a study
   resumes and runs on either executor; :meth:`Study.run_job` is what such a job does;
-* :meth:`Study.report` turns the stored results into tables and matplotlib figures (:class:`StudyReport`),
-  written as Markdown/CSV/LaTeX and PNG/PDF and embedded in the HTML report.
+* :meth:`Study.report` turns the stored results into tables, matplotlib figures and findings, as data
+  (:class:`StudyReport`, a :class:`removalnet.report.Section`); :mod:`removalnet.report` renders it as
+  Markdown/CSV/LaTeX and PNG/PDF and embeds it in the HTML report.
 
-Parameters are declared in ``PARAMS`` and validated at construction (:class:`removalnet.attacks.Param`), like
+Parameters are declared in ``PARAMS`` and validated at construction (:class:`removalnet.params.Param`), like
 attacks. ``create_study(name, **params)``; ``list_studies()``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,11 +27,12 @@ from ..experiment.artifacts import attack_job, study_job
 from ..experiment.hooks import SpecSection, register_job_kind, register_spec_section
 from ..params import Param, validate_params
 from ..registry import Registry
+from ..report import Section
 from ..utils import RemovalNetError, atomic_path
 from ..verify import all_metrics
 
 __all__ = ["Study", "SurrogateStudy", "StudyReport", "register_study", "create_study", "list_studies", "study_class",
-           "ATTACK_PARAMS", "mean_std", "fmt_ms", "scores_by_label", "metric_split", "save_figure",
+           "ATTACK_PARAMS", "mean_std", "fmt_ms", "scores_by_label", "metric_split",
            "finished_job", "save_arrays"]
 
 _STUDIES: Registry[type["Study"]] = Registry("study")
@@ -47,15 +48,8 @@ ATTACK_PARAMS = {
 }
 
 
-@dataclass
-class StudyReport:
-    """What a study shows: tables (title, header, rows of strings), figures (file stem, matplotlib figure)
-    and key numbers as one-line findings."""
-    title: str
-    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
-    figures: list[tuple[str, Any]] = field(default_factory=list)
-    findings: list[str] = field(default_factory=list)
-    numbers: dict[str, Any] = field(default_factory=dict)
+#: what a study's ``report`` returns: tables, figures and findings as data, rendered by :mod:`removalnet.report`
+StudyReport = Section
 
 
 class Study:
@@ -246,14 +240,3 @@ def metric_split(metrics: list[str]) -> tuple[list[str], list[str]]:
     dist = [m for m in metrics if m in known and known[m].direction == "distance"]
     sim = [m for m in metrics if m in known and known[m].direction == "similarity"]
     return dist, sim
-
-
-def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``fig`` as ``stem.png`` and ``stem.pdf`` (atomically); return the paths."""
-    paths = []
-    for ext in ("png", "pdf"):
-        path = Path(out_dir) / f"{stem}.{ext}"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    return paths

@@ -6,7 +6,7 @@ and sample correlation ("sac").
 """
 from ..registry import import_modules
 from .base import (Fingerprint, FingerprintCache, Metric, Verifier, all_metrics, create_verifier, list_verifiers,
-                   register_verifier, verifier_class)
+                   register_verifier, verifier_class, verifier_defaults)
 from .thresholds import (MIN_REFERENCES, RULES, Calibration, ThresholdRule, calibrate, calibrate_models,
                          false_positive_rate, score_model, verdict)
 
@@ -16,5 +16,5 @@ MODULES = ("deepjudge", "deepjudge_aligned", "zest", "modeldiff", "ipguard", "sa
 import_modules(__name__, MODULES)
 
 __all__ = ["Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
-           "list_verifiers", "verifier_class", "all_metrics", "calibrate", "calibrate_models", "verdict",
+           "list_verifiers", "verifier_class", "verifier_defaults", "all_metrics", "calibrate", "calibrate_models", "verdict",
            "false_positive_rate", "Calibration", "RULES", "MIN_REFERENCES", "ThresholdRule", "score_model"]

@@ -416,6 +416,12 @@ def create_verifier(name: str, **params: Any) -> Verifier:
     return verifier_class(name)(**params)
 
 
+def verifier_defaults(name: str) -> dict[str, Any]:
+    """A registered verifier's parameters with their defaults (``removalnet verify --list``)."""
+    cls = verifier_class(name)
+    return {**cls._base_defaults, **cls.defaults}
+
+
 def all_metrics() -> dict[str, Metric]:
     """Every registered metric by name (verifiers in name order, metrics in declared order)."""
     return {m.name: m for _, v in _VERIFIERS.items() for m in v.metrics}
