@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..models.split import SplitModel
 from ..params import Param, validate_params
 from ..registry import Registry
+from ..train import evaluate
 from ..utils import RemovalNetError, resolve_device, seed_everything
 
 __all__ = [
@@ -298,7 +299,6 @@ class Attack(abc.ABC):
         model = ctx.surrogate if model is None else model
         acc = None
         if ctx.eval_set is not None:
-            from ..train import evaluate
             was_training = model.training
             acc = float(evaluate(model, ctx.eval_set, device=ctx.device))
             model.train(was_training)
