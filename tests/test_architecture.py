@@ -142,3 +142,23 @@ def test_list_comes_from_the_registry(command, names, capsys):
     for name in names():
         assert f"\n{name}: " in text
     assert "    batch_size: default 256" in text if command == "verify" else "    seed: int" in text
+
+
+def test_registry_helper_rejects_duplicates_and_lists_the_choices():
+    from removalnet.registry import Registry
+    from removalnet.studies import Study, register_study
+    from removalnet.studies.substitute_size import SubstituteSize
+    from removalnet.utils import RemovalNetError
+
+    reg = Registry("widget")
+    reg.add("a", 1)
+    reg.add("a", 1)                                  # the same entry again (a re-imported module) is fine
+    with pytest.raises(ValueError, match="widget 'a' registered twice"):
+        reg.add("a", 2)
+    with pytest.raises(RemovalNetError, match="unknown widget 'b'; known: a"):
+        reg.get("b")
+
+    class Clash(Study):
+        name = SubstituteSize.name
+    with pytest.raises(ValueError, match="registered twice"):   # studies now have the check the others had
+        register_study(Clash)
