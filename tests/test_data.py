@@ -23,7 +23,9 @@ from removalnet.data import fashion_mnist as fm
 from removalnet.utils import RemovalNetError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+# Skipped only outside CI: in CI (CI=true) a missing data package fails these tests instead of hiding them.
+needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
+                                   and not os.environ.get("CI"),
                                    reason="Debian package dataset-fashion-mnist not installed")
 
 
@@ -86,7 +88,7 @@ def test_fashion_mnist_from_debian_files():
     x, y = train[0]
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and isinstance(y, int)
     assert y == 9  # the first training image is an ankle boot
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.max()) == 1.0
+    assert 0.0 <= float(x.min()) and float(x.max()) == pytest.approx(1.0, abs=1e-6)
     assert np.bincount(dataset_labels(train)).tolist() == [6000] * 10
     assert np.bincount(dataset_labels(test)).tolist() == [1000] * 10
     info = get_dataset_info("fashion-mnist")
@@ -137,7 +139,7 @@ def test_fashion_mnist_small_files_via_override_dir(tmp_path, monkeypatch):
     x, y = arrays["train"]
     for i in range(6):
         xi, yi = train[i]
-        assert torch.equal(xi, torch.from_numpy(x[i]).float().div(255).unsqueeze(0)) and yi == int(y[i])
+        assert torch.allclose(xi, torch.from_numpy(x[i]).float().unsqueeze(0) / 255, rtol=0, atol=1e-6) and yi == int(y[i])
     assert dataset_labels(test).tolist() == arrays["t10k"][1].tolist()
 
 
@@ -213,7 +215,7 @@ def test_digits_split_and_values():
     d = load_digits()
     for k in (0, 17, 359):
         xk, yk = native[k]
-        assert torch.equal(xk[0], torch.from_numpy(d.images[idx["test"][k]] / 16.0).float())
+        assert torch.allclose(xk[0], torch.from_numpy(d.images[idx["test"][k]] / 16.0).float(), rtol=0, atol=1e-6)
         assert yk == int(d.target[idx["test"][k]])
 
 
@@ -242,8 +244,8 @@ def test_adapter_channels_and_resize_goldens():
     # crop mode keeps the centre of a wide image: black | white | black columns
     wide = torch.zeros(1, 20, 40)
     wide[..., 10:30] = 1.0
-    assert torch.equal(ImageAdapter(1, 20, resize="crop").adapt(wide), torch.ones(1, 20, 20))
-    assert ImageAdapter(1, 20, resize="stretch").adapt(wide).min() == 0.0
+    assert torch.allclose(ImageAdapter(1, 20, resize="crop").adapt(wide), torch.ones(1, 20, 20), rtol=0, atol=1e-6)
+    assert ImageAdapter(1, 20, resize="stretch").adapt(wide).min() == pytest.approx(0.0, abs=1e-6)
 
     pil = Image.fromarray(np.full((7, 9, 3), (255, 0, 0), np.uint8))
     assert torch.allclose(ImageAdapter(1, 3)(pil), torch.full((1, 3, 3), 76 / 255), atol=1 / 255)
@@ -294,7 +296,7 @@ def test_cifar10_tiny_batches(tmp_path, monkeypatch):
     data, labels = batches["data_batch_2"]
     x, y = train[4]  # second image of batch 2
     assert x.shape == (3, 32, 32) and y == labels[1]
-    assert torch.equal(x, torch.from_numpy(data[1].reshape(3, 32, 32)).float() / 255)
+    assert torch.allclose(x, torch.from_numpy(data[1].reshape(3, 32, 32)).float() / 255, rtol=0, atol=1e-6)
     assert dataset_labels(test).tolist() == batches["test_batch"][1]
     rgb = torch.from_numpy(batches["test_batch"][0][0].reshape(3, 32, 32)).float() / 255
     luma = 0.2989 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]

@@ -1,7 +1,9 @@
-"""DeepJudge: metric math on hand-made tensors, seed ranking, test generation, identity, neuron alignment."""
+"""DeepJudge: metric math on hand-made tensors against the official formulas re-written in numpy, seed ranking,
+test generation, black-box test cases, identity, neuron alignment."""
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,9 +12,9 @@ from removalnet import create_model
 from removalnet.data import load_dataset
 from removalnet.train import TrainConfig, train_model
 from removalnet.utils import RemovalNetError, weights_hash
-from removalnet.verify import calibrate_models, verdict
-from removalnet.verify.deepjudge import (DeepJudge, channel_means, generate_tests, jsd, lad, lod, robd,
-                                         seed_confidence, select_seeds)
+from removalnet.verify import calibrate_models, create_verifier, verdict
+from removalnet.verify.deepjudge import (DeepJudge, adversarial_tests, channel_means, generate_tests, jsd, lad, lod,
+                                         nad, nod, robd, seed_confidence, select_seeds)
 
 SMALL = dict(num_seeds=16, max_tests=24, max_iters=60, step=0.05, pgd_steps=5, batch_size=64)
 
@@ -59,21 +61,113 @@ def test_lad_golden_nchw():
     a, b = _ab()
     # sample 0, a: means [1, 4, 1.5], min 1, max 4 -> [0, 1, 0.1667] -> active [0, 1, 0]
     #           b: means [3, 0, 2],   min 0, max 3 -> [1, 0, 0.6667] -> active [1, 0, 1]
-    # |difference| = [1, 1, 1] -> 3 / 3 neurons = 1; sample 1: 0 -> LAD = (1 + 0) / 2 = 0.5
-    assert lad(a, b, 0.5) == pytest.approx(0.5)
-    # NHWC misreading: a [5/3, 8/3] -> [0, 1] active [0, 1]; b [5/3, 5/3] all equal -> none active: 1/2 per
-    # sample 0 -> 0.25 overall, which differs from 0.5
-    assert lad(_nhwc_port_means(a), _nhwc_port_means(b)) == pytest.approx(0.25)
+    # |difference| = [1, 1, 1]: L1 3 (official sum), 3 / 3 neurons = 1 (eq. 2 mean); sample 1: 0
+    assert lad(a, b, 0.5) == pytest.approx(1.5)
+    assert lad(a, b, 0.5, "mean") == pytest.approx(0.5)
+    # NHWC misreading: a [5/3, 8/3] -> [0, 1] active [0, 1]; b [5/3, 5/3] all equal -> none active: 1 on sample 0
+    assert lad(_nhwc_port_means(a), _nhwc_port_means(b)) == pytest.approx(0.5)
+    with pytest.raises(RemovalNetError, match="reduction"):
+        lad(a, b, 0.5, "max")
 
 
 def test_lad_threshold_is_strict_and_flat_rows_are_inactive():
     a = torch.tensor([[0.0, 0.5, 1.0], [2.0, 2.0, 2.0]])
     b = torch.tensor([[0.0, 0.6, 1.0], [1.0, 2.0, 3.0]])
-    # row 0: a normalised [0, .5, 1] -> active [F, F, T] (0.5 is not > 0.5); b [0, .6, 1] -> [F, T, T]: 1/3
-    # row 1: a has equal channels -> none active; b [0, .5, 1] -> [F, F, T]: 1/3
-    assert lad(a, b, 0.5) == pytest.approx(1 / 3)
-    # threshold .65: row 0: a [F, F, T], b [F, F, T] -> 0; row 1: a none, b [F, F, T] -> 1/3; mean 1/6
-    assert lad(a, b, 0.65) == pytest.approx(1 / 6)
+    # official normalisation (v - min) / (max - min + 1e-6):
+    # row 0: a -> [0, .4999995, .999999] active [F, F, T]; b -> [0, .5999994, .999999] [F, T, T]: 1 differs
+    # row 1: a flat -> all 0, none active; b -> [0, .49999975, .9999995] [F, F, T]: 1 differs
+    assert lad(a, b, 0.5) == pytest.approx(1.0)
+    assert lad(a, b, 0.5, "mean") == pytest.approx(1 / 3)
+    # threshold .65: row 0: a [F, F, T], b [F, F, T] -> 0; row 1: a none, b [F, F, T] -> 1
+    assert lad(a, b, 0.65) == pytest.approx(0.5)
+    assert lad(a, b, 0.65, "mean") == pytest.approx(1 / 6)
+
+
+def test_nod_nad_golden():
+    a, b = _ab()
+    neuron = torch.tensor([1, 0])            # test case 0 was generated for neuron 1, test case 1 for neuron 0
+    # NOD: case 0 |4 - 0| = 4 on its own neuron 1; case 1: a and b agree -> 0; mean 2
+    assert nod(a, b, neuron) == pytest.approx(2.0)
+    # another norm would not give 2: squared difference (16 + 0) / 2 = 8; L2 over all neurons (LOD) 2.25
+    assert nod(a, b, neuron) != pytest.approx(8.0) and nod(a, b, neuron) != pytest.approx(lod(a, b))
+    # NAD: case 0: a active [0, 1, 0], b [1, 0, 1] -> neuron 1 differs (1); case 1: 0; mean .5 x 2 neurons = 1
+    assert nad(a, b, neuron, 2) == pytest.approx(1.0)
+    assert nad(a, b, torch.tensor([1, 1]), 1) == pytest.approx(0.5)
+    with pytest.raises(RemovalNetError, match="neuron index"):
+        nod(a, b, torch.tensor([1, 3]))
+    with pytest.raises(RemovalNetError, match="2 test cases"):
+        nad(a, b, torch.tensor([1]), 1)
+
+
+# -------------------------------------------------- the official metrics.py formulas, re-written in numpy
+def _official(outs_v, outs_s, theta=0.5, order=2):
+    """LOD, LAD, NOD, NAD as DeepJudge/metrics.py computes them. ``outs_*``: {(layer, idx): layer outputs of the
+    test cases of neuron idx, CHANNELS LAST as in Keras (n, H, W, C) or (n, tokens, hidden)}."""
+    def means(o):
+        return o.reshape(o.shape[0], -1, o.shape[-1]).mean(axis=1)
+
+    def normalize(vs):
+        return [(v - np.min(v)) / (np.max(v) - np.min(v) + 1e-6) for v in vs]
+
+    lods, lads, nods, nads = [], [], [], []
+    for (layer, idx), o1 in outs_v.items():
+        if len(o1) == 0:                                  # a targeted neuron without test case: only counted
+            continue
+        a1, a2 = means(o1), means(outs_s[(layer, idx)])
+        lods.append(np.linalg.norm(a1 - a2, axis=1, ord=order))
+        act1 = np.array([np.where(i > theta, 1, 0) for i in normalize(a1)])
+        act2 = np.array([np.where(i > theta, 1, 0) for i in normalize(a2)])
+        lads.append(np.linalg.norm(act1 - act2, axis=1, ord=1))
+        nods.append(np.abs(a1[:, idx] - a2[:, idx]))
+        nads.append(np.abs(act1[:, idx] - act2[:, idx]))
+    # official: np.average(np.array(list)), i.e. the average of the concatenation when the lists are equally
+    # long (np.array of unequal ones is ragged); we average the concatenation
+    cat = np.concatenate
+    return {"LOD": np.average(cat(lods)), "LAD": np.average(cat(lads)),
+            "NOD": np.average(cat(nods)), "NAD": np.average(cat(nads)) * len(outs_v)}
+
+
+@pytest.mark.parametrize("layout", ["conv", "tokens"])
+def test_metrics_match_the_official_code(layout):
+    g = torch.Generator().manual_seed(7)
+    tested, per = [0, 2, 3, 5], 3                         # 4 tested neurons, 3 test cases each (equal, as official)
+    n = len(tested) * per
+    neuron = torch.tensor(tested).repeat_interleave(per)
+    if layout == "conv":                                  # ours NCHW (n, 6, 3, 2); Keras NHWC
+        v = torch.randn(n, 6, 3, 2, generator=g, dtype=torch.float64)
+        s = v + 0.7 * torch.randn(n, 6, 3, 2, generator=g, dtype=torch.float64)
+        keras_v, keras_s = v.permute(0, 2, 3, 1).numpy(), s.permute(0, 2, 3, 1).numpy()
+    else:                                                 # (n, tokens 5, hidden 6): same layout in both
+        v = torch.randn(n, 5, 6, generator=g, dtype=torch.float64)
+        s = v + 0.7 * torch.randn(n, 5, 6, generator=g, dtype=torch.float64)
+        keras_v, keras_s = v.numpy(), s.numpy()
+    ov = {(3, c): keras_v[(neuron == c).numpy()] for c in tested}
+    os_ = {(3, c): keras_s[(neuron == c).numpy()] for c in tested}
+    ref = _official(ov, os_)
+    assert ref["NOD"] > 0.1 and 0 < ref["NAD"] and ref["LAD"] > 0.5       # a non-trivial case
+    assert lod(v, s) == pytest.approx(ref["LOD"], rel=1e-9)
+    assert lod(v, s, 1) == pytest.approx(_official(ov, os_, order=1)["LOD"], rel=1e-9)
+    assert lad(v, s) == pytest.approx(ref["LAD"], rel=1e-9)
+    assert lad(v, s, 0.5, "mean") == pytest.approx(ref["LAD"] / 6, rel=1e-9)
+    assert nod(v, s, neuron) == pytest.approx(ref["NOD"], rel=1e-9)
+    assert nad(v, s, neuron, len(tested)) == pytest.approx(ref["NAD"], rel=1e-9)
+    assert lad(v, s, 0.3) == pytest.approx(_official(ov, os_, theta=0.3)["LAD"], rel=1e-9)
+
+
+def test_transformer_neurons_are_hidden_units():
+    # torchvision vit_b_32 at 224 px: block outputs (N, 50 tokens, 768 hidden); neurons are the 768 hidden units
+    z = torch.randn(2, 50, 768, generator=torch.Generator().manual_seed(0))
+    m = channel_means(z)
+    assert m.shape == (2, 768)
+    assert torch.allclose(m, z.mean(dim=1), atol=1e-6)
+    # the real block: the project's vit_b_32 split (small-input variant: 8 x 8 patches + class token = 65 tokens)
+    torch.manual_seed(0)
+    vit = create_model("vit_b_32", 10, 3, 32).eval()
+    with torch.no_grad():
+        out = vit.head(torch.rand(2, 3, 32, 32), vit.default_layer)
+    assert out.shape == (2, 65, 768)
+    assert channel_means(out).shape == (2, 768)
+    assert torch.allclose(channel_means(out), out.mean(dim=1), atol=1e-6)
 
 
 def test_jsd_golden():
@@ -113,6 +207,13 @@ def _model(seed):
     return create_model("vgg_small", 10, 1, 16, width=8)
 
 
+def _trained(seed, iterations=40):
+    m = _model(seed)
+    tr = load_dataset("digits", "train", input_size=16)
+    train_model(m, tr, None, TrainConfig(iterations=iterations, batch_size=64, lr=0.05), seed=seed, progress=False)
+    return m.eval()
+
+
 @pytest.fixture(scope="module")
 def victim(digits):
     m = _model(0)
@@ -147,8 +248,13 @@ def test_generated_tests_exceed_k(victim, digits):
     assert bool((conf[:-1] >= conf[1:] - 1e-9).all())
     # the stored victim values are the victim's
     assert torch.allclose(T["victim_layer"], acts, atol=1e-6)
-    # PGD: inside the eps ball and the image box
-    assert float((T["adv_x"] - T["seeds_x"]).abs().max()) <= 0.03 + 1e-6
+    assert meta["k_source"] == "seeds" and meta["tested_neurons"] == 16       # 24 pairs round-robin over 16
+    # black-box test cases: in the image box, every kept one fools the victim, the count is recorded
+    assert T["adv_x"].min() >= 0 and T["adv_x"].max() <= 1
+    assert 0 < meta["adv_kept"] == len(T["adv_x"]) == len(T["adv_y"]) <= meta["adv_tried"] == 16
+    assert bool((victim(T["adv_x"]).argmax(1) != T["adv_y"]).all())
+    assert float(T["victim_adv_acc"][0]) < 1e-12 and meta["victim_adv_accuracy"] < 1e-12
+    assert meta["degenerate"] == []
 
 
 def test_round_robin_pairs_cover_channels_first(victim, digits):
@@ -196,7 +302,16 @@ def test_parameter_validation():
         DeepJudge(eps=0.1)
     with pytest.raises(RemovalNetError, match="m="):
         DeepJudge(m=0)
-    assert DeepJudge().params["num_seeds"] == 100 and DeepJudge().params["m"] == 3.0
+    with pytest.raises(RemovalNetError, match="lad_reduction"):
+        DeepJudge(lad_reduction="max")
+    with pytest.raises(RemovalNetError, match="adv_method"):
+        DeepJudge(adv_method="cw")
+    with pytest.raises(RemovalNetError, match="k_images"):
+        DeepJudge(k_images=0)
+    P = DeepJudge().params
+    assert P["num_seeds"] == 100 and P["m"] == 3.0 and P["k_images"] == 20000 and P["lad_reduction"] == "sum"
+    # the official black-box generator's settings (blackbox_generation.py / adversarial_attacks.PGD)
+    assert (P["adv_method"], P["pgd_eps"], P["pgd_steps"], P["pgd_step_size"]) == ("pgd", 0.1, 10, 0.03)
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -204,8 +319,9 @@ def test_identity_is_zero_and_a_copy(victim, digits, fingerprint):
     dj = DeepJudge(**SMALL)
     scores = dj.score(fingerprint, victim, victim)
     assert set(scores) == {"DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD", "DJ-RobD", "DJ-JSD"}
-    assert all(v == 0.0 for v in scores.values()), scores
-    refs = [_model(s) for s in (11, 12, 13, 14, 15)]   # independently initialised references
+    assert all(abs(v) < 1e-12 for v in scores.values()), scores
+    refs = [_trained(s) for s in (11, 12, 13, 14, 15)]  # independently trained references (an untrained one
+    # predicts one class everywhere: its Rob on the victim's fooling examples can be the victim's 0)
     cal = calibrate_models([dj], [fingerprint], victim, refs)
     for metric, value in scores.items():
         assert cal.taus[metric] > 0, (metric, cal.values[metric])
@@ -236,20 +352,143 @@ def _permute_block2(model, perm):
     return m
 
 
-def test_channel_permutation_moves_layer_metrics_only(victim, digits, fingerprint):
+def test_channel_permutation_moves_white_box_metrics(victim, digits, fingerprint):
     perm = torch.roll(torch.arange(16), 5)
     suspect = _permute_block2(victim, perm)
+    T = fingerprint.tensors
     x = torch.stack([digits[1][i][0] for i in range(64)])
     with torch.no_grad():
         assert torch.allclose(suspect(x), victim(x), atol=1e-5)
         assert torch.allclose(suspect.head(x, 2), victim.head(x, 2)[:, perm], atol=1e-6)
+        # the former "NOD" (LOD's formula on the logits of seeds and test cases) cannot see the permutation
+        inputs = torch.cat([T["seeds_x"], T["tests_x"]])
+        old_nod = lod(victim(inputs), suspect(inputs))
+    assert old_nod < 1e-4
     s = DeepJudge(**SMALL).score(fingerprint, victim, suspect)
-    assert s["DJ-LOD"] > 0.1 and s["DJ-LAD"] > 0.05, s
-    assert s["DJ-NOD"] < 1e-4 and s["DJ-NAD"] == 0.0 and s["DJ-RobD"] == 0.0 and s["DJ-JSD"] < 1e-9, s
+    # the official NOD reads each test case's own neuron c in both models: the permutation moves it
+    assert s["DJ-NOD"] > 0.05 and s["DJ-NOD"] > 100 * old_nod, s
+    assert s["DJ-LOD"] > 0.1 and s["DJ-LAD"] > 0.5 and s["DJ-NAD"] > 0.5, s
+    assert s["DJ-RobD"] < 1e-12 and s["DJ-JSD"] < 1e-9, s
     # at layer 1, before the permuted conv, the two models agree
     fp1 = DeepJudge(**{**SMALL, "layer": 1}).extract(victim, digits[1])
     s1 = DeepJudge(**{**SMALL, "layer": 1}).score(fp1, victim, suspect)
-    assert s1["DJ-LOD"] < 1e-5 and s1["DJ-LAD"] == 0.0, s1
+    assert s1["DJ-LOD"] < 1e-5 and s1["DJ-LAD"] < 1e-12 and s1["DJ-NOD"] < 1e-5 and s1["DJ-NAD"] < 1e-12, s1
+
+
+def test_scores_match_the_official_formulas_on_a_real_suspect(victim, digits, fingerprint):
+    """The verifier's six values against the official formulas re-computed here from the models' raw outputs."""
+    suspect = _trained(24)
+    T, layer = fingerprint.tensors, fingerprint.meta["layer"]
+    s = DeepJudge(**SMALL).score(fingerprint, victim, suspect)
+    with torch.no_grad():
+        hv = victim.head(T["tests_x"], layer).double().permute(0, 2, 3, 1).numpy()       # Keras layout NHWC
+        hs = suspect.head(T["tests_x"], layer).double().permute(0, 2, 3, 1).numpy()
+        pv = torch.softmax(victim(T["adv_x"]).double(), 1).numpy()
+        ps = torch.softmax(suspect(T["adv_x"]).double(), 1).numpy()
+    ch = T["tests_channel"].numpy()
+    # the official dict {(layer, neuron): test cases} has a key for EVERY targeted neuron (SMALL tries 24 pairs
+    # round-robin over the 16 channels, so all 16 are targeted), also those without a test case
+    assert fingerprint.meta["tested_neurons"] == 16 and len(set(ch.tolist())) < 16
+    ov = {(layer, c): hv[ch == c] for c in range(16)}
+    os_ = {(layer, c): hs[ch == c] for c in range(16)}
+    ref = _official(ov, os_)
+    assert s["DJ-LOD"] == pytest.approx(ref["LOD"], rel=1e-5)
+    assert s["DJ-LAD"] == pytest.approx(ref["LAD"], rel=1e-5)
+    assert s["DJ-NOD"] == pytest.approx(ref["NOD"], rel=1e-5)
+    assert s["DJ-NAD"] == pytest.approx(ref["NAD"], rel=1e-5) and ref["NAD"] > 1
+    # official Rob and RobD: the victim's accuracy on its kept (fooling) examples is 0, so RobD = Rob(F_S)
+    y = T["adv_y"].numpy()
+    rob_v, rob_s = (pv.argmax(1) == y).mean(), (ps.argmax(1) == y).mean()
+    assert rob_v == 0 and 0 < rob_s < 1 and abs(rob_s - 0.5) > 0.05     # 1 - Rob(F_S) would differ from Rob(F_S)
+    assert s["DJ-RobD"] == pytest.approx(abs(rob_v - rob_s), abs=1e-12)
+    mid = (pv + ps) / 2
+    kl = lambda p, q: np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0), axis=1)  # noqa: E731
+    assert s["DJ-JSD"] == pytest.approx(np.mean((kl(pv, mid) + kl(ps, mid)) / 2), rel=1e-5)
+
+
+def test_robd_uses_the_victims_accuracy():
+    """RobD = |Rob(F_V) - Rob(F_S)| with Rob(F_V) read from the fingerprint, never assumed to be 1."""
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(256, 3))
+    with torch.no_grad():
+        pred = lin(x).argmax(1)
+    y = pred.clone()
+    y[1:] = (pred[1:] + 1) % 3                                  # the suspect is right on 1 of 4: Rob(F_S) = 0.25
+    T = {"adv_x": x, "adv_y": y, "victim_adv_logits": torch.randn(4, 3), "victim_adv_acc": torch.tensor([0.0])}
+    out = DeepJudge._blackbox(T, lin, bs=8, device=torch.device("cpu"))
+    assert out["DJ-RobD"] == pytest.approx(0.25)                # 1.0 in place of Rob(F_V) would give 0.75
+    out = DeepJudge._blackbox({**T, "victim_adv_acc": torch.tensor([0.5])}, lin, bs=8, device=torch.device("cpu"))
+    assert out["DJ-RobD"] == pytest.approx(0.25)
+
+
+def test_blackbox_generator_is_the_official_pgd(victim, digits):
+    """Oracle: the official adversarial_attacks.PGD loop written out here (random start in [-eps, eps], clip to
+    [0, 1], 10 sign steps of 0.03, clip, NO projection), then keep what fools the victim."""
+    x = torch.stack([digits[1][i][0] for i in range(32)])
+    y = torch.tensor([int(digits[1][i][1]) for i in range(32)])
+    eps, step, steps = 0.1, 0.03, 10
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(5))          # the same uniform draw
+    adv = (x + (u * 2 - 1) * eps).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = nn.functional.cross_entropy(victim(adv), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, adv)
+        adv = (adv.detach() + step * g.sign()).clamp(0, 1)
+    fooled_ref = victim(adv).argmax(1) != y
+    got, logits, fooled = adversarial_tests(victim, x, y, eps=eps, steps=steps, step_size=step,
+                                            generator=torch.Generator().manual_seed(5), batch_size=7)
+    assert torch.allclose(got, adv.detach(), atol=1e-5)
+    assert torch.equal(fooled, fooled_ref) and torch.equal(fooled, logits.argmax(1) != y)
+    assert float((got - x).abs().max()) > eps + 0.05                     # no eps-ball projection
+    # FGSM: random start then one step of eps
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(6))
+    a0 = (x + (u * 2 - 1) * eps).clamp(0, 1).requires_grad_(True)
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(victim(a0), y, reduction="sum"), a0)
+    fg, _, _ = adversarial_tests(victim, x, y, method="fgsm", eps=eps, generator=torch.Generator().manual_seed(6))
+    assert torch.allclose(fg, (a0.detach() + eps * g.sign()).clamp(0, 1), atol=1e-5)
+    with pytest.raises(RemovalNetError, match="adversarial method"):
+        adversarial_tests(victim, x, y, method="cw")
+
+
+def test_no_fooling_example_is_loud_and_degenerate(victim, digits):
+    params = {**SMALL, "pgd_eps": 1e-5, "pgd_step_size": 1e-6, "pgd_steps": 1}
+    with pytest.warns(UserWarning, match="none of the 16 adversarial examples"):
+        fp = DeepJudge(**params).extract(victim, digits[1], seed=0)
+    assert fp.meta["adv_kept"] == 0 and fp.meta["degenerate"] == ["DJ-RobD", "DJ-JSD"]
+    assert fp.meta["victim_adv_accuracy"] is None and len(fp.tensors["adv_x"]) == 0
+    s = DeepJudge(**params).score(fp, victim, victim)
+    assert math.isnan(s["DJ-RobD"]) and math.isnan(s["DJ-JSD"])          # no evidence, never a silent 0
+    assert s["DJ-LOD"] < 1e-12
+    with pytest.raises(RemovalNetError, match="not a number"):
+        verdict("DJ-RobD", s["DJ-RobD"], 0.1)
+
+
+def test_k_from_training_data(victim, digits, fingerprint):
+    dj = DeepJudge(**{**SMALL, "k_images": 50})
+    fp = dj.extract(victim, digits[1], seed=0, train_data=digits[0])
+    assert fp.meta["k_source"] == "train_data" and fp.meta["k_images_used"] == 50
+    x = torch.stack([digits[0][i][0] for i in range(50)])       # the FIRST k_images training images
+    with torch.no_grad():
+        ref = 3 * channel_means(victim.head(x, 2)).max(0).values
+    assert torch.allclose(fp.tensors["k"], ref, atol=1e-6)
+    assert fp.key != DeepJudge(**{**SMALL, "k_images": 50}).extract(victim, digits[1], seed=0).key
+    assert fp.key == dj.key(victim, digits[1], seed=0, train_data=digits[0])
+    with pytest.raises(RemovalNetError, match="takes no training data"):
+        create_verifier("sac").extract(victim, digits[1], train_data=digits[0])
+
+
+def test_lad_reduction_option(victim, digits, fingerprint):
+    suspect = _model(31).eval()
+    s_sum = DeepJudge(**SMALL).score(fingerprint, victim, suspect)
+    fp_mean = DeepJudge(**{**SMALL, "lad_reduction": "mean"}).extract(victim, digits[1], seed=0)
+    s_mean = DeepJudge(**{**SMALL, "lad_reduction": "mean"}).score(fp_mean, victim, suspect)
+    assert s_sum["DJ-LAD"] > 1.0 and s_mean["DJ-LAD"] == pytest.approx(s_sum["DJ-LAD"] / 16)
+    assert s_mean["DJ-LOD"] == pytest.approx(s_sum["DJ-LOD"])
+    a_sum = create_verifier("deepjudge_aligned", **SMALL)
+    a_mean = create_verifier("deepjudge_aligned", **SMALL, lad_reduction="mean")
+    v_sum = a_sum.score(a_sum.extract(victim, digits[1]), victim, suspect)
+    v_mean = a_mean.score(a_mean.extract(victim, digits[1]), victim, suspect)
+    assert v_sum["DJA-LAD"] > 0 and v_mean["DJA-LAD"] == pytest.approx(v_sum["DJA-LAD"] / 16)
 
 
 def test_no_test_case_reached_falls_back_with_a_warning(victim, digits):

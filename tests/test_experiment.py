@@ -197,3 +197,89 @@ def test_shipped_specs_validate_and_plan(path, tmp_path, capsys):
     assert len({j.id for j in jobs}) == len(jobs)
     assert main(["run", path, "--out", str(tmp_path), "--dry-run"]) == 0
     assert f"{len(jobs)} jobs, {len(jobs)} to run" in capsys.readouterr().out
+
+
+def test_failed_job_is_rerun_on_the_next_run(tmp_path, monkeypatch):
+    """A job that failed in an earlier run (e.g. out of memory) is run again, not skipped as finished, and
+    the jobs that were skipped because of it run too."""
+    import removalnet.experiment.runner as runner
+
+    spec = _spec(seeds=[0], attacks=TINY["attacks"][:1], references={"count": 1, "seed_offset": 1000})
+    real = runner.execute
+    calls = []
+
+    def flaky(job, run_dir, fp_jobs=None):
+        calls.append(job["name"])
+        if job["kind"] == "attack":
+            return {**real({"kind": "nope"}, run_dir), "status": "failed", "error": "RuntimeError: out of memory"}
+        return real(job, run_dir, fp_jobs)
+
+    monkeypatch.setattr(runner, "execute", flaky)
+    first = run_experiment(spec, tmp_path, progress=False)
+    assert first.failed == ["attacks/ft-0.5/seed-0"] and first.skipped_deps == ["scores/ft-0.5/seed-0"]
+    monkeypatch.setattr(runner, "execute", real)
+    with ResultStore(tmp_path / "results.db") as st:
+        before = {r["name"]: r["status"] for r in st.rows()}
+    assert before["attacks/ft-0.5/seed-0"] == "failed" and before["scores/ft-0.5/seed-0"] == "skipped"
+    second = run_experiment(spec, tmp_path, progress=False)
+    assert second.ok and second.ran == 2 and second.skipped_done == second.planned - 2
+    with ResultStore(tmp_path / "results.db") as st:
+        after = {r["name"]: r for r in st.rows()}
+    assert all(r["status"] == "done" for r in after.values())
+    assert after["attacks/ft-0.5/seed-0"]["error"] is None
+    assert (tmp_path / "attacks" / "ft-0.5" / "seed-0" / "surrogate.safetensors").is_file()
+    assert "IPG-MR" in after["scores/ft-0.5/seed-0"]["metrics"]
+
+
+def _content_keys(ds):
+    import hashlib
+    return [hashlib.sha1(ds[i][0].numpy().tobytes()).hexdigest() for i in range(len(ds))]
+
+
+def test_verifiers_draw_their_data_from_the_test_split(tmp_path, monkeypatch):
+    """verifier_data, the fingerprint job and the score job use test-split samples only (identified by
+    content against both splits), and the score job's accuracy is the suspect's test accuracy."""
+    import torch
+
+    from removalnet import create_model
+    from removalnet.checkpoint import save_checkpoint
+    from removalnet.data import load_dataset
+    from removalnet.experiment.jobs import execute, verifier_data
+    from removalnet.verify import FingerprintCache
+
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    in_train, in_test = set(_content_keys(train)), set(_content_keys(test))
+    only_test = in_test - in_train
+
+    def from_test(ds):
+        keys = _content_keys(ds)
+        return all(k in in_test for k in keys) and sum(k in only_test for k in keys) >= 0.9 * len(keys)
+
+    vd = verifier_data({"dataset": "digits", "data_root": None, "verifier_count": 60})
+    assert len(vd) == 60 and from_test(vd)
+    assert len(verifier_data({"dataset": "digits", "data_root": None})) == len(test)
+
+    spec = _spec(seeds=[0], attacks=TINY["attacks"][:1], verifiers={"sac": {"num_samples": 8}})
+    jobs = {j.name: j.to_dict() for j in plan_jobs(spec)}
+    fp_jobs = {n: j for n, j in jobs.items() if j["kind"] == "fingerprint"}
+    torch.manual_seed(0)
+    model = create_model("vgg_small", 10, 1, 28, width=4).eval()
+    for name in ("models/victim", "models/reference-0"):
+        save_checkpoint(tmp_path / name / "model.safetensors", model, {"role": "test"})
+    seen = []
+    real = FingerprintCache.get_or_extract
+
+    def spy(self, verifier, victim, data, **kw):
+        seen.append(data)
+        return real(self, verifier, victim, data, **kw)
+
+    monkeypatch.setattr(FingerprintCache, "get_or_extract", spy)
+    fp = execute(fp_jobs["fingerprints/sac"], tmp_path, fp_jobs)
+    score = execute(jobs["scores/reference-0"], tmp_path, fp_jobs)
+    assert fp["status"] == "done" and score["status"] == "done", (fp["error"], score["error"])
+    assert len(seen) == 2 and all(len(d) == 60 and from_test(d) for d in seen)
+    with torch.no_grad():
+        xs = torch.stack([test[i][0] for i in range(len(test))])
+        ys = torch.tensor([int(test[i][1]) for i in range(len(test))])
+        acc = float((model(xs).argmax(1) == ys).double().mean())
+    assert score["metrics"]["accuracy"] == pytest.approx(acc, abs=1e-9)

@@ -1,4 +1,5 @@
 """RemovalNet: ILBS (Alg. 2), feature shuffling and the latent reverse (Alg. 1), the attack, the CLI."""
+import copy
 import csv
 import json
 import math
@@ -64,7 +65,7 @@ def test_ilbs_fallback_identical_rows_and_loop_reference():
     assert lam[2].item() == pytest.approx(0.5) and torch.allclose(z2[2], torch.tensor([1.0, 0.0, 2.0]))
     same = torch.ones(4, 5)
     z2, lam, partners = ilbs(same)
-    assert partners.tolist() == [0, 1, 2, 3] and torch.equal(z2, same)
+    assert partners.tolist() == [0, 1, 2, 3] and torch.allclose(z2, same, rtol=0, atol=1e-6)
     g = torch.Generator().manual_seed(0)
     rand = torch.randn(64, 10, generator=g) * 3
     grid = rn.DEFAULT_LAMBDA_GRID
@@ -135,7 +136,7 @@ def test_reverse_latent_moves_away_and_keeps_the_class():
     d = torch.stack(info["dist"])
     assert len(d) == 11 and torch.all(d[1:] > d[:-1])                       # every step moves z1 further away
     assert d[0] < 0.01 * 1.5 * math.sqrt(anchor[0].numel())                 # a small N(0, 0.01^2) start
-    assert torch.equal(tail(z1).argmax(1), y) and info["agreement"] == 1.0
+    assert torch.equal(tail(z1).argmax(1), y) and info["agreement"] == pytest.approx(1.0)
     # signed steps: without an offset every element moves by exactly +-0.01 per step
     z0, _ = reverse_latent(tail, anchor, y, steps=3, shuffle_ratio=0.0, init_offset="none")
     steps = (z0 - anchor) / 0.01
@@ -178,7 +179,7 @@ def test_reverse_latent_zero_offset_is_finite_and_modes():
     tail = _group_tail()
     anchor, y = _group_latent()
     z1, info = reverse_latent(tail, anchor, y, steps=5, shuffle_ratio=0.0, init_offset="none")
-    assert info["dist"][0] == 0 and torch.isfinite(z1).all() and info["dist"][-1] > 0      # no log(0) = -inf
+    assert info["dist"][0] == pytest.approx(0.0, abs=1e-12) and torch.isfinite(z1).all() and info["dist"][-1] > 0      # no log(0) = -inf
     g = torch.Generator().manual_seed(0)
     _, fixed = reverse_latent(tail, anchor, y, steps=4, shuffle_ratio=0.25, shuffle_mode="fixed",
                               init_offset="none", generator=g)
@@ -390,3 +391,79 @@ def test_cli_attack_errors_leave_nothing(victim_ckpt, tmp_path, capsys):
     (out / "x").write_text("keep")
     assert main(base + ["--out", str(out)]) == 2 and "already holds files" in capsys.readouterr().err
     assert (out / "x").read_text() == "keep"
+
+
+# ---------------------------------------------------------------------------------------------- eq. 15, oracle
+
+def _mlp_victim(seed=0):
+    from removalnet.models import SplitModel
+    torch.manual_seed(seed)
+    blocks = [nn.Sequential(nn.Flatten(), nn.Linear(16, 10), nn.Tanh()), nn.Sequential(nn.Linear(10, 8), nn.Tanh())]
+    head = nn.Linear(8, 5)
+    with torch.no_grad():
+        head.weight.mul_(4.0)                          # spread logits: ILBS lambdas well below 1
+    return SplitModel(blocks, head, in_chans=1, default_layer=1).eval()
+
+
+def test_removalnet_update_matches_eq15_oracle():
+    """Two SGD steps of the logit-level attack (beta=0) against eq. 15 written out here in float64:
+    CE on the VICTIM's argmax labels (not the dataset's labels) and KL towards the ILBS target z2 of the
+    victim's logits (the explicit loop above, float64), weights alpha and 1 - alpha. No dropout/BatchNorm, batch = whole
+    set, so every batch is the same set of samples and the surrogate's train mode changes nothing."""
+    victim = _mlp_victim()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        v = victim(x).double()
+    y_hat = v.argmax(1)
+    y = (y_hat + 1 + torch.randint(0, 4, (24,), generator=g)) % 5         # dataset labels: never y_hat
+    grid = [0.1 * k for k in range(1, 11)]
+    z2 = _ilbs_loop(v, grid)[0]
+    assert (z2 - v).abs().amax(1).gt(0.1).sum() >= 12                      # the target really differs from F_V
+    alpha, temp, lr = 0.3, 2.0, 0.5
+    ref = copy.deepcopy(victim).double()
+    p_t = torch.softmax(z2 / temp, 1)
+    oracle = []
+    for _ in range(2):
+        s = ref(x.double())
+        logp = s - s.logsumexp(1, keepdim=True)
+        ce = -logp[torch.arange(24), y_hat].mean()
+        logq = s / temp - (s / temp).logsumexp(1, keepdim=True)
+        kl = (p_t * (p_t.log() - logq)).sum(1).mean()
+        loss = alpha * ce + (1 - alpha) * kl
+        ref.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for prm in ref.parameters():
+                prm -= lr * prm.grad
+        oracle.append((ce.item(), kl.item()))
+    a = create_attack("removalnet", iterations=2, batch_size=24, lr=lr, momentum=0.0, weight_decay=0.0,
+                      schedule="constant", alpha=alpha, beta=0.0, temperature=temp)
+    s = a(victim, torch.utils.data.TensorDataset(x, y), seed=3)
+    for row, (ce, kl) in zip(a.trace, oracle):
+        assert row["ce"] == pytest.approx(ce, rel=1e-5) and row["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
+    got, want = s.state_dict(), ref.state_dict()
+    for k in want:
+        assert torch.allclose(got[k].double(), want[k], atol=2e-5, rtol=1e-4), k
+    assert max(float((got[k].double() - victim.state_dict()[k].double()).abs().max()) for k in want) > 1e-2
+
+
+def test_removalnet_full_loss_terms_match_oracle_at_first_step():
+    """With both levels on (default alpha, beta), the first iteration's CE and KL (surrogate = victim) equal
+    the oracle: CE on the victim's labels, KL towards the ILBS target of the explicit loop."""
+    victim = _mlp_victim(seed=2)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(20, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        v = victim(x).double()
+    y_hat = v.argmax(1)
+    y = (y_hat + 1) % 5
+    z2 = _ilbs_loop(v, [0.1 * k for k in range(1, 11)])[0]
+    logp = v - v.logsumexp(1, keepdim=True)
+    ce = float(-logp[torch.arange(20), y_hat].mean())
+    p_t = torch.softmax(z2, 1)
+    kl = float((p_t * (p_t.log() - logp)).sum(1).mean())
+    a = create_attack("removalnet", iterations=1, batch_size=20, latent_steps=2)
+    a(victim, torch.utils.data.TensorDataset(x, y), seed=0)
+    assert a.trace[0]["ce"] == pytest.approx(ce, rel=1e-5) and a.trace[0]["kl"] == pytest.approx(kl, rel=1e-4)
+    assert a.trace[0]["feat"] > 0

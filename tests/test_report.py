@@ -39,7 +39,7 @@ def test_table_matches_hand_computation(run_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         td = build_table(run_dir)
-    assert td.victim_accuracy == 0.90
+    assert td.victim_accuracy == pytest.approx(0.90)
     assert td.pool == ["IPG-MR", "SAC"]
     assert td.taus == pytest.approx({"IPG-MR": 0.3, "SAC": 0.4})  # max similarity / min distance of references
     head, rows = table_cells(td)

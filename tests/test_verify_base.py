@@ -108,7 +108,8 @@ def test_cache_extracts_once_and_score_checks_the_victim(tmp_path, data, monkeyp
     fp2 = FingerprintCache(tmp_path).get_or_extract(DeepJudge(**{**TINY, "batch_size": 7}), victim, data[1], seed=0)
     assert len(calls) == 1
     assert fp2.key == fp1.key and all(torch.equal(fp1.tensors[k], fp2.tensors[k]) for k in fp1.tensors)
-    assert dj.score(fp2, victim, other) == dj.score(fp1, victim, other)
+    # (this untrained victim has 1 seed and no fooling adversarial example: DJ-RobD / DJ-JSD are NaN in both)
+    assert dj.score(fp2, victim, other) == pytest.approx(dj.score(fp1, victim, other), rel=0, abs=0, nan_ok=True)
     # another seed, another victim, other data or other parameters: a new extraction
     FingerprintCache(tmp_path).get_or_extract(dj, victim, data[1], seed=1)
     FingerprintCache(tmp_path).get_or_extract(dj, other, data[1], seed=0)
@@ -180,13 +181,20 @@ def test_cli_verify_end_to_end(checkpoints, tmp_path, capsys, monkeypatch):
     assert res["data"] == "digits:test" and res["data_size"] == 360 and res["rule"] == "minmax"
     fp_meta = res["fingerprints"]["deepjudge"]["meta"]
     assert fp_meta["tests_tried"] == 8 and 0 <= fp_meta["tests_reached"] <= 8 and fp_meta["layer"] == 2
-    assert set(res["taus"]) == {"DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD", "DJ-RobD", "DJ-JSD"}
+    # this tiny victim resists DeepJudge's adversarial examples: RobD and JSD are degenerate, not judged
+    assert fp_meta["adv_kept"] == 0 and fp_meta["degenerate"] == ["DJ-RobD", "DJ-JSD"]
+    assert "DJ-RobD is degenerate" in out.err
+    assert set(res["taus"]) == {"DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD"}
     for metric, tau in res["taus"].items():
         assert tau == min(res["reference_values"][metric])
     copy, indep = res["suspects"]
     assert copy["path"].endswith("copy.safetensors")
+    for metric in ("DJ-RobD", "DJ-JSD"):
+        assert copy["metrics"][metric]["copy"] is None and "degenerate" in copy["metrics"][metric]["error"]
     for metric, row in copy["metrics"].items():
-        assert row["value"] == 0.0 and row["direction"] == "distance"
+        if metric in ("DJ-RobD", "DJ-JSD"):
+            continue
+        assert abs(row["value"]) < 1e-12 and row["direction"] == "distance"
         assert row["copy"] is (res["taus"][metric] > 0), metric
     assert indep["metrics"]["DJ-LOD"]["value"] > 0
     assert len(list(cache.glob("deepjudge-*.safetensors"))) == 1

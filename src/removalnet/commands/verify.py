@@ -108,6 +108,12 @@ def run(args: argparse.Namespace) -> int:
         errors: dict[str, str] = {}
         return score_model(verifiers, fps, victim, model, device=device, errors=errors), errors
 
+    # metrics a fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without a fooling example) score NaN:
+    # no threshold, no verdict, an error row
+    degenerate = {m: f"degenerate fingerprint ({v.name}: see its meta)" for v in verifiers
+                  for m in fps[v.name].meta.get("degenerate", [])}
+    for m in degenerate:
+        print(f"warning: {m} is degenerate for this victim (no test case): it is not judged", file=sys.stderr)
     taus: dict[str, float] = {}
     ref_values: dict[str, list[float]] = {m.name: [] for m in metrics}
     if args.references:
@@ -118,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # warned above
             try:  # the same calibration as everywhere: every reference scored by every verifier, then the rule
-                taus, ref_values = calibrate_models(verifiers, fps, victim, refs, rule=rule, device=device)
+                taus, ref_values = calibrate_models(verifiers, fps, victim, refs, rule=rule, device=device,
+                                                    exclude=degenerate)
             except RemovalNetError as e:
                 raise RemovalNetError(f"references: {e}") from None
 
@@ -130,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
         for m in metrics:
             row: dict[str, Any] = {"direction": m.direction, "value": values.get(m.name),
                                    "tau": taus.get(m.name), "copy": None}
-            if m.name in errors:
-                row["error"] = errors[m.name]
+            if m.name in errors or m.name in degenerate:
+                row["error"] = errors.get(m.name) or degenerate[m.name]
             elif m.name in taus:
                 row["copy"] = verdict(m, values[m.name], taus[m.name])
             rows[m.name] = row

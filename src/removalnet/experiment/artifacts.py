@@ -16,7 +16,7 @@ from typing import Any
 from ..data import balanced_subset, disjoint_split, load_dataset
 
 __all__ = ["VICTIM", "slug", "model_job", "attack_job", "fingerprint_job", "score_job", "study_job", "model_path",
-           "checkpoint_path", "fingerprint_dir", "dataset", "training_split", "verifier_data"]
+           "checkpoint_path", "fingerprint_dir", "dataset", "training_split", "verifier_data", "verifier_train_data"]
 
 #: the victim's train job
 VICTIM = "models/victim"
@@ -93,3 +93,8 @@ def verifier_data(cfg: dict[str, Any]):
     if cfg.get("verifier_count"):
         return balanced_subset(test, count=min(cfg["verifier_count"], len(test)), seed=0)
     return test
+
+
+def verifier_train_data(verifier, cfg: dict[str, Any]):
+    """The victim's training data for a verifier that reads it (DeepJudge's k, as its official script), else None."""
+    return training_split(cfg)[0] if getattr(verifier, "uses_train_data", False) else None

@@ -20,10 +20,10 @@ from ..train import TrainConfig, evaluate, train_model
 from ..utils import package_versions, seed_everything
 from ..verify import FingerprintCache, create_verifier, score_model
 from .artifacts import (VICTIM, checkpoint_path, dataset, fingerprint_dir, model_path, training_split,
-                        verifier_data)
+                        verifier_data, verifier_train_data)
 from .hooks import job_kind, register_job_kind
 
-__all__ = ["execute", "model_path", "verifier_data", "training_split"]
+__all__ = ["execute", "model_path", "verifier_data", "training_split", "verifier_train_data"]
 
 
 def _train(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
@@ -93,7 +93,8 @@ def _fingerprint(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]
     verifier = create_verifier(cfg["verifier"], **cfg["params"])
     t0 = time.perf_counter()
     fp = FingerprintCache(fingerprint_dir(run_dir)).get_or_extract(
-        verifier, victim, verifier_data(cfg), seed=cfg["seed"], device=cfg["device"])
+        verifier, victim, verifier_data(cfg), seed=cfg["seed"], device=cfg["device"],
+        train_data=verifier_train_data(verifier, cfg))
     return {"time_s": time.perf_counter() - t0, "key": fp.key}
 
 
@@ -115,7 +116,8 @@ def _score(job: dict[str, Any], run_dir: Path, fp_jobs: dict[str, dict[str, Any]
         fcfg = (fp_jobs or {})[fp_job_name]["config"]
         verifier = create_verifier(vname, **fcfg["params"])
         t0 = time.perf_counter()
-        fp = cache.get_or_extract(verifier, victim, verifier_data(fcfg), seed=fcfg["seed"], device=dev)
+        fp = cache.get_or_extract(verifier, victim, verifier_data(fcfg), seed=fcfg["seed"], device=dev,
+                                  train_data=verifier_train_data(verifier, fcfg))
         metrics.update(score_model([verifier], {vname: fp}, victim, suspect, device=dev))
         times[vname] = time.perf_counter() - t0
     metrics["score_time_s"] = times

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..attacks import create_attack
+from ..verify import create_verifier
 from .artifacts import VICTIM, attack_job, fingerprint_job, model_job, score_job, slug
 from .hooks import spec_section
 from .spec import ExperimentSpec
@@ -82,6 +83,8 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
                     models.append((j, {"role": "checkpoint", "label": a.label, "index": s, "t": t}))
     fps = []
     for vname, vparams in spec.verifiers.items():
+        # the verifier's resolved parameters (defaults included): a change of its defaults re-runs its jobs
+        vparams = create_verifier(vname, **vparams).fingerprint_params()
         j = _job("fingerprint", fingerprint_job(vname), {**data, "verifier": vname, "params": vparams,
                                                           "verifier_count": spec.verifier_count, "seed": 0,
                                                           "device": spec.device}, [victim], seed=0, gpu=gpu)

@@ -40,6 +40,7 @@ class TableData:
     checkpoints: dict[str, dict[int, dict[str, list[float]]]] = field(default_factory=dict)
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    degenerate: list[str] = field(default_factory=list)
 
 
 def load_results(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -79,7 +80,10 @@ def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = N
     scores = [r for r in rows if r["kind"] == "score" and r["status"] == "done"]
     victim = next((r for r in rows if r["kind"] == "train" and r["config"]["role"] == "victim"
                    and r["status"] == "done"), None)
-    measured = sorted({m for r in scores for m in r["metrics"] if m in known})
+    # a metric a verifier marked degenerate (NaN, e.g. DeepJudge's RobD/JSD without a fooling example) is left out
+    degenerate = sorted({m for r in scores for m, v in r["metrics"].items()
+                         if m in known and isinstance(v, float) and math.isnan(v)})
+    measured = sorted({m for r in scores for m in r["metrics"] if m in known} - set(degenerate))
     pool = [m for m in POOL_METRICS if m in measured]
     metrics = pool + [m for m in measured if m not in pool]
     refs = {m: [r["metrics"][m] for r in scores if r["config"]["role"] == "reference" and m in r["metrics"]]
@@ -130,4 +134,4 @@ def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = N
     failed = [{"name": r["name"], "status": r["status"], "error": r["error"]} for r in rows if r["status"] != "done"]
     return TableData(name=spec["name"], victim_accuracy=victim["metrics"]["accuracy"] if victim else None,
                      metrics=metrics, pool=pool, rule=rule, taus=taus, rows=table_rows, references=refs,
-                     checkpoints=checkpoints, rules=rules, failed=failed)
+                     checkpoints=checkpoints, rules=rules, failed=failed, degenerate=degenerate)

@@ -3,7 +3,9 @@
 Used by the verifiers that probe a model with adversarial inputs (ModelDiff's input pairs, DeepJudge's
 RobD/JSD). ``pgd`` maximises a per-sample loss ``loss_fn(model(x_adv), y)`` with sign-gradient steps of
 size ``alpha``, projecting after every step onto the L-inf ball of radius ``eps`` around ``x`` and onto
-[0, 1]. FGSM is ``pgd(..., steps=1, alpha=eps, random_start=False)``.
+[0, 1]. FGSM is ``pgd(..., steps=1, alpha=eps, random_start=False)``. With ``project=False`` the iterate is
+clipped to [0, 1] only, as DeepJudge's official ``adversarial_attacks.PGD`` / ``FGSM`` do (``eps`` then
+only bounds the random start).
 
 Gradients are taken with ``torch.autograd.grad`` with respect to the input only, so no ``.grad`` is
 written into the model's parameters; the model's train/eval mode is left as the caller set it (the
@@ -40,8 +42,10 @@ def _check(name: str, value, low: float, *, integer: bool = False, allow_equal: 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float, alpha: float,
         steps: int, random_start: bool = True, loss_fn: LossFn | None = None, targeted: bool = False,
-        generator: torch.Generator | None = None, batch_size: int | None = None) -> torch.Tensor:
-    """L-inf PGD: returns ``x_adv`` with ``|x_adv - x| <= eps`` and ``0 <= x_adv <= 1`` (same device as ``x``).
+        generator: torch.Generator | None = None, batch_size: int | None = None,
+        project: bool = True) -> torch.Tensor:
+    """L-inf PGD: returns ``x_adv`` with ``0 <= x_adv <= 1`` and, with ``project``, ``|x_adv - x| <= eps``
+    (same device as ``x``).
 
     Args:
         model: maps a batch of images in [0, 1] to outputs (logits).
@@ -55,6 +59,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
         generator: a CPU ``torch.Generator`` for the random start (None: the global RNG).
         batch_size: process ``x`` in chunks of this size (None: all at once). Samples are independent,
             so chunking changes nothing but memory.
+        project: project every iterate onto the eps-ball around ``x`` (False: clip to [0, 1] only).
     """
     _check("eps", eps, 0.0)
     _check("alpha", alpha, 0.0, allow_equal=False)
@@ -93,6 +98,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps
                 (grad,) = torch.autograd.grad(loss.sum() * sign, adv)
                 with torch.no_grad():
                     adv = adv + alpha * grad.sign()
-                    adv = torch.min(torch.max(adv, xb - eps), xb + eps).clamp(0.0, 1.0)
+                    if project:
+                        adv = torch.min(torch.max(adv, xb - eps), xb + eps)
+                    adv = adv.clamp(0.0, 1.0)
             out.append(adv.detach())
     return torch.cat(out)

@@ -283,6 +283,8 @@ class Verifier(abc.ABC):
     metrics: ClassVar[tuple[Metric, ...]]
     defaults: ClassVar[dict[str, Any]] = {}
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    #: True when ``_extract`` also takes ``train_data`` (the victim's training data, e.g. DeepJudge's k)
+    uses_train_data: ClassVar[bool] = False
     _base_defaults: ClassVar[dict[str, Any]] = {"batch_size": 256}
 
     def __init__(self, **params: Any):
@@ -308,14 +310,25 @@ class Verifier(abc.ABC):
     def fingerprint_params(self) -> dict:
         return {k: v for k, v in self.params.items() if k not in self.runtime_params}
 
-    def key(self, victim: nn.Module, data: Dataset, *, seed: int = 0) -> str:
-        """The key the fingerprint of (this verifier, victim, data, seed) will have."""
-        return fingerprint_key(self.name, self.fingerprint_params(), weights_hash(victim), seed, data_digest(data))
+    def key(self, victim: nn.Module, data: Dataset, *, seed: int = 0, train_data: Dataset | None = None) -> str:
+        """The key the fingerprint of (this verifier, victim, data[, train_data], seed) will have."""
+        return fingerprint_key(self.name, self.fingerprint_params(), weights_hash(victim), seed,
+                               self._data_digest(data, train_data))
+
+    def _data_digest(self, data: Dataset, train_data: Dataset | None) -> str:
+        if train_data is None:
+            return data_digest(data)
+        if not self.uses_train_data:
+            raise RemovalNetError(f"verifier {self.name!r} takes no training data")
+        return f"{data_digest(data)}+train:{data_digest(train_data)}"
 
     # ------------------------------------------------------------------------------------ extraction
     def extract(self, victim: nn.Module, data: Dataset, *, seed: int = 0,
-                device: str | torch.device | None = None) -> Fingerprint:
-        """E(F_V, D_fp): build the fingerprint from the verifier's own data ``data`` (a Dataset of (x, y))."""
+                device: str | torch.device | None = None, train_data: Dataset | None = None) -> Fingerprint:
+        """E(F_V, D_fp): build the fingerprint from the verifier's own data ``data`` (a Dataset of (x, y)).
+
+        ``train_data``: the victim's training data, for verifiers with ``uses_train_data`` only (part of the key).
+        """
         dev = resolve_device(device)
         if not isinstance(victim, nn.Module):
             raise RemovalNetError(f"the victim must be a torch model (nn.Module), got {type(victim).__name__}")
@@ -326,11 +339,12 @@ class Verifier(abc.ABC):
         if n == 0:
             raise RemovalNetError("the verifier's data set is empty")
         vhash = weights_hash(victim)
-        digest = data_digest(data)
+        digest = self._data_digest(data, train_data)
+        extra = {"train_data": train_data} if self.uses_train_data else {}
         generator = seed_everything(seed)
         t0 = time.perf_counter()
         with prepared_models(victim, device=dev):
-            tensors, meta = self._extract(victim, data, seed=seed, generator=generator, device=dev)
+            tensors, meta = self._extract(victim, data, seed=seed, generator=generator, device=dev, **extra)
         elapsed = time.perf_counter() - t0
         if weights_hash(victim) != vhash:
             raise AssertionError(f"{self.name}: extraction modified the victim's weights")
@@ -442,14 +456,14 @@ class FingerprintCache:
         return self.directory / f"{verifier.name}-{key[:24]}"
 
     def get_or_extract(self, verifier: Verifier, victim: nn.Module, data: Dataset, *, seed: int = 0,
-                       device: str | torch.device | None = None) -> Fingerprint:
-        key = verifier.key(victim, data, seed=seed)
+                       device: str | torch.device | None = None, train_data: Dataset | None = None) -> Fingerprint:
+        key = verifier.key(victim, data, seed=seed, train_data=train_data)
         path = self.path_for(verifier, key)
         if Fingerprint._paths(path)[1].is_file():
             fp = Fingerprint.load(path)
             if fp.key == key:
                 return fp
-        fp = verifier.extract(victim, data, seed=seed, device=device)
+        fp = verifier.extract(victim, data, seed=seed, device=device, train_data=train_data)
         if fp.key != key:
             raise AssertionError(f"{verifier.name}: fingerprint key changed during extraction")
         fp.save(path)

@@ -1,76 +1,97 @@
 """DeepJudge (Chen et al., S&P 2022): white-box testing metrics between a victim and a suspect.
 
-Six distances (all "distance": larger = less related), paper section 2.3:
+Official code: Testing4AI/DeepJudge (``DeepJudge/metrics.py``, ``neuron_fuzz.py``, ``adversarial_attacks.py``).
+Six distances (all "distance": larger = less related); docs/verifiers.md says where we follow the official
+code and where we deliberately differ.
 
-* DJ-LOD, eq. (1): mean over test cases of || a_V(x) - a_S(x) ||_p, where a(x) is the layer-l output
-  averaged over space per channel (a "neuron" is a CHANNEL; layout NCHW, channel axis 1).
-* DJ-LAD, eq. (2): per test case, min-max normalise a(x) over the channels and call a neuron active
-  when the normalised value is strictly greater than ``threshold`` (0.5); the L1 difference of the two
-  activation patterns, averaged over neurons and test cases.
-* DJ-NOD / DJ-NAD: the same two formulas at the output layer (the logits), on the seeds and the test
-  cases together.
-* DJ-RobD: | acc_V(adv) - acc_S(adv) |, accuracies on PGD adversarial examples made from the victim
-  on the seeds. The labels are the seeds' true labels, which are also the victim's predictions on
-  them (seeds are correctly classified by construction).
-* DJ-JSD: mean Jensen-Shannon divergence (natural log, in [0, ln 2]) of the two models' softmax
-  outputs on the same adversarial examples.
+A NEURON is one unit of the tested layer's output after averaging all other axes: a channel of a conv output
+(N, C, H, W) averaged over H and W, a hidden unit of a transformer block output (N, tokens, hidden) averaged
+over the tokens (the official Keras code takes the last axis as neurons; tokens are never neurons). Every
+white-box test case belongs to one tested neuron (the one it was generated for).
+
+* DJ-LOD, eq. (1), official ``LOD``: mean over test cases of || a_V(x) - a_S(x) ||_p over all neurons (p = 2).
+* DJ-LAD, official ``LAD``: per test case, min-max normalise the neuron vector as the official code does,
+  (a - min) / (max - min + 1e-6), active = value > ``threshold`` (0.5); the L1 norm of the difference of the
+  two activation patterns (``lad_reduction="sum"``, the official default, values like the paper's tables) or
+  its mean over neurons (``"mean"``, the paper's eq. 2 with 1/N_l, values <= 1); averaged over test cases.
+* DJ-NOD, official ``NOD``: | a_V(x)[c] - a_S(x)[c] | of each test case's OWN neuron c, averaged over all
+  test cases.
+* DJ-NAD, official ``NAD``: the same on the thresholded activations of the test case's neuron, averaged over
+  the test cases, times the number of tested neurons.
+* DJ-RobD: | Rob(F_V) - Rob(F_S) |, Rob = accuracy on the black-box test cases (official ``Rob``). The official
+  test cases are the victim's adversarial examples that FOOL the victim, so Rob(F_V) = 0 and RobD = Rob(F_S),
+  which is what the official ``blackbox_evaluation.py`` prints as "RobD"; we compute Rob(F_V) on the kept
+  examples all the same (it is 0 by construction).
+* DJ-JSD, official ``JSD``: mean Jensen-Shannon divergence (natural log, in [0, ln 2]) of the two models'
+  softmax outputs on the same adversarial examples.
 
 Fingerprint (``extract``):
 
 1. Seeds: the victim's correctly classified images of the verifier's data, ranked by the confidence
-   sum_k softmax(F_V(x))_k^2 (computed on probabilities: a public port ranks by raw logits), the top
-   ``num_seeds`` (default 100, the reference's size).
-2. White-box test generation at ``layer`` (default: the victim's ``default_layer``): per channel c,
-   k_c = m * max over the seeds of a_c(seed) (m = 3). (seed, channel) pairs, assigned round-robin so
-   that every channel gets seeds before any gets a second one, are optimised together: gradient
-   ascent on a_c(x) w.r.t. the input with Adam at learning rate ``step`` (0.01), as the reference
-   implementation does, x clipped to [0, 1] after every step, for up to ``max_iters`` iterations
-   (reference 1000); a pair becomes a test case as soon as a_c(x) > k_c. Up to ``batch_size`` pairs
-   are in flight at once and a finished pair is replaced by the next one, so batches stay full; Adam's
-   state is per element, so each pair follows exactly the path it would follow alone. At most
-   ``max_tests`` pairs are tried (default 256; the reference tries every seed with every channel,
-   ``max_tests = num_seeds * C``); how many reached k is recorded in the fingerprint's meta. If none
-   does, every tried pair's last iterate is kept and a warning is given. The cost is dominated by the
-   pairs that never reach k, which run all ``max_iters`` iterations.
-3. PGD (L_inf, untargeted, from the victim, random start) on the seeds: ``pgd_eps`` 0.03, ``pgd_steps``
-   10, step ``pgd_eps / 4``. The DeepJudge reference uses eps 0.03..0.1 and 10..40 steps. The seeds are
-   the victim's most confident images, so a small budget may leave the victim fully accurate on them
-   (seen on Fashion-MNIST at eps 0.03: victim adversarial accuracy 1.0); RobD is then 0 against every
-   suspect that is as robust, and carries no evidence. ``victim_adv_accuracy`` in the fingerprint's
-   meta tells; raise ``pgd_eps`` / ``pgd_steps`` towards the reference's upper values when it is 1.0.
+   sum_k softmax(F_V(x))_k^2 (on probabilities: a public port ranks by raw logits), the top ``num_seeds``
+   (default 100, the official ``NUMS``).
+2. White-box test generation at ``layer`` (default: the victim's ``default_layer``), official
+   ``NeuronFuzzing``: k_c = m * max of neuron c over the first ``k_images`` images of the victim's TRAINING
+   data (official: 20,000; ``extract(..., train_data=...)``); without training data, over the seeds (what the
+   official code does when it is given no training set; ``k_source`` in the meta says which). (seed, neuron)
+   pairs, assigned round-robin so that every neuron gets seeds before any gets a second one, are optimised
+   together: gradient ascent on a_c(x) w.r.t. the input with Adam at learning rate ``step`` (0.01), x clipped
+   to [0, 1] after every step (the official code does not clip), for up to ``max_iters`` iterations (1000); a
+   pair becomes a test case as soon as a_c(x) > k_c. Up to ``batch_size`` pairs are in flight at once; Adam's
+   state is per element, so each pair follows exactly the path it would follow alone. At most ``max_tests``
+   pairs are tried (default 256; the official code tries every seed with every neuron, ``num_seeds * C``);
+   how many reached k is recorded in the meta. If none does, every tried pair's last iterate is kept and a
+   warning is given.
+3. Black-box test cases from the victim on the seeds, official ``adversarial_attacks.PGD`` with the
+   generation script's settings: random start uniform in [-``pgd_eps``, ``pgd_eps``] (0.1), ``pgd_steps`` (10)
+   sign-gradient steps of ``pgd_step_size`` (0.03) on the cross-entropy of the true labels, clipped to [0, 1]
+   only (no projection to the eps-ball, as the official code); ``adv_method="fgsm"``: the official ``FGSM``
+   (random start, one step of ``pgd_eps``). Only the examples that fool the victim are kept; how many is
+   ``adv_kept`` in the meta. None kept: a warning at extraction, ``degenerate`` in the meta lists DJ-RobD and
+   DJ-JSD, and their score is NaN (never a silent 0; the threshold code refuses to judge NaN).
 
 The fingerprint stores these inputs and the victim's values on them; ``score`` runs only the suspect.
 
 Limitation, measured in the tests: DeepJudge is white-box and assumes the two models' neurons are
 aligned (same architecture, channel c of the victim is channel c of the suspect). Permuting the
 output channels of a convolution (with its BatchNorm) and the input channels of the next convolution
-leaves the function unchanged, so predictions, DJ-NOD and DJ-NAD do not move, yet DJ-LOD and DJ-LAD
-at that layer do: a copy can be disguised for the layer metrics at no cost in accuracy.
+leaves the function unchanged, so predictions, DJ-RobD and DJ-JSD do not move, yet all four white-box
+metrics at that layer do (DJ-NOD and DJ-NAD included: they read neuron c of both models).
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..utils import RemovalNetError
 from .adversarial import pgd
-from .base import (Fingerprint, Metric, Verifier, batched_apply, check_bool, check_float, check_int,
+from .base import (Fingerprint, Metric, Verifier, batched_apply, check_bool, check_choice, check_float, check_int,
                    dataset_tensors, register_verifier)
 
-__all__ = ["DeepJudge", "channel_means", "lod", "lad", "jsd", "robd", "seed_confidence", "select_seeds",
-           "generate_tests"]
+__all__ = ["DeepJudge", "channel_means", "lod", "lad", "nod", "nad", "jsd", "robd", "seed_confidence",
+           "select_seeds", "generate_tests", "neuron_max", "adversarial_tests"]
 
 
 # --------------------------------------------------------------------------- metric math (pure functions)
+LAD_REDUCTIONS = ("sum", "mean")
+ADV_METHODS = ("pgd", "fgsm")
+
+
 def channel_means(z: torch.Tensor) -> torch.Tensor:
-    """(N, C, *spatial) -> (N, C): each channel averaged over its spatial positions. (N, C) is returned as is."""
+    """Neuron values (N, neurons): (N, C, *spatial) -> each channel averaged over its spatial positions;
+    (N, tokens, hidden) -> each hidden unit averaged over the tokens; (N, C) is returned as is."""
     if z.dim() < 2:
-        raise RemovalNetError(f"expected activations of shape (N, C, ...), got {tuple(z.shape)}")
-    return z if z.dim() == 2 else z.flatten(2).mean(dim=2)
+        raise RemovalNetError(f"expected activations of shape (N, C, ...) or (N, tokens, hidden), got {tuple(z.shape)}")
+    if z.dim() == 2:
+        return z
+    if z.dim() == 3:          # transformer block output: neurons are the LAST axis (official: mean of all others)
+        return z.mean(dim=1)
+    return z.flatten(2).mean(dim=2)
 
 
 def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,25 +105,54 @@ def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def lod(a: torch.Tensor, b: torch.Tensor, p: float = 2.0) -> float:
-    """Eq. (1): mean over test cases of the L_p norm of the difference of the channel means."""
+    """Eq. (1), official ``LOD``: mean over test cases of the L_p norm of the difference of the neuron values."""
     a, b = _pair(a, b)
     return float(torch.linalg.vector_norm(a - b, ord=p, dim=1).mean())
 
 
 def _active(a: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Official ``normalize`` then ``> theta``: per row (a - min) / (max - min + 1e-6) > threshold."""
     lo, hi = a.min(dim=1, keepdim=True).values, a.max(dim=1, keepdim=True).values
-    rng = hi - lo
-    scaled = torch.where(rng > 0, (a - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(a))
-    return scaled > threshold
+    return (a - lo) / (hi - lo + 1e-6) > threshold
 
 
-def lad(a: torch.Tensor, b: torch.Tensor, threshold: float = 0.5) -> float:
-    """Eq. (2): per test case min-max normalise over channels, active = value > threshold; mean |phi_V - phi_S|.
-
-    A test case whose channels are all equal has no active neuron.
-    """
+def lad(a: torch.Tensor, b: torch.Tensor, threshold: float = 0.5, reduction: str = "sum") -> float:
+    """Official ``LAD``: per test case the L1 norm (``"sum"``) or the mean (``"mean"``, eq. 2) over neurons of
+    |phi_V - phi_S|, phi = thresholded min-max normalised neuron values; averaged over test cases."""
+    if reduction not in LAD_REDUCTIONS:
+        raise RemovalNetError(f"lad reduction must be one of {LAD_REDUCTIONS}, got {reduction!r}")
     a, b = _pair(a, b)
-    return float((_active(a, threshold) != _active(b, threshold)).double().mean())
+    diff = (_active(a, threshold) != _active(b, threshold)).double()
+    per_case = diff.sum(dim=1) if reduction == "sum" else diff.mean(dim=1)
+    return float(per_case.mean())
+
+
+def _own_neuron(a: torch.Tensor, b: torch.Tensor, neuron: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    a, b = _pair(a, b)
+    neuron = torch.as_tensor(neuron, dtype=torch.long).reshape(-1)
+    if len(neuron) != a.shape[0]:
+        raise RemovalNetError(f"{len(neuron)} neuron indices for {a.shape[0]} test cases")
+    if len(neuron) and (int(neuron.min()) < 0 or int(neuron.max()) >= a.shape[1]):
+        raise RemovalNetError(f"neuron index out of range for a layer of {a.shape[1]} neurons")
+    return a, b, neuron
+
+
+def nod(a: torch.Tensor, b: torch.Tensor, neuron: torch.Tensor) -> float:
+    """Official ``NOD``: mean over test cases i of | a[i, neuron[i]] - b[i, neuron[i]] | (each test case's own
+    tested neuron)."""
+    a, b, neuron = _own_neuron(a, b, neuron)
+    rows = torch.arange(a.shape[0])
+    return float((a[rows, neuron] - b[rows, neuron]).abs().mean())
+
+
+def nad(a: torch.Tensor, b: torch.Tensor, neuron: torch.Tensor, num_neurons: int, threshold: float = 0.5) -> float:
+    """Official ``NAD``: mean over test cases of |phi_V - phi_S| at the test case's own neuron (phi as in
+    :func:`lad`), times ``num_neurons``, the number of tested neurons."""
+    a, b, neuron = _own_neuron(a, b, neuron)
+    rows = torch.arange(a.shape[0])
+    diff = (_active(a, threshold)[rows, neuron] != _active(b, threshold)[rows, neuron]).double()
+    return float(diff.mean()) * int(num_neurons)
 
 
 def jsd(p: torch.Tensor, q: torch.Tensor) -> float:
@@ -117,7 +167,7 @@ def jsd(p: torch.Tensor, q: torch.Tensor) -> float:
 
 
 def robd(acc_victim: float, acc_suspect: float) -> float:
-    """RobD = |Rob(F_V) - Rob(F_S)|, robustness = accuracy on the victim's adversarial examples."""
+    """RobD = |Rob(F_V) - Rob(F_S)|, Rob = accuracy on the black-box test cases (official ``Rob``)."""
     return abs(float(acc_victim) - float(acc_suspect))
 
 
@@ -135,22 +185,32 @@ def select_seeds(logits: torch.Tensor, labels: torch.Tensor, num: int) -> torch.
 
 
 # ------------------------------------------------------------------------------------ input optimisation
+def neuron_max(model: nn.Module, layer: int, x: torch.Tensor, *, batch_size: int = 256,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Official ``NeuronFuzzing.getKs`` without the factor m: the maximum of every neuron of ``layer`` over ``x``."""
+    return layer_means(model, layer, x, batch_size=batch_size, device=torch.device(device)).max(dim=0).values
+
+
 def generate_tests(model: nn.Module, layer: int, seeds: torch.Tensor, *, m: float = 3.0, step: float = 0.01,
                    max_iters: int = 1000, max_tests: int = 256, batch_size: int = 256,
-                   device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+                   device: torch.device | str = "cpu", neuron_maxima: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
     """DeepJudge white-box test generation at ``layer`` (see the module docstring), batched over pairs.
 
-    Returns CPU tensors: ``k`` (C,), and for every tried pair ``x`` (its test case: the first iterate above
-    k, else the last iterate), ``seed``, ``channel``, ``reached`` (bool) and ``iters`` (iterations used).
+    ``neuron_maxima``: every neuron's maximum over the official k data (the training images); None: over the
+    seeds. k = m * neuron_maxima. Returns CPU tensors: ``k`` (C,), and for every tried pair ``x`` (its test
+    case: the first iterate above k, else the last iterate), ``seed``, ``channel`` (the tested neuron),
+    ``reached`` (bool) and ``iters`` (iterations used).
     """
     device = torch.device(device)
 
     def acts(x: torch.Tensor) -> torch.Tensor:
         return channel_means(model.head(x, layer))
 
-    seed_acts = batched_apply(acts, seeds, batch_size=batch_size, device=device)
-    k = m * seed_acts.max(dim=0).values                                    # (C,)
-    num_seeds, num_channels = seeds.shape[0], seed_acts.shape[1]
+    if neuron_maxima is None:
+        neuron_maxima = neuron_max(model, layer, seeds, batch_size=batch_size, device=device)
+    k = m * neuron_maxima.float()                                          # (C,)
+    num_seeds, num_channels = seeds.shape[0], len(k)
     # round-robin: round j gives channel c the seed (c + j) mod S, so all (seed, channel) pairs are distinct
     total = min(max_tests, num_seeds * num_channels)
     t = torch.arange(total)
@@ -202,6 +262,29 @@ def generate_tests(model: nn.Module, layer: int, seeds: torch.Tensor, *, m: floa
     return {"k": k, "x": xs, "seed": seed_idx, "channel": channel, "reached": reached, "iters": iters}
 
 
+# ---------------------------------------------------------------------------------- black-box test cases
+def adversarial_tests(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: str = "pgd", eps: float = 0.1,
+                      steps: int = 10, step_size: float = 0.03, random_start: bool = True,
+                      generator: torch.Generator | None = None, batch_size: int = 256,
+                      device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Official ``adversarial_attacks.PGD`` / ``FGSM`` on ``(x, y)``: random start uniform in [-eps, eps],
+    sign-gradient steps of ``step_size`` (PGD, ``steps`` of them) or one step of ``eps`` (FGSM) on the
+    cross-entropy of ``y``, clipped to [0, 1] only (no eps-ball projection, as the official code).
+
+    Returns ``(adv_x, logits, fooled)`` for every input (CPU): the model's logits on ``adv_x`` and whether it
+    misclassifies them; the official generator keeps only the ``fooled`` rows.
+    """
+    if method not in ADV_METHODS:
+        raise RemovalNetError(f"adversarial method must be one of {ADV_METHODS}, got {method!r}")
+    device = torch.device(device)
+    if method == "fgsm":
+        steps, step_size = 1, eps
+    adv = pgd(model, x.to(device), y.to(device), eps=eps, alpha=step_size, steps=steps, random_start=random_start,
+              generator=generator, batch_size=batch_size, project=False).cpu()
+    logits = batched_apply(model, adv, batch_size=batch_size, device=device)
+    return adv, logits, logits.argmax(1) != y.cpu()
+
+
 # --------------------------------------------------------------------------------------------- verifier
 def _require_split(model: nn.Module, who: str, layer: int) -> None:
     if not hasattr(model, "head") or not hasattr(model, "check_layer"):
@@ -212,8 +295,8 @@ def _require_split(model: nn.Module, who: str, layer: int) -> None:
 
 def layer_means(model: nn.Module, layer: int, x: torch.Tensor, *, batch_size: int, device: torch.device,
                 victim_means: torch.Tensor | None = None) -> torch.Tensor:
-    """Channel means of block ``layer``'s output on ``x`` (N x C); with ``victim_means``, the suspect's, checked
-    to have the victim's channel count."""
+    """Neuron values (:func:`channel_means`) of block ``layer``'s output on ``x`` (N x C); with ``victim_means``,
+    the suspect's, checked to have the victim's neuron count."""
     acts = batched_apply(lambda z: channel_means(model.head(z, layer)), x, batch_size=batch_size, device=device)
     if victim_means is not None and acts.shape[1] != victim_means.shape[1]:
         raise RemovalNetError(
@@ -227,17 +310,19 @@ class DeepJudge(Verifier):
     """DeepJudge's six testing metrics (DJ-LOD, DJ-LAD, DJ-NOD, DJ-NAD, DJ-RobD, DJ-JSD); module docstring for details.
 
     Parameters: ``layer`` (None = the victim's default_layer), ``num_seeds`` 100, ``m`` 3.0, ``step`` 0.01,
-    ``max_iters`` 1000, ``max_tests`` 256, ``p`` 2.0 (LOD/NOD norm), ``threshold`` 0.5 (LAD/NAD),
-    ``pgd_eps`` 0.03, ``pgd_steps`` 10, ``pgd_step_size`` None (= pgd_eps / 4), ``pgd_random_start`` True,
-    ``batch_size`` 256.
+    ``max_iters`` 1000, ``max_tests`` 256, ``k_images`` 20000 (training images for k, when ``extract`` is
+    given ``train_data``), ``p`` 2.0 (LOD norm), ``threshold`` 0.5 (LAD/NAD), ``lad_reduction`` "sum" (official)
+    or "mean" (eq. 2), ``adv_method`` "pgd" (official default) or "fgsm", ``pgd_eps`` 0.1, ``pgd_steps`` 10,
+    ``pgd_step_size`` 0.03, ``pgd_random_start`` True, ``batch_size`` 256.
     """
 
     name = "deepjudge"
     metrics = (Metric("DJ-LOD", "distance"), Metric("DJ-LAD", "distance"), Metric("DJ-NOD", "distance"),
                Metric("DJ-NAD", "distance"), Metric("DJ-RobD", "distance"), Metric("DJ-JSD", "distance"))
     defaults = {"layer": None, "num_seeds": 100, "m": 3.0, "step": 0.01, "max_iters": 1000, "max_tests": 256,
-                "p": 2.0, "threshold": 0.5, "pgd_eps": 0.03, "pgd_steps": 10, "pgd_step_size": None,
-                "pgd_random_start": True}
+                "k_images": 20000, "p": 2.0, "threshold": 0.5, "lad_reduction": "sum", "adv_method": "pgd",
+                "pgd_eps": 0.1, "pgd_steps": 10, "pgd_step_size": 0.03, "pgd_random_start": True}
+    uses_train_data = True
 
     def _check_params(self) -> None:
         P = self.params
@@ -247,11 +332,14 @@ class DeepJudge(Verifier):
         check_float(P, "step", minimum=0.0, min_exclusive=True)
         check_int(P, "max_iters", minimum=0)
         check_int(P, "max_tests", minimum=1)
+        check_int(P, "k_images", minimum=1)
         check_float(P, "p", minimum=1.0)
         check_float(P, "threshold", minimum=0.0, maximum=1.0)
+        check_choice(P, "lad_reduction", LAD_REDUCTIONS)
+        check_choice(P, "adv_method", ADV_METHODS)
         check_float(P, "pgd_eps", minimum=0.0, min_exclusive=True, maximum=1.0)
-        check_int(P, "pgd_steps", minimum=0)
-        check_float(P, "pgd_step_size", minimum=0.0, min_exclusive=True, allow_none=True)
+        check_int(P, "pgd_steps", minimum=1)
+        check_float(P, "pgd_step_size", minimum=0.0, min_exclusive=True)
         check_bool(P, "pgd_random_start")
 
     def _layer(self, victim: nn.Module) -> int:
@@ -261,7 +349,20 @@ class DeepJudge(Verifier):
         _require_split(victim, "victim", layer)
         return layer
 
-    def _extract(self, victim, data: Dataset, *, seed: int, generator: torch.Generator, device: torch.device):
+    def _neuron_maxima(self, victim, layer: int, train_data: Dataset, device: torch.device) -> torch.Tensor:
+        """Every neuron's maximum over the first ``k_images`` training images (streamed, never stacked)."""
+        n = min(self.params["k_images"], len(train_data))  # type: ignore[arg-type]
+        if n == 0:
+            raise RemovalNetError("DeepJudge was given an empty training set for k")
+        best = None
+        bs = self.params["batch_size"]
+        for x, _ in DataLoader(Subset(train_data, range(n)), batch_size=bs, shuffle=False, num_workers=0):
+            a = neuron_max(victim, layer, torch.as_tensor(x, dtype=torch.float32), batch_size=bs, device=device)
+            best = a if best is None else torch.maximum(best, a)
+        return best
+
+    def _extract(self, victim, data: Dataset, *, seed: int, generator: torch.Generator, device: torch.device,
+                 train_data: Dataset | None = None):
         P, bs = self.params, self.params["batch_size"]
         layer = self._layer(victim)
         # 1. seeds: one batched pass over the verifier's data
@@ -276,42 +377,52 @@ class DeepJudge(Verifier):
             raise RemovalNetError("DeepJudge found no correctly classified image in the verifier's data: "
                                   "is this the victim's test set?")
         seeds_x, seeds_y = dataset_tensors(data, order.tolist(), batch_size=bs)
-        # 2. white-box test cases at the layer
+        # 2. white-box test cases at the layer; k from the training data (official) or the seeds
+        maxima = None if train_data is None else self._neuron_maxima(victim, layer, train_data, device)
         gen = generate_tests(victim, layer, seeds_x, m=P["m"], step=P["step"], max_iters=P["max_iters"],
-                             max_tests=P["max_tests"], batch_size=bs, device=device)
+                             max_tests=P["max_tests"], batch_size=bs, device=device, neuron_maxima=maxima)
         reached = gen["reached"]
         fallback = not bool(reached.any())
         keep = torch.ones_like(reached) if fallback else reached
         if fallback:
-            warnings.warn(f"DeepJudge: no test case reached k = {P['m']} x the seeds' maximum activation in "
+            warnings.warn(f"DeepJudge: no test case reached k = {P['m']} x the neurons' maximum activation in "
                           f"{P['max_iters']} iterations at layer {layer}; using the last iterates instead "
                           "(raise max_iters or lower m)", stacklevel=3)
         tests_x = gen["x"][keep]
-
         victim_layer = layer_means(victim, layer, tests_x, batch_size=bs, device=device)
-        victim_out = batched_apply(victim, torch.cat([seeds_x, tests_x]), batch_size=bs, device=device)
-        # 3. adversarial examples from the victim on the seeds
-        step_size = P["pgd_step_size"] if P["pgd_step_size"] is not None else P["pgd_eps"] / 4
-        adv_x = pgd(victim, seeds_x.to(device), seeds_y.to(device), eps=P["pgd_eps"], alpha=step_size,
-                    steps=P["pgd_steps"], random_start=P["pgd_random_start"], generator=generator,
-                    batch_size=bs).cpu()
-        adv_logits = batched_apply(victim, adv_x, batch_size=bs, device=device)
-        victim_adv_acc = (adv_logits.argmax(1) == seeds_y).double().mean().reshape(1)
+        # 3. black-box test cases: the victim's adversarial examples on the seeds that fool it (official)
+        adv_all, adv_logits_all, fooled = adversarial_tests(
+            victim, seeds_x, seeds_y, method=P["adv_method"], eps=P["pgd_eps"], steps=P["pgd_steps"],
+            step_size=P["pgd_step_size"], random_start=P["pgd_random_start"], generator=generator,
+            batch_size=bs, device=device)
+        adv_x, adv_y, adv_logits = adv_all[fooled], seeds_y[fooled], adv_logits_all[fooled]
+        kept = int(fooled.sum())
+        if kept == 0:
+            warnings.warn(f"DeepJudge: none of the {len(seeds_x)} adversarial examples ({P['adv_method']}, eps "
+                          f"{P['pgd_eps']}) fools the victim, so DJ-RobD and DJ-JSD have no test case and will be "
+                          "NaN (raise pgd_eps / pgd_steps)", stacklevel=3)
+            victim_adv_acc = torch.zeros(0, dtype=torch.float64)      # no example: no accuracy (not 0, not NaN)
+        else:
+            victim_adv_acc = (adv_logits.argmax(1) == adv_y).double().mean().reshape(1)
         per_channel = torch.bincount(gen["channel"][reached], minlength=len(gen["k"]))
         tensors = {
             "seeds_x": seeds_x, "seeds_y": seeds_y, "k": gen["k"],
             "tests_x": tests_x, "tests_seed": gen["seed"][keep], "tests_channel": gen["channel"][keep],
-            "victim_layer": victim_layer, "victim_logits": victim_out,
-            "adv_x": adv_x, "adv_y": seeds_y.clone(), "victim_adv_logits": adv_logits,
-            "victim_adv_acc": victim_adv_acc,
+            "victim_layer": victim_layer,
+            "adv_x": adv_x, "adv_y": adv_y, "victim_adv_logits": adv_logits, "victim_adv_acc": victim_adv_acc,
         }
         meta = {
             "layer": layer, "num_channels": int(len(gen["k"])), "num_seeds": int(len(seeds_x)),
             "correct_in_data": int((logits_all.argmax(1) == labels_all).sum()),
+            "k_source": "seeds" if train_data is None else "train_data",
+            "k_images_used": int(len(seeds_x)) if train_data is None else min(P["k_images"], len(train_data)),
             "tests_tried": int(len(reached)), "tests_reached": int(reached.sum()), "tests_kept": int(len(tests_x)),
+            "tested_neurons": int(len(torch.unique(gen["channel"]))),
             "fallback_unreached": fallback, "channels_reached": int((per_channel > 0).sum()),
             "mean_iters_reached": float(gen["iters"][reached].double().mean()) if reached.any() else None,
-            "pgd_step_size": step_size, "victim_adv_accuracy": float(victim_adv_acc),
+            "adv_tried": int(len(seeds_x)), "adv_kept": kept,
+            "victim_adv_accuracy": None if kept == 0 else float(victim_adv_acc),
+            "degenerate": [] if kept else ["DJ-RobD", "DJ-JSD"],
         }
         return tensors, meta
 
@@ -322,16 +433,24 @@ class DeepJudge(Verifier):
 
         s_layer = layer_means(suspect, layer, T["tests_x"], batch_size=bs, device=device,
                               victim_means=T["victim_layer"])
-        s_out = batched_apply(suspect, torch.cat([T["seeds_x"], T["tests_x"]]), batch_size=bs, device=device)
-        s_adv = batched_apply(suspect, T["adv_x"], batch_size=bs, device=device)
-        if s_out.shape != T["victim_logits"].shape:
-            raise RemovalNetError(f"the suspect outputs {s_out.shape[1]} classes, the victim {T['victim_logits'].shape[1]}")
-        s_acc = float((s_adv.argmax(1) == T["adv_y"]).double().mean())
-        return {
+        out = {
             "DJ-LOD": lod(T["victim_layer"], s_layer, P["p"]),
-            "DJ-LAD": lad(T["victim_layer"], s_layer, P["threshold"]),
-            "DJ-NOD": lod(T["victim_logits"], s_out, P["p"]),
-            "DJ-NAD": lad(T["victim_logits"], s_out, P["threshold"]),
-            "DJ-RobD": robd(float(T["victim_adv_acc"][0]), s_acc),
-            "DJ-JSD": jsd(F.softmax(T["victim_adv_logits"].double(), dim=1), F.softmax(s_adv.double(), dim=1)),
+            "DJ-LAD": lad(T["victim_layer"], s_layer, P["threshold"], P["lad_reduction"]),
+            "DJ-NOD": nod(T["victim_layer"], s_layer, T["tests_channel"]),
+            "DJ-NAD": nad(T["victim_layer"], s_layer, T["tests_channel"], int(fp.meta["tested_neurons"]),
+                          P["threshold"]),
         }
+        out.update(self._blackbox(T, suspect, bs=bs, device=device))
+        return out
+
+    @staticmethod
+    def _blackbox(T: dict[str, torch.Tensor], suspect, *, bs: int, device: torch.device) -> dict[str, float]:
+        if len(T["adv_x"]) == 0:       # degenerate fingerprint (warned at extraction): no evidence, not 0
+            return {"DJ-RobD": math.nan, "DJ-JSD": math.nan}
+        s_adv = batched_apply(suspect, T["adv_x"], batch_size=bs, device=device)
+        if s_adv.shape != T["victim_adv_logits"].shape:
+            raise RemovalNetError(f"the suspect outputs {s_adv.shape[1]} classes, "
+                                  f"the victim {T['victim_adv_logits'].shape[1]}")
+        s_acc = float((s_adv.argmax(1) == T["adv_y"]).double().mean())
+        return {"DJ-RobD": robd(float(T["victim_adv_acc"][0]), s_acc),
+                "DJ-JSD": jsd(F.softmax(T["victim_adv_logits"].double(), dim=1), F.softmax(s_adv.double(), dim=1))}

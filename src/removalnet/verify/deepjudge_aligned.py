@@ -6,7 +6,8 @@ whose hidden channels were permuted (a function-preserving change that costs not
 first matches channels: on the fingerprint's inputs (DeepJudge's seeds and test cases) it correlates every
 victim channel's mean activation with every suspect channel's and solves the linear assignment that
 maximises the total correlation (Hungarian, scipy); LOD and LAD are then computed on the matched channels
-(metrics ``DJA-LOD``, ``DJA-LAD``). A permuted copy gets exactly the LOD/LAD of the unpermuted one.
+(metrics ``DJA-LOD``, ``DJA-LAD``; DJA-LAD sums over neurons or averages as DeepJudge's ``lad_reduction``
+says, the official sum by default). A permuted copy gets exactly the LOD/LAD of the unpermuted one.
 Reference models are matched the same way, so tau stays honest: matching can only lower their distances too.
 
 Parameters and fingerprint are DeepJudge's (same seeds, test cases and layer); the fingerprint also stores
@@ -42,8 +43,10 @@ class DeepJudgeAligned(DeepJudge):
     name = "deepjudge_aligned"
     metrics = (Metric("DJA-LOD", "distance"), Metric("DJA-LAD", "distance"))
 
-    def _extract(self, victim, data, *, seed: int, generator: torch.Generator, device: torch.device):
-        tensors, meta = super()._extract(victim, data, seed=seed, generator=generator, device=device)
+    def _extract(self, victim, data, *, seed: int, generator: torch.Generator, device: torch.device,
+                 train_data=None):
+        tensors, meta = super()._extract(victim, data, seed=seed, generator=generator, device=device,
+                                         train_data=train_data)
         layer = int(meta["layer"])
         inputs = torch.cat([tensors["seeds_x"], tensors["tests_x"]])
         tensors["victim_align"] = layer_means(victim, layer, inputs, batch_size=self.params["batch_size"],
@@ -60,4 +63,4 @@ class DeepJudgeAligned(DeepJudge):
         perm = match_channels(T["victim_align"], s_align)
         s_layer = s_align[len(T["seeds_x"]):][:, perm]
         return {"DJA-LOD": lod(T["victim_layer"], s_layer, P["p"]),
-                "DJA-LAD": lad(T["victim_layer"], s_layer, P["threshold"])}
+                "DJA-LAD": lad(T["victim_layer"], s_layer, P["threshold"], P["lad_reduction"])}

@@ -227,10 +227,11 @@ class Calibration(NamedTuple):
 def calibrate_models(verifiers: Sequence[Verifier], fingerprints: Mapping[str, Fingerprint] | Sequence[Fingerprint],
                      victim: nn.Module, reference_models: Sequence[nn.Module], *,
                      rule: "ThresholdRule | str" = "minmax", device: str | torch.device | None = None,
-                     **rule_params: float) -> Calibration:
+                     exclude: Iterable[str] = (), **rule_params: float) -> Calibration:
     """Score every reference model with every verifier, then :func:`calibrate` (returns taus and raw values).
 
-    ``fingerprints``: the victim's fingerprints, by verifier name or in the order of ``verifiers``.
+    ``fingerprints``: the victim's fingerprints, by verifier name or in the order of ``verifiers``. Metrics named
+    in ``exclude`` (e.g. ones a fingerprint declares degenerate) get their values but no threshold.
     """
     verifiers = list(verifiers)
     if isinstance(fingerprints, Mapping):
@@ -255,5 +256,7 @@ def calibrate_models(verifiers: Sequence[Verifier], fingerprints: Mapping[str, F
             values[name].append(val)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # already warned once above
-        taus = calibrate(values, metrics, rule, **rule_params)
+        skip = set(exclude)
+        taus = calibrate({k: v for k, v in values.items() if k not in skip},
+                         [m for m in metrics if m.name not in skip], rule, **rule_params)
     return Calibration(taus, values)
