@@ -25,8 +25,8 @@ import torch
 from removalnet.attacks import build_substitute, create_attack
 from removalnet.checkpoint import load_checkpoint, save_checkpoint
 from removalnet.experiment import load_spec
-from removalnet.experiment.jobs import _dataset, model_path, training_split, verifier_data
-from removalnet.experiment.plan import slug
+from removalnet.experiment.artifacts import (VICTIM, attack_job, dataset, fingerprint_dir, model_job, model_path,
+                                             score_job, slug, training_split, verifier_data)
 from removalnet.experiment.store import ResultStore
 from removalnet.train import evaluate
 from removalnet.verify import FingerprintCache, all_metrics, calibrate, create_verifier, verdict
@@ -57,11 +57,11 @@ class Bench:
         self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
         self.cfg = {"dataset": self.spec.dataset, "data_root": self.spec.data_root,
                     "lsd_holdout": self.spec.lsd_holdout, "verifier_count": self.spec.verifier_count}
-        self.victim, _ = load_checkpoint(model_path(self.run_dir, "models/victim"))
-        self.test = _dataset(self.spec.dataset, "test", self.spec.data_root)
+        self.victim, _ = load_checkpoint(model_path(self.run_dir, VICTIM))
+        self.test = dataset(self.spec.dataset, "test", self.spec.data_root)
         self.verifiers = dict(self.spec.verifiers)
         self.verifiers["deepjudge_aligned"] = dict(self.spec.verifiers.get("deepjudge", {}))
-        self.cache = FingerprintCache(self.run_dir / "fingerprints")
+        self.cache = FingerprintCache(fingerprint_dir(self.run_dir))
         self.fps = {name: self.cache.get_or_extract(create_verifier(name, **params), self.victim,
                                                     verifier_data(self.cfg), seed=0)
                     for name, params in self.verifiers.items()}
@@ -83,11 +83,11 @@ class Bench:
             out.update(v.score(self.fps[name], self.victim, model))
         return out
 
-    def existing(self, key: str, job: str, role_name: str) -> dict[str, float]:
+    def existing(self, key: str, model_job_name: str) -> dict[str, float]:
         """Scores of a model of the table run: its stored metrics plus the alignment-aware DeepJudge."""
         if key not in self.results:
-            row = self.db[f"scores/{job}"]
-            model, _ = load_checkpoint(model_path(self.run_dir, role_name))
+            row = self.db[score_job(model_job_name)]
+            model, _ = load_checkpoint(model_path(self.run_dir, model_job_name))
             m = dict(row["metrics"])
             m.update(self.score(model, ["deepjudge_aligned"]))
             m.pop("score_time_s", None)
@@ -100,7 +100,7 @@ class Bench:
         if key in self.results:
             return self.results[key]
         train, _ = training_split(self.cfg)
-        full = _dataset(self.spec.dataset, "train", self.spec.data_root)
+        full = dataset(self.spec.dataset, "train", self.spec.data_root)
         sub = build_substitute(self.victim, train, scenario="ltd", count=int(round(0.01 * len(full))), seed=seed)
         attack = create_attack("removalnet-plus", **params)
         t0 = time.perf_counter()
@@ -124,7 +124,7 @@ def knockoff_curve(b: Bench, seed: int) -> list[dict]:
     key = f"knockoff/seed-{seed}"
     if key not in b.results:
         train, _ = training_split(b.cfg)
-        full = _dataset(b.spec.dataset, "train", b.spec.data_root)
+        full = dataset(b.spec.dataset, "train", b.spec.data_root)
         sub = build_substitute(b.victim, train, scenario="ltd", count=int(round(0.01 * len(full))), seed=seed)
         attack = create_attack("knockoff", **KNOCKOFF)
         attack(b.victim, sub, seed=seed, eval_set=b.test)
@@ -135,22 +135,22 @@ def knockoff_curve(b: Bench, seed: int) -> list[dict]:
 
 def summarise(b: Bench, seeds: list[int], variants: list[str]) -> tuple[str, dict]:
     known = all_metrics()
-    refs = [b.existing(f"reference-{i}", f"reference-{i}", f"models/reference-{i}") for i in range(b.spec.references.count)]
+    refs = [b.existing(f"reference-{i}", model_job("reference", i)) for i in range(b.spec.references.count)]
     metrics = [m for m in EVADE if all(m in r for r in refs)]
     taus = calibrate({m: [r[m] for r in refs] for m in metrics}, [known[m] for m in metrics], "minmax")
     with ResultStore(b.run_dir / "results.db") as store:
-        victim_acc = next(r["metrics"]["accuracy"] for r in store.rows(kind="train") if r["name"] == "models/victim")
+        victim_acc = next(r["metrics"]["accuracy"] for r in store.rows(kind="train") if r["name"] == VICTIM)
     groups: dict[str, list[dict]] = {}
     for i in range(b.spec.negatives.count):
-        groups.setdefault("Negative", []).append(b.existing(f"negative-{i}", f"negative-{i}", f"models/negative-{i}"))
+        groups.setdefault("Negative", []).append(b.existing(f"negative-{i}", model_job("negative", i)))
     for a in b.spec.attacks:
         if a.scenario != "ltd":
             continue
         for s in seeds:
-            job = f"{slug(a.label)}/seed-{s}"
-            if f"scores/{job}" in b.db:
-                m = dict(b.existing(f"attack/{a.label}/seed-{s}", job, f"attacks/{job}"))
-                at = b.attack_times.get(f"attacks/{job}")
+            job = attack_job(a.label, s)
+            if score_job(job) in b.db:
+                m = dict(b.existing(f"attack/{a.label}/seed-{s}", job))
+                at = b.attack_times.get(job)
                 if at:
                     m["time_s"] = at["metrics"]["time_s"]
                     m["iterations"] = at["metrics"]["iterations"]
@@ -190,7 +190,8 @@ def summarise(b: Bench, seeds: list[int], variants: list[str]) -> tuple[str, dic
                   f"(final: {kacc[-1] * 100:.2f}% at {kts[-1]} iterations, {ktime[-1]:.0f} s)."]
     # threshold rules: false positives on the negative models, detection of the parameter-reusing baselines
     from removalnet.verify import RULES
-    baselines = [m for label, ms in groups.items() if label.split("(")[0] in ("FT", "WP", "Distill") for m in ms]
+    marked = {a.label for a in b.spec.attacks if a.baseline}   # the spec marks the parameter-reusing baselines
+    baselines = [m for label, ms in groups.items() if label in marked for m in ms]
     rules = {}
     lines += ["", "### Threshold rules (all ten metrics)", "",
               "| Rule | Quantity | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]

@@ -20,8 +20,8 @@ import torch
 from removalnet.commands.study import load_study_spec
 from removalnet.experiment import run_experiment
 from removalnet.experiment.store import ResultStore
-from removalnet.studies import build_study_report, list_studies, write_study_report
-from removalnet.studies.report import close_figures, study_markdown
+from removalnet.report import close_figures, section_markdown, write_sections
+from removalnet.studies import build_study_report, list_studies
 
 HERE = Path(__file__).resolve().parent
 from table1 import commit, machine  # noqa: E402
@@ -49,15 +49,15 @@ def main() -> None:
             plan = set(store.get_meta("plan"))
             compute = sum(r["duration_s"] or 0 for r in store.rows() if r["id"] in plan)
         rep = build_study_report(run_dir)
-        paths = write_study_report(rep, run_dir / "report", spec.name)
+        paths = write_sections([rep], run_dir / "report", spec.name)
         files = {}
         for p in paths:
             if p.suffix == ".png":
                 shutil.copy(p, figs / p.name)
                 files[p.stem] = f"studies/{p.name}"
         parts.append(f"\n`removalnet study {name}`: {s.planned} jobs ({s.ran} ran in this invocation, {wall / 60:.1f} min, "
-                     f"{len(s.failed)} failed; {compute / 60:.1f} min of job time in all)\n\n" + study_markdown(rep, files))
-        close_figures(rep)
+                     f"{len(s.failed)} failed; {compute / 60:.1f} min of job time in all)\n\n" + section_markdown(rep, files))
+        close_figures([rep])
         print(f"{name}: done", flush=True)
     (HERE / "results" / "studies.md").write_text("\n".join(parts))
     print("wrote benchmarks/results/studies.md")

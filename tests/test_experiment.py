@@ -61,11 +61,26 @@ def _db_rows(run_dir):
     ({"negatives": {"count": 3, "seed_offset": 1001}}, "negatives.seed_offset"),
     ({"seeds": [1, 1]}, "seeds"),
     ({"lsd_holdout": 0.0}, "attacks[2].source"),
+    ({"threshold_rule": "median"}, "threshold_rule"),
+    ({"threshold_rule": {"name": "normal", "k": -1}}, "threshold_rule"),
+    ({"attacks": [{"name": "ft", "count": 5, "baseline": "yes"}]}, "attacks[0].baseline"),
+    ({"study": {"name": "nope"}}, "study.name"),
 ])
 def test_spec_errors_name_the_key(patch, key):
     with pytest.raises(RemovalNetError) as e:
         _spec(**patch)
     assert f"spec: {key}" in str(e.value)
+
+
+def test_spec_rule_and_baseline_marks():
+    spec = _spec(threshold_rule={"name": "normal", "k": 3})
+    assert spec.threshold_rule.k == 3.0 and spec.to_dict()["threshold_rule"] == {"name": "normal", "k": 3.0}
+    assert _spec().to_dict()["threshold_rule"] == "minmax"       # an existing spec is stored as before
+    assert [a.baseline for a in spec.attacks] == [True, False, False]   # FT by its class, RemovalNet not
+    marked = _spec(attacks=[{**TINY["attacks"][1], "baseline": True}])
+    assert marked.attacks[0].baseline is True
+    # the mark is not part of the job config: ids stay those of the unmarked spec
+    assert [j.id for j in plan_jobs(marked)] == [j.id for j in plan_jobs(_spec(attacks=[TINY["attacks"][1]]))]
 
 
 def test_plan_is_a_dag_with_stable_ids():

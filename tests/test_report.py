@@ -18,7 +18,7 @@ def _score(store, i, role, label, seed, acc, mr, sac):
 @pytest.fixture
 def run_dir(tmp_path):
     with ResultStore(tmp_path / "results.db") as s:
-        s.set_meta("spec", {"name": "hand", "attacks": [{"label": "FT(0.5)"}], "threshold_rule": "minmax"})
+        s.set_meta("spec", {"name": "hand", "attacks": [{"name": "ft", "label": "FT(0.5)"}], "threshold_rule": "minmax"})
         ids = []
         s.record({"id": "v", "kind": "train", "name": "models/victim", "seed": 0, "config": {"role": "victim"}},
                  "done", metrics={"accuracy": 0.90})
@@ -58,3 +58,37 @@ def test_table_matches_hand_computation(run_dir):
     assert "| FT(0.5) | 87.00±1.00 | 3.00 |" in md
     assert to_csv(td).splitlines()[1].startswith("FT(0.5),87.00±1.00,3.00")
     assert r"87.00$\pm$1.00" in to_latex(td)
+
+
+def _with_spec(run_dir, **spec):
+    with ResultStore(run_dir / "results.db") as s:
+        s.set_meta("spec", {"name": "hand", "attacks": [{"name": "ft", "label": "FT(0.5)"}], **spec})
+
+
+def test_spec_rule_with_parameters_reaches_the_report(run_dir):
+    import numpy as np
+    _with_spec(run_dir, threshold_rule={"name": "normal", "k": 1.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        td = build_table(run_dir)
+        cli = build_table(run_dir, rule="minmax")            # a rule given to the report replaces the spec's
+    mr, sac = np.array([0.2, 0.3, 0.25]), np.array([0.5, 0.4, 0.6])
+    # oracle: IPG-MR is a similarity (mean + k std), SAC a distance (mean - k std), sample std
+    assert td.taus["IPG-MR"] == pytest.approx(mr.mean() + 1.5 * mr.std(ddof=1), abs=1e-12)
+    assert td.taus["SAC"] == pytest.approx(sac.mean() - 1.5 * sac.std(ddof=1), abs=1e-12)
+    assert td.rule.to_dict() == {"name": "normal", "k": 1.5} and "rule `normal (k=1.5)`" in to_markdown(td)
+    assert td.rules["normal"]["taus"] == td.taus                 # the comparison uses the chosen rule's k
+    assert cli.taus == pytest.approx({"IPG-MR": 0.3, "SAC": 0.4})
+
+
+def test_baseline_rows_come_from_the_spec_not_the_labels(run_dir):
+    _with_spec(run_dir, attacks=[{"name": "ft", "label": "FT(0.5)", "baseline": False}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        td = build_table(run_dir)
+    assert td.rules["minmax"]["baseline_detection_rate"]["IPG-MR"] is None     # no row marked
+    _with_spec(run_dir, attacks=[{"name": "removalnet", "label": "FT(0.5)", "baseline": True}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        td = build_table(run_dir)
+    assert td.rules["minmax"]["baseline_detection_rate"]["IPG-MR"] == pytest.approx(2 / 3)

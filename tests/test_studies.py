@@ -11,7 +11,8 @@ import yaml
 from removalnet import RemovalNetError
 from removalnet.cli import main
 from removalnet.experiment import plan_jobs, run_experiment, spec_from_dict
-from removalnet.studies import build_study_report, create_study, list_studies, write_study_report
+from removalnet.report import write_sections
+from removalnet.studies import build_study_report, create_study, list_studies
 from removalnet.studies.boundary import pair_distance
 from removalnet.studies.efficiency import iterations_to_reach, mean_curve
 from removalnet.studies.robustness import rob, rob_distance
@@ -141,7 +142,7 @@ def _run(name, tmp_path, **over):
     s = run_experiment(spec, run_dir, progress=False, echo=lambda m: None)
     assert s.ok, s.failed
     rep = build_study_report(run_dir)
-    paths = write_study_report(rep, run_dir / "report", spec.name)
+    paths = write_sections([rep], run_dir / "report", spec.name)
     return spec, run_dir, rep, paths
 
 

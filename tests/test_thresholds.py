@@ -134,3 +134,14 @@ def test_calibrate_models_scores_every_reference():
         calibrate_models([toy], [fp], victim, refs[:2])
     with pytest.raises(RemovalNetError, match="at least one reference"):
         calibrate_models([toy], [fp], victim, [])
+
+
+def test_threshold_rule_object_parses_validates_and_round_trips():
+    from removalnet.verify import ThresholdRule
+    assert ThresholdRule.parse(None) == ThresholdRule("minmax") and ThresholdRule.parse("minmax").spec_value() == "minmax"
+    r = ThresholdRule.parse({"name": "percentile", "q": 10})
+    assert r.to_dict() == {"name": "percentile", "q": 10.0, "margin": 0.0} and ThresholdRule.parse(r.spec_value()) == r
+    assert ThresholdRule.parse("normal", k=3, q=None).k == 3.0
+    for bad in ("median", {"name": "normal", "kk": 1}, {"name": "normal", "k": -1}, {"name": "percentile", "q": 101}, 3):
+        with pytest.raises(RemovalNetError):
+            ThresholdRule.parse(bad)

@@ -6,23 +6,16 @@ Importing this package registers every attack: ``create_attack("removalnet", alp
 """
 from __future__ import annotations
 
-import importlib
-
+from ..registry import import_modules
 from .base import (Attack, AttackContext, BatchStream, Param, attack_class, create_attack, list_attacks,
                    make_schedule, make_sgd, register_attack)
 from .substitute import SubstituteSet, build_substitute
 from .removalnet import RemovalNet, feature_shuffle, ilbs, reverse_latent
 
-# Baseline attack modules; each registers itself on import. A module that is not present in this
-# installation is skipped (only that exact module: an import error inside a module is raised).
-_OPTIONAL = ("finetune", "prune", "distill", "knockoff", "independent", "removalnet_plus")
-for _mod in _OPTIONAL:
-    try:
-        importlib.import_module(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__name__}.{_mod}":
-            raise
-del _mod
+# The attack modules; each registers its attacks on import (a new attack: one file and one name here).
+# An import error in any of them is raised.
+MODULES = ("finetune", "prune", "distill", "knockoff", "independent", "removalnet_plus")
+import_modules(__name__, MODULES)
 
 __all__ = ["Attack", "AttackContext", "BatchStream", "Param", "attack_class", "create_attack", "list_attacks",
            "make_schedule", "make_sgd", "register_attack", "SubstituteSet", "build_substitute", "RemovalNet",

@@ -27,15 +27,17 @@ from __future__ import annotations
 import abc
 import copy
 import math
-import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.split import SplitModel
+from ..params import Param, validate_params
+from ..registry import Registry
+from ..train import evaluate
 from ..utils import RemovalNetError, resolve_device, seed_everything
 
 __all__ = [
@@ -44,111 +46,6 @@ __all__ = [
 ]
 
 Callback = Callable[..., None]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Parameters
-# ----------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Param:
-    """One attack parameter: default, type and allowed range, validated at construction.
-
-    ``kind`` is ``int``, ``float``, ``bool``, ``str``, ``dict`` (a mapping, e.g. another component's
-    parameters) or ``list`` (a non-empty list of numbers, each checked against ``low``/``high``, or of
-    strings from ``choices``). ``choices`` restricts a value to a set; ``nullable`` allows
-    ``None``; ``low``/``high`` are inclusive unless ``low_open``/``high_open``.
-    """
-
-    default: Any
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple | None = None
-    nullable: bool = False
-    doc: str = ""
-
-    def validate(self, name: str, value: Any) -> Any:
-        """Return ``value`` converted to the parameter's type, or raise ``RemovalNetError``."""
-        if value is None:
-            if self.nullable:
-                return None
-            raise RemovalNetError(f"parameter {name!r} must not be None")
-        if self.kind is list:
-            what = "strings" if self.choices is not None else "numbers"
-            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-                raise RemovalNetError(f"parameter {name!r} must be a non-empty list of {what}, got {value!r}")
-            if self.choices is not None:  # a list of names, each one of the choices
-                for v in value:
-                    if v not in self.choices:
-                        raise RemovalNetError(f"parameter {name!r}: {v!r} is not one of "
-                                              f"{', '.join(map(str, self.choices))}")
-                return list(value)
-            return [self._number(name, v, float) for v in value]
-        if self.kind is dict:
-            if not isinstance(value, Mapping):
-                raise RemovalNetError(f"parameter {name!r} must be a mapping, got {value!r}")
-            return dict(value)
-        if self.kind is bool:
-            if not isinstance(value, bool):
-                raise RemovalNetError(f"parameter {name!r} must be true or false, got {value!r}")
-            return value
-        if self.kind is str:
-            if not isinstance(value, str):
-                raise RemovalNetError(f"parameter {name!r} must be a string, got {value!r}")
-            if self.choices is not None and value not in self.choices:
-                raise RemovalNetError(f"parameter {name!r} must be one of {', '.join(map(str, self.choices))}, "
-                                      f"got {value!r}")
-            return value
-        if self.kind in (int, float):
-            v = self._number(name, value, self.kind)
-            if self.choices is not None and v not in self.choices:
-                raise RemovalNetError(f"parameter {name!r} must be one of {self.choices}, got {value!r}")
-            return v
-        raise TypeError(f"unsupported parameter kind {self.kind!r} for {name!r}")
-
-    def _number(self, name: str, value: Any, kind: type) -> int | float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise RemovalNetError(f"parameter {name!r} must be a{'n integer' if kind is int else ' number'}, "
-                                  f"got {value!r}")
-        if kind is int:
-            if isinstance(value, numbers.Integral):
-                v: int | float = int(value)
-            elif float(value).is_integer():
-                v = int(value)
-            else:
-                raise RemovalNetError(f"parameter {name!r} must be an integer, got {value!r}")
-        else:
-            v = float(value)
-            if not math.isfinite(v):
-                raise RemovalNetError(f"parameter {name!r} must be finite, got {value!r}")
-        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
-            raise RemovalNetError(f"parameter {name!r} must be {'>' if self.low_open else '>='} {self.low}, "
-                                  f"got {value!r}")
-        if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
-            raise RemovalNetError(f"parameter {name!r} must be {'<' if self.high_open else '<='} {self.high}, "
-                                  f"got {value!r}")
-        return v
-
-    def describe(self) -> str:
-        rng = ""
-        if self.choices is not None:
-            rng = " in {" + ", ".join(map(str, self.choices)) + "}"
-        elif self.low is not None or self.high is not None:
-            lo = "(" if self.low_open else "["
-            hi = ")" if self.high_open else "]"
-            rng = f" in {lo}{'-inf' if self.low is None else self.low}, {'inf' if self.high is None else self.high}{hi}"
-        return f"{self.kind.__name__}{rng}, default {self.default!r}" + (f": {self.doc}" if self.doc else "")
-
-
-def validate_params(spec: dict[str, Param], params: dict[str, Any], owner: str) -> dict[str, Any]:
-    """Every parameter of ``spec`` validated, defaults filled in; an unknown name raises, naming ``owner``."""
-    unknown = sorted(set(params) - set(spec))
-    if unknown:
-        raise RemovalNetError(f"unknown parameter {unknown[0]!r} for {owner}; known: {', '.join(sorted(spec))}")
-    return {key: p.validate(key, params[key] if key in params else p.default) for key, p in spec.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -282,6 +179,8 @@ class Attack(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: a parameter-reusing baseline (FT, WP, Distill): the threshold rules' detection rate is measured on these
+    baseline: ClassVar[bool] = False
     PARAMS: ClassVar[dict[str, Param]] = {
         "iterations": Param(1000, int, low=0, doc="optimisation steps (paper: 1000)"),
         "batch_size": Param(128, int, low=1, doc="substitute samples per step (paper: 128)"),
@@ -400,7 +299,6 @@ class Attack(abc.ABC):
         model = ctx.surrogate if model is None else model
         acc = None
         if ctx.eval_set is not None:
-            from ..train import evaluate
             was_training = model.training
             acc = float(evaluate(model, ctx.eval_set, device=ctx.device))
             model.train(was_training)
@@ -453,27 +351,22 @@ class Attack(abc.ABC):
 # Registry
 # ----------------------------------------------------------------------------------------------------
 
-_ATTACKS: dict[str, type[Attack]] = {}
+_ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
     """Class decorator: make ``cls`` available as ``create_attack(cls.name)``."""
     if not (isinstance(cls, type) and issubclass(cls, Attack)) or not cls.name:
         raise TypeError("register_attack needs an Attack subclass with a non-empty `name`")
-    if cls.name in _ATTACKS and _ATTACKS[cls.name] is not cls:
-        raise ValueError(f"attack {cls.name!r} registered twice")
-    _ATTACKS[cls.name] = cls
-    return cls
+    return _ATTACKS.add(cls.name, cls)
 
 
 def list_attacks() -> list[str]:
-    return sorted(_ATTACKS)
+    return _ATTACKS.names()
 
 
 def attack_class(name: str) -> type[Attack]:
-    if name not in _ATTACKS:
-        raise RemovalNetError(f"unknown attack {name!r}; known: {', '.join(list_attacks()) or 'none'}")
-    return _ATTACKS[name]
+    return _ATTACKS.get(name)
 
 
 def create_attack(name: str, **params: Any) -> Attack:

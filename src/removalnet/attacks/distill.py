@@ -32,6 +32,7 @@ class Distill(Attack):
     """Feature distillation: CE on D_sub labels + MSE to the victim's block outputs (+ optional KD)."""
 
     name = "distill"
+    baseline = True
     PARAMS = {
         "lr": Param(0.005, float, low=0.0, low_open=True, doc="SGD learning rate (reference code: 0.005)"),
         "feat_weight": Param(1.0, float, low=0.0, doc="weight of the feature MSE term (reference code: 1)"),

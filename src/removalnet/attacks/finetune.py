@@ -82,6 +82,7 @@ class FineTune(Attack):
     """FT(r): train the last ``ratio`` fraction of the layers with CE on D_sub; freeze the rest."""
 
     name = "ft"
+    baseline = True
     PARAMS = {
         "ratio": Param(0.5, float, low=0.0, high=1.0, low_open=True,
                        doc="fraction of layers fine-tuned, counted from the output (paper: 0.5, 0.8)"),

@@ -55,6 +55,7 @@ class WeightPrune(Attack):
     """WP(p): prune the ``ratio`` smallest-magnitude conv/linear weights globally, then fine-tune."""
 
     name = "wp"
+    baseline = True
     PARAMS = {
         "ratio": Param(0.5, float, low=0.0, high=1.0, low_open=True, high_open=True,
                        doc="fraction of the conv/linear weights pruned (paper: 0.5, 0.8)"),

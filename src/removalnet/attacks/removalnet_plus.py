@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ..data.subsets import dataset_labels
 from ..utils import RemovalNetError
+from ..verify.adversarial import pgd
 from ..verify.base import batched_apply
 from .base import Attack, AttackContext, Param, register_attack
 from .permute import channel_spaces, farthest_permutations, permute_model, random_permutations
@@ -117,7 +118,6 @@ class RemovalNetPlus(Attack):
 
         # 3. boundary-shifting examples (victim frozen, data fixed: made once)
         def boundary_examples(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            from ..verify.adversarial import pgd
             return pgd(victim, x, y, eps=p["boundary_eps"], alpha=p["boundary_eps"] / 4, steps=p["boundary_steps"],
                        random_start=True, generator=gen, batch_size=256).detach()
 

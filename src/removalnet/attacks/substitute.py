@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..data import balanced_subset, dataset_labels, disjoint_split, load_dataset
 from ..models.split import SplitModel
+from ..train import predict_logits
 from ..utils import RemovalNetError
 
 __all__ = ["SubstituteSet", "build_substitute"]
@@ -96,7 +98,6 @@ def _input_size(victim: SplitModel) -> int | None:
 
 
 def _load(name: str, victim: SplitModel) -> Dataset:
-    from ..data import load_dataset
     return load_dataset(name, "train", in_chans=victim.in_chans, input_size=_input_size(victim))
 
 
@@ -111,9 +112,6 @@ def build_substitute(victim: SplitModel, dataset: Dataset | str, *, scenario: st
     (the training set, or ``source``), ``count`` is absolute; give exactly one. ``exclude`` holds indices of
     that base dataset. Deterministic given ``seed``.
     """
-    from ..data import balanced_subset, dataset_labels, disjoint_split
-    from ..train import predict_logits
-
     if scenario not in ("ltd", "lsd"):
         raise RemovalNetError(f"scenario must be 'ltd' or 'lsd', got {scenario!r}")
     if labels not in ("victim", "true"):

@@ -13,13 +13,11 @@ complete, so a failed run leaves nothing half-written):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +25,16 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from ..attacks import attack_class, build_substitute, create_attack, list_attacks
+from ..attacks.run import run_attack
 from ..checkpoint import save_checkpoint
+from ..data import get_dataset_info, load_dataset
 from ..data.refs import canonical_data_ref
 from ..guards import check_comparable, check_output_dir, warn
+from ..train import evaluate
 from ._modelref import add_model_options, load_model, victim_file
 from ..utils import RemovalNetError, atomic_write_json, resolve_device, weights_hash
+from ._listing import add_list_option, listing
 
 NAME = "attack"
 HELP = "run a fingerprint removal attack (RemovalNet or a baseline) on a victim checkpoint"
@@ -39,8 +42,14 @@ HELP = "run a fingerprint removal attack (RemovalNet or a baseline) on a victim 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
+def attack_listing() -> str:
+    """Every registered attack with its one-line doc and parameters (``removalnet attack --list``)."""
+    return listing("attack", [(n, attack_class(n), attack_class(n).param_spec()) for n in list_attacks()])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", metavar="NAME", help="attack name: removalnet, ft, wp, distill, knockoff")
+    add_list_option(p, "attack", attack_listing)
+    p.add_argument("name", metavar="NAME", help="a registered attack (--list shows them with their parameters)")
     p.add_argument("--victim", default=None, metavar="CKPT",
                    help="victim checkpoint (.safetensors with sidecar), or a state dict with --model REF")
     p.add_argument("--data", required=True, metavar="DATASET",
@@ -104,17 +113,6 @@ def _read_indices(path: str) -> list[int]:
     return [int(i) for i in arr]
 
 
-def _write_trace(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys.extend(k for k in r if k not in keys)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys or ["t"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-
-
 def _prepare_out(out: Path, overwrite: bool) -> None:
     check_output_dir(out)  # before the attack runs: it must not fail only at its save
     if out.exists():
@@ -135,8 +133,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 def _check_data(args: argparse.Namespace, vmeta: dict[str, Any]) -> None:
     """The attack's data against the victim's: other classes are refused; another dataset of the same
     classes gets a warning (S_LTD is the victim's own training data; ``--source`` is S_LSD's other dataset)."""
-    from ..data import get_dataset_info
-
     for name, opt in ((args.data, "--data"), (args.source, "--source")):
         if name is None:
             continue
@@ -152,10 +148,6 @@ def _check_data(args: argparse.Namespace, vmeta: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..attacks import create_attack, build_substitute
-    from ..data import load_dataset
-    from ..train import evaluate
-
     params = parse_params(args.param)
     if args.iterations is not None:
         if "iterations" in params and params["iterations"] != args.iterations:
@@ -190,7 +182,6 @@ def run(args: argparse.Namespace) -> int:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; --out gets a normal folder's permissions
     try:
-        ckpt_dir = tmp / "checkpoints"
         base_meta = {"role": "surrogate", "attack": attack.name, "params": attack.params, "scenario": args.scenario,
                      "seed": args.seed, "dataset": canonical_data_ref(args.data), "substitute": substitute.describe(),
                      "substitute_size": len(substitute), "victim": str(args.victim),
@@ -198,33 +189,28 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=attack.params.get("iterations", 0), desc=f"{attack.name}", disable=args.quiet,
                    dynamic_ncols=True)
 
-        def callback(event: str, **info: Any) -> None:
+        def progress(event: str, **info: Any) -> None:
             if event == "iteration":
                 bar.update(1)
                 loss = info["losses"].get("loss")
                 if loss is not None and info["t"] % 10 == 0:
                     bar.set_postfix(loss=f"{loss:.4g}")
-            elif event == "checkpoint" and not args.no_checkpoints:
-                save_checkpoint(ckpt_dir / f"t{info['t']:04d}.safetensors", info["model"],
-                                {**base_meta, "t": info["t"], "test_accuracy": info.get("accuracy")})
 
-        t0 = time.perf_counter()
-        surrogate = attack(victim, substitute, seed=args.seed, callbacks=[callback], eval_set=test, device=device)
-        wall = time.perf_counter() - t0
+        # the same path as an experiment's attack jobs: checkpoints and trace.csv under the output folder
+        res = run_attack(attack, victim, substitute, seed=args.seed, out_dir=tmp, device=device, eval_set=test,
+                         save_checkpoints=not args.no_checkpoints, checkpoint_meta=base_meta, callbacks=[progress])
         bar.close()
         if weights_hash(victim) != victim_hash:  # the attack API guarantees this; never save over a changed victim
             raise RemovalNetError("the victim's weights changed during the attack")
-        acc = attack.history[-1].get("accuracy") if attack.history else None  # removalnet-plus logs a selection
-        if acc is None:
-            acc = float(evaluate(surrogate, test, device=device))
+        # the returned surrogate's accuracy (an attack may return an earlier state than its last checkpoint)
+        acc = float(evaluate(res.surrogate, test, device=device))
         victim_acc = vmeta.get("test_accuracy")
         if victim_acc is None:
             victim_acc = float(evaluate(victim, test, device=device))
-        save_checkpoint(tmp / "surrogate.safetensors", surrogate, {
+        save_checkpoint(tmp / "surrogate.safetensors", res.surrogate, {
             **base_meta, "test_accuracy": acc, "victim_test_accuracy": victim_acc,
-            "accuracy_drop": None if acc is None else victim_acc - acc, "history": attack.history,
-            "iterations": len(attack.trace), "attack_time_s": round(wall, 2)})
-        _write_trace(tmp / "trace.csv", attack.trace)
+            "accuracy_drop": victim_acc - acc, "history": attack.history,
+            "iterations": len(attack.trace), "attack_time_s": round(res.time_s, 2)})
         atomic_write_json(tmp / "substitute.json", {**substitute.describe(), "indices": substitute.indices.tolist(),
                                                     "labels": substitute.labels.tolist()})
         _move_into_place(tmp, out)
@@ -233,6 +219,6 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(f"{attack.name} on {args.data} ({args.scenario}, {len(substitute)} substitute samples): surrogate "
           f"accuracy {acc * 100:.2f}% (victim {victim_acc * 100:.2f}%) after {len(attack.trace)} iterations "
-          f"in {wall:.1f}s on {device}")
+          f"in {res.time_s:.1f}s on {device}")
     print(f"saved {out / 'surrogate.safetensors'}")
     return 0

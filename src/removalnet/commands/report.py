@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..report import FORMATS, build_table, render
+from ..report import FORMATS, build_table, close_figures, load_results, render, write_sections
+from ..studies import build_study_report
 from ..utils import atomic_write_bytes
+from ..verify import RULES, ThresholdRule
 
 NAME = "report"
 HELP = "print or write the paper's Table 1 (and a study's tables and figures) for a run"
@@ -15,39 +17,52 @@ HELP = "print or write the paper's Table 1 (and a study's tables and figures) fo
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run folder (holds results.db)")
     p.add_argument("--format", choices=FORMATS, default="md")
-    p.add_argument("--rule", default=None, help="threshold rule (default: the spec's; minmax, normal, percentile)")
+    p.add_argument("--rule", default=None, choices=RULES,
+                   help="threshold rule (default: the spec's; minmax, normal, percentile)")
+    add_rule_parameters(p)
     p.add_argument("--out", default=None, help="write to this file instead of printing")
     p.add_argument("--figures", default=None,
                    help="folder for a study's figures and tables (default: RUN_DIR/report)")
 
 
-def report_run(run_dir: str | Path, fmts: tuple[str, ...] = ("md",), rule: str | None = None,
+def add_rule_parameters(p: argparse.ArgumentParser) -> None:
+    """--k, --q, --margin: the threshold rule's parameters (shared by ``report`` and ``verify``)."""
+    p.add_argument("--k", type=float, default=None, help="k of the 'normal' rule (default 2)")
+    p.add_argument("--q", type=float, default=None, help="percentile of the 'percentile' rule (default 5)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="margin of the 'percentile' rule, in reference ranges (default 0)")
+
+
+def rule_from_args(args: argparse.Namespace, default=None) -> ThresholdRule | None:
+    """The threshold rule of the command line (None when neither --rule nor a parameter is given and there is
+    no ``default``): --rule (else ``default``) with --k/--q/--margin replacing its parameters."""
+    if args.rule is None and default is None and all(getattr(args, k) is None for k in ("k", "q", "margin")):
+        return None
+    return ThresholdRule.parse(args.rule or default, k=args.k, q=args.q, margin=args.margin)
+
+
+def report_run(run_dir: str | Path, fmts: tuple[str, ...] = ("md",), rule=None,
                figures: str | Path | None = None, echo=print) -> dict[str, str]:
     """The report of a run in each of ``fmts``, built once; a study's files are written to ``figures``
-    (default RUN_DIR/report)."""
-    from ..studies import build_study_report, study_sections, write_study_report
-    from ..studies.report import close_figures, study_markdown
-
+    (default RUN_DIR/report). ``rule``: a threshold rule replacing the spec's."""
     td = build_table(run_dir, rule=rule)
-    rep = build_study_report(run_dir, td=td)
-    if rep is None:
+    sec = build_study_report(run_dir, td=td)
+    if sec is None:
         return {fmt: render(td, fmt) for fmt in fmts}
     out_dir = Path(figures) if figures else Path(run_dir) / "report"
-    paths = write_study_report(rep, out_dir, td.name)
+    paths = write_sections([sec], out_dir, td.name)
     echo(f"wrote {len(paths)} study files to {out_dir}: {', '.join(p.name for p in paths)}")
-    texts = {}
-    for fmt in fmts:
-        if fmt == "md":  # a study without verifiers has no Table 1 to show
-            texts[fmt] = (render(td, "md") + "\n" if td.metrics else "") + study_markdown(rep)
-        else:
-            texts[fmt] = render(td, fmt, study_sections(rep) if fmt == "html" else ())
-    close_figures(rep)
+    texts = {fmt: render(td, fmt, [sec]) for fmt in fmts}
+    close_figures([sec])
     return texts
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    text = report_run(args.run_dir, (args.format,), args.rule, args.figures,
+    rule = rule_from_args(args)
+    if rule is not None and args.rule is None:  # parameters alone: the spec's rule with them
+        rule = rule_from_args(args, default=load_results(args.run_dir)[0].get("threshold_rule"))
+    text = report_run(args.run_dir, (args.format,), rule, args.figures,
                       echo=lambda m: print(m, file=sys.stderr))[args.format]
     if args.out:
         atomic_write_bytes(Path(args.out), text.encode())

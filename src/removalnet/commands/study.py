@@ -12,23 +12,32 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import yaml
+
 from ..experiment import load_spec
+from ..studies import list_studies, study_class
 from ..utils import RemovalNetError, atomic_write_bytes
+from ._listing import add_list_option, listing
+from .report import report_run
 from .run import add_run_arguments, run_spec, spec_overrides
 
 NAME = "study"
-HELP = "run one of the paper's studies (substitute_size, efficiency, ablation, saliency, boundary, robustness)"
+HELP = "run one of the paper's studies (--list shows them with their parameters)"
+
+
+def study_listing() -> str:
+    """Every registered study with its title and parameters (``removalnet study --list``)."""
+    return listing("study", [(n, study_class(n).title, study_class(n).PARAMS) for n in list_studies()])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..studies import list_studies
+    add_list_option(p, "study", study_listing)
     p.add_argument("name", choices=list_studies(), help="which study")
     p.add_argument("spec", nargs="?", default=None, help="experiment spec (default: the bundled small config)")
     add_run_arguments(p)
 
 
 def load_study_spec(name: str, spec_path: str | None, overrides: dict):
-    import yaml
     if spec_path is None:
         with resources.as_file(resources.files("removalnet") / "configs" / "studies" / f"{name}.yaml") as path:
             return load_spec(path, overrides)
@@ -40,8 +49,6 @@ def load_study_spec(name: str, spec_path: str | None, overrides: dict):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .report import report_run
-
     out, s = run_spec(load_study_spec(args.name, args.spec, spec_overrides(args)), args, file=sys.stderr)
     if s is None:
         return 0

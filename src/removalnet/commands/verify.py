@@ -26,7 +26,10 @@ from ..data import load_dataset
 from ..guards import check_comparable, require_finite
 from ..models import NotSplittableError
 from ..utils import RemovalNetError, resolve_device, weights_hash
-from ..verify import MIN_REFERENCES, RULES, FingerprintCache, calibrate, create_verifier, list_verifiers, verdict
+from ..verify import (MIN_REFERENCES, RULES, FingerprintCache, calibrate_models, create_verifier, list_verifiers,
+                      score_model, verdict, verifier_class, verifier_defaults)
+from ._listing import add_list_option, listing
+from .report import add_rule_parameters, rule_from_args
 
 NAME = "verify"
 HELP = "score suspect models against a victim with the ownership verifiers (DeepJudge, ZEST, ModelDiff, ...)"
@@ -34,7 +37,13 @@ HELP = "score suspect models against a victim with the ownership verifiers (Deep
 log = logging.getLogger("removalnet")
 
 
+def verifier_listing() -> str:
+    """Every registered verifier with its one-line doc and its parameters' defaults (``verify --list``)."""
+    return listing("verifier", [(n, verifier_class(n), verifier_defaults(n)) for n in list_verifiers()])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_list_option(p, "verifier", verifier_listing)
     p.add_argument("--victim", default=None, metavar="CKPT",
                    help="victim checkpoint (.safetensors with sidecar), or a state dict with --model REF")
     p.add_argument("--suspect", required=True, action="extend", nargs="+", metavar="CKPT",
@@ -43,10 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"verifier(s) to run (default: all registered: {', '.join(list_verifiers())})")
     p.add_argument("--references", nargs="+", default=[], metavar="CKPT",
                    help=f"independently trained reference models for the thresholds (>= {MIN_REFERENCES} recommended)")
-    p.add_argument("--rule", choices=RULES, default="minmax",
-                   help="threshold rule: minmax (the paper), normal (mean -/+ k std) or percentile")
-    p.add_argument("--k", type=float, default=2.0, help="k of the 'normal' rule")
-    p.add_argument("--q", type=float, default=5.0, help="percentile of the 'percentile' rule")
+    p.add_argument("--rule", choices=RULES, default=None,
+                   help="threshold rule: minmax (the paper, default), normal (mean -/+ k std) or percentile")
+    add_rule_parameters(p)
     p.add_argument("--data", default=None, metavar="DATASET",
                    help="fingerprint data: this dataset's test split (default: the victim's dataset)")
     p.add_argument("--data-root", default=None, help="where the dataset's files are, if not the default place")
@@ -82,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise RemovalNetError("no verifier is available")
     params = _parse_params(args.param, names)
     verifiers = [create_verifier(n, **params[n]) for n in names]
+    rule = rule_from_args(args, default="minmax")   # validated before any work
     metrics = [m for v in verifiers for m in v.metrics]
 
     victim, vmeta = load_model(victim_file(args), args, data=args.data, device=device)
@@ -119,31 +128,19 @@ def run(args: argparse.Namespace) -> int:
     if not verifiers:
         raise RemovalNetError(next(iter(skipped.values())))
 
-    # metrics a fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without a fooling example) score NaN:
-    # no threshold, no verdict, an error row
+    # metrics a fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without a fooling example) carry no
+    # evidence: no value, no threshold, no verdict, an error row
     degenerate = {m: f"degenerate fingerprint ({v.name}: see its meta)" for v in verifiers
                   for m in fps[v.name].meta.get("degenerate", [])}
     for m in degenerate:
         print(f"warning: {m} is degenerate for this victim (no test case): it is not judged", file=sys.stderr)
 
     def score_all(model) -> tuple[dict[str, float], dict[str, str]]:
-        values, errors = {}, {}
-        for v in verifiers:
-            try:
-                fp = fps[v.name]
-                if cache and v.per_suspect:
-                    fp = cache.get_or_extract(v, victim, data, seed=args.seed, device=device, suspect=model)
-                values.update(v.score(fp, victim, model, device=device))
-            except RemovalNetError as e:
-                for m in v.metrics:
-                    errors[m.name] = str(e)
-        for name in degenerate:
-            values.pop(name, None)  # reported as degenerate, not as a failure of this model
-        for name, val in list(values.items()):
-            if not math.isfinite(val):  # never shown as a number, never judged
-                errors[name] = f"the metric is not finite ({val})"
-                del values[name]
-        return values, errors
+        """The shared scoring path; per-suspect fingerprints (ModelDiff) are paired through the cache if given."""
+        errors: dict[str, str] = {}
+        paired = {v.name: (cache.get_or_extract(v, victim, data, seed=args.seed, device=device, suspect=model)
+                           if cache and v.per_suspect else fps[v.name]) for v in verifiers}
+        return score_model(verifiers, paired, victim, model, device=device, errors=errors), errors
 
     taus: dict[str, float] = {}
     ref_values: dict[str, list[float]] = {m.name: [] for m in metrics}
@@ -151,17 +148,14 @@ def run(args: argparse.Namespace) -> int:
         if len(args.references) < MIN_REFERENCES:
             print(f"warning: thresholds from {len(args.references)} reference model(s); at least {MIN_REFERENCES} "
                   "independently trained models are recommended", file=sys.stderr)
-        for name, ref, _ in refs:
-            values, errors = score_all(ref)
-            if errors:
-                metric, msg = next(iter(errors.items()))
-                raise RemovalNetError(f"{name}: {metric} failed: {msg}")
-            for k, val in values.items():
-                ref_values[k].append(val)
+        ref_models = [model for _, model, _ in refs]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # warned above
-            taus = calibrate({k: v for k, v in ref_values.items() if k not in degenerate},
-                             [m for m in metrics if m.name not in degenerate], args.rule, k=args.k, q=args.q)
+            try:  # the same calibration as everywhere: every reference scored by every verifier, then the rule
+                taus, ref_values = calibrate_models(verifiers, fps, victim, ref_models, rule=rule, device=device,
+                                                    exclude=degenerate)
+            except RemovalNetError as e:
+                raise RemovalNetError(f"references: {e}") from None
 
     suspects = []
     for path, (_, model, _) in zip(args.suspect, susp):
@@ -180,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
                          "copy_votes": sum(judged), "judged": len(judged)})
 
     result = {"victim": str(args.victim), "victim_hash": weights_hash(victim), "data": f"{dataset}:test",
-              "data_size": len(data), "seed": args.seed, "rule": args.rule if taus else None,
+              "data_size": len(data), "seed": args.seed, "rule": rule.name if taus else None,
+              "threshold_rule": rule.to_dict() if taus else None,
               "references": list(args.references), "reference_values": ref_values if taus else {},
               "taus": taus, "fingerprints": extract_info, "suspects": suspects, "skipped": skipped}
     if args.json:
@@ -188,6 +183,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_table(result, metrics))
     return 0
+
+
+def _params(rule: dict) -> str:
+    p = {k: v for k, v in rule.items() if k != "name"}
+    return f" ({', '.join(f'{k}={v:g}' for k, v in p.items())})" if p else ""
 
 
 def _fmt(x: float | None) -> str:
@@ -199,7 +199,7 @@ def _fmt(x: float | None) -> str:
 def _table(result: dict, metrics) -> str:
     lines = [f"victim {result['victim']}  fingerprint data {result['data']} ({result['data_size']} images)"]
     if result["taus"]:
-        lines.append(f"thresholds: rule {result['rule']} from {len(result['references'])} reference model(s)")
+        lines.append(f"thresholds: rule {result['rule']}{_params(result['threshold_rule'])} from {len(result['references'])} reference model(s)")
     else:
         lines.append("thresholds: none (give --references to get verdicts)")
     lines += [f"skipped: {why}" for why in result.get("skipped", {}).values()]

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
+from ..registry import Registry
 from ..utils import RemovalNetError
 
 __all__ = ["DatasetInfo", "DataMissingError", "register_dataset", "list_datasets", "get_dataset_info",
@@ -59,7 +60,7 @@ class _Entry:
     defaults: dict[str, Any]
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: Registry[_Entry] = Registry("dataset")
 _COMMON = ("in_chans", "input_size", "download")
 
 
@@ -70,25 +71,21 @@ def register_dataset(info: DatasetInfo, **defaults: Any) -> Callable:
     (for aliases such as ``celeba-31`` = ``celeba`` with ``attribute=31``). Decorators can be stacked.
     """
     def deco(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        if info.name in _REGISTRY:
-            raise ValueError(f"dataset {info.name!r} registered twice")
-        _REGISTRY[info.name] = _Entry(info, fn, dict(defaults))
+        _REGISTRY.add(info.name, _Entry(info, fn, dict(defaults)))
         return fn
     return deco
 
 
 def list_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def _entry(name: str) -> _Entry:
     if isinstance(name, str) and name.startswith(("folder:", "npz:")):   # a user's data (data/refs.py)
-        from .refs import data_ref_entry
+        from .refs import data_ref_entry  # lazy: refs builds on this registry's DatasetInfo
         info, loader = data_ref_entry(name)
         return _Entry(info, loader, {})
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise RemovalNetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

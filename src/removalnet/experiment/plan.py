@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..attacks import create_attack
+from ..verify import create_verifier
+from .artifacts import VICTIM, attack_job, fingerprint_job, model_job, score_job, slug
+from .hooks import spec_section
 from .spec import ExperimentSpec
 
 __all__ = ["Job", "plan_jobs", "slug"]
@@ -38,12 +41,6 @@ class Job:
         return cls(**{**d, "deps": tuple(d["deps"])})
 
 
-def slug(text: str) -> str:
-    """'Ours(S_LTD)' -> 'ours-s_ltd'; 'FT(0.5)' -> 'ft-0.5'."""
-    s = re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-").lower()
-    return s or "x"
-
-
 def _job(kind: str, name: str, config: dict[str, Any], deps: list["Job"] = (), seed: int | None = None,
          gpu: bool = False) -> Job:
     dep_ids = tuple(sorted(d.id for d in deps))
@@ -54,19 +51,17 @@ def _job(kind: str, name: str, config: dict[str, Any], deps: list["Job"] = (), s
 
 def plan_jobs(spec: ExperimentSpec) -> list[Job]:
     """All jobs of ``spec`` in dependency order."""
-    from ..attacks import create_attack
-
     gpu = spec.device.startswith("cuda")
     data = {"dataset": spec.dataset, "data_root": spec.data_root, "lsd_holdout": spec.lsd_holdout}
     arch = {"arch": spec.victim.arch, "kwargs": spec.victim.kwargs, "train": spec.victim.train}
-    victim = _job("train", "models/victim", {**data, **arch, "role": "victim", "seed": spec.victim.seed,
+    victim = _job("train", VICTIM, {**data, **arch, "role": "victim", "seed": spec.victim.seed,
                                               "jitter": 0.0, "device": spec.device}, seed=spec.victim.seed, gpu=gpu)
     jobs = [victim]
     models: list[tuple[Job, dict[str, Any]]] = []
     for role, group in (("reference", spec.references), ("negative", spec.negatives)):
         for i in range(group.count):
             seed = group.seed_offset + i
-            j = _job("train", f"models/{role}-{i}", {**data, **arch, "role": role, "seed": seed,
+            j = _job("train", model_job(role, i), {**data, **arch, "role": role, "seed": seed,
                                                       "jitter": group.jitter, "device": spec.device},
                      seed=seed, gpu=gpu)
             jobs.append(j)
@@ -79,40 +74,33 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
                    "seed": s, "device": spec.device, "save_checkpoints": a.score_checkpoints or a.keep_checkpoints}
             if a.eval_count:
                 cfg["eval_count"] = a.eval_count
-            j = _job("attack", f"attacks/{slug(a.label)}/seed-{s}", cfg, [victim], seed=s, gpu=gpu)
+            j = _job("attack", attack_job(a.label, s), cfg, [victim], seed=s, gpu=gpu)
             jobs.append(j)
             models.append((j, {"role": "attack", "label": a.label, "index": s}))
             if a.score_checkpoints:
                 every = params.get("checkpoint_every", 100)
                 for t in range(0, params.get("iterations", 0) + 1, every):
                     models.append((j, {"role": "checkpoint", "label": a.label, "index": s, "t": t}))
-    from ..verify import create_verifier
-
     fps = []
     for vname, vparams in spec.verifiers.items():
         # every parameter resolved, defaults included (as for attacks): a verifier whose parameters or defaults
         # change gets new fingerprint and score jobs instead of resuming the values of the old definition
         vparams = create_verifier(vname, **vparams).fingerprint_params()
-        j = _job("fingerprint", f"fingerprints/{vname}", {**data, "verifier": vname, "params": vparams,
+        j = _job("fingerprint", fingerprint_job(vname), {**data, "verifier": vname, "params": vparams,
                                                           "verifier_count": spec.verifier_count, "seed": 0,
                                                           "device": spec.device}, [victim], seed=0, gpu=gpu)
         jobs.append(j)
         fps.append(j)
-    for model_job, info in models:
-        suffix = f"/t{info['t']:04d}" if "t" in info else ""
-        cfg = {**data, **info, "model": model_job.name, "verifiers": {f.config["verifier"]: f.name for f in fps},
+    for mj, info in models:
+        cfg = {**data, **info, "model": mj.name, "verifiers": {f.config["verifier"]: f.name for f in fps},
                "verifier_count": spec.verifier_count, "device": spec.device}
-        jobs.append(_job("score", f"scores/{model_job.name.split('/', 1)[1]}{suffix}", cfg,
-                         [victim, model_job, *fps], seed=info.get("index"), gpu=gpu))
-    if spec.study:
-        from ..studies import create_study
-        study = create_study(**spec.study)
+        jobs.append(_job("score", score_job(mj.name, info.get("t")), cfg,
+                         [victim, mj, *fps], seed=info.get("index"), gpu=gpu))
+    if spec.study:  # the jobs of the spec's study section (registered by the layer that provides it)
         by_name = {j.name: j for j in jobs}
-        for name, cfg, dep_names in study.analysis_jobs(spec, by_name):
+        for kind, name, cfg, dep_names in spec_section("study").plan(spec, by_name):
             deps = [by_name[d] for d in dep_names]
-            j = _job("study", f"study/{study.name}/{name}", {**data, "study": study.to_dict(), **cfg,
-                                                           "device": spec.device}, deps, seed=cfg.get("seed"),
-                     gpu=gpu)
+            j = _job(kind, name, {**data, **cfg, "device": spec.device}, deps, seed=cfg.get("seed"), gpu=gpu)
             jobs.append(j)
             by_name[j.name] = j
     return jobs

@@ -15,7 +15,13 @@ from typing import Any
 
 import yaml
 
+from ..attacks import attack_class, create_attack, list_attacks
+from ..data import list_datasets
+from ..models import list_models
+from ..train import TrainConfig
 from ..utils import RemovalNetError
+from ..verify import ThresholdRule, create_verifier, list_verifiers
+from .hooks import spec_section
 
 __all__ = ["ExperimentSpec", "AttackSpec", "ModelSpec", "GroupSpec", "load_spec", "spec_from_dict"]
 
@@ -49,6 +55,8 @@ class AttackSpec:
     ``score_checkpoints``: also score the checkpoints saved every ``checkpoint_every`` iterations (trade-off plot);
     ``keep_checkpoints``: save them without scoring (for a study that reads them). ``eval_count``: evaluate the
     model during the attack on this many class-balanced test samples (learning curves, e.g. KnockoffNets').
+    ``baseline``: the row is one of the parameter-reusing baselines whose detection the threshold rules are
+    checked against (default: the attack's class says so; FT, WP and Distill are).
     """
     name: str
     label: str = ""
@@ -61,6 +69,7 @@ class AttackSpec:
     score_checkpoints: bool = False
     keep_checkpoints: bool = False
     eval_count: int | None = None
+    baseline: bool | None = None
 
 
 @dataclass
@@ -76,12 +85,14 @@ class ExperimentSpec:
     verifiers: dict[str, dict[str, Any]] = field(default_factory=dict)
     verifier_count: int | None = None
     lsd_holdout: float = 0.0
-    threshold_rule: str = "minmax"
+    threshold_rule: ThresholdRule = field(default_factory=ThresholdRule)
     device: str = "cpu"
     study: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["threshold_rule"] = self.threshold_rule.spec_value()   # "minmax", or {name: normal, k: 3}
+        return d
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -117,12 +128,6 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
         _fail("name", "is required")
     if not isinstance(raw["name"], str) or not _NAME_RE.match(raw["name"]):
         _fail("name", "must be letters, digits, '_', '-' or '.'")
-    from ..attacks import list_attacks
-    from ..data import list_datasets
-    from ..models import list_models
-    from ..train import TrainConfig
-    from ..verify import list_verifiers
-
     if raw.get("dataset", "fashion-mnist") not in list_datasets():
         _fail("dataset", f"unknown dataset {raw.get('dataset')!r} (known: {', '.join(list_datasets())})")
     victim = ModelSpec(**_take(raw.pop("victim", {}), ModelSpec, "victim"))
@@ -151,20 +156,13 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
         _fail("negatives.seed_offset", "reference and negative seeds overlap: they must be independent models")
     study = raw.pop("study", None) or {}
     raw_attacks = list(raw.pop("attacks", []) or [])
-    if study:
-        from ..studies import create_study, list_studies
-        if not isinstance(study, dict) or "name" not in study:
-            _fail("study", "must be a mapping with a name")
-        if study["name"] not in list_studies():
-            _fail("study.name", f"unknown study {study['name']!r} (known: {', '.join(list_studies())})")
+    if study:  # a kind of spec provided by a higher layer (the studies): it adds attack rows
         try:
-            st = create_study(**study)
-            added = st.attacks(raw)
+            study, added = spec_section("study").expand(study, raw)
         except RemovalNetError as e:
-            _fail("study", str(e))
+            raise RemovalNetError(f"spec: {e}") from None
         given = {a.get("label") for a in raw_attacks if isinstance(a, dict)}
         raw_attacks += [a for a in added if a["label"] not in given]
-        study = st.to_dict()
     attacks = []
     labels = set()
     for i, a in enumerate(raw_attacks):
@@ -190,7 +188,10 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
         if a.label in labels:
             _fail(f"{key}.label", f"duplicate label {a.label!r}")
         labels.add(a.label)
-        from ..attacks import create_attack
+        if a.baseline is None:
+            a.baseline = attack_class(a.name).baseline
+        elif not isinstance(a.baseline, bool):
+            _fail(f"{key}.baseline", "must be true or false")
         try:
             create_attack(a.name, **a.params)
         except RemovalNetError as e:
@@ -212,7 +213,6 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
         verifiers = {v: {} for v in verifiers}
     if not isinstance(verifiers, dict):
         _fail("verifiers", "must be a mapping of verifier name to parameters, or a list of names")
-    from ..verify import create_verifier
     for vname, vparams in verifiers.items():
         if vname not in list_verifiers():
             _fail(f"verifiers.{vname}", f"unknown verifier (known: {', '.join(list_verifiers())})")
@@ -230,13 +230,14 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
                                           "that only the attacker holds)")
         if a.scenario == "lsd" and a.source == "partition" and a.fraction is not None and a.fraction > holdout:
             _fail(f"attacks[{i}].fraction", f"exceeds lsd_holdout ({holdout}): the partition is all there is")
+    try:
+        rule = ThresholdRule.parse(raw.pop("threshold_rule", None))
+    except RemovalNetError as e:
+        _fail("threshold_rule", str(e))
     spec = ExperimentSpec(victim=victim, attacks=attacks, seeds=seeds, verifiers=verifiers, study=study, **groups,
-                          **raw)
+                          threshold_rule=rule, **raw)
     if spec.verifier_count is not None:
         _int(spec.verifier_count, "verifier_count", 1)
-    from ..verify.thresholds import RULES
-    if spec.threshold_rule not in RULES:
-        _fail("threshold_rule", f"must be one of {', '.join(RULES)}")
     return spec
 
 

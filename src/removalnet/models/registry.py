@@ -5,6 +5,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..registry import Registry, first_line
 from ..utils import RemovalNetError
 from .split import SplitModel
 
@@ -19,27 +20,23 @@ class ModelEntry:
     description: str
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+_REGISTRY: Registry[ModelEntry] = Registry("model")
 
 
 def register_model(name: str, *, family: str, description: str = "") -> Callable:
     """Register a builder ``fn(num_classes, in_chans, input_size, **kwargs) -> SplitModel``."""
     def deco(fn: Callable[..., SplitModel]) -> Callable[..., SplitModel]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, fn, family, description or (fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY.add(name, ModelEntry(name, fn, family, description or first_line(fn.__doc__)))
         return fn
     return deco
 
 
 def list_models(family: str | None = None) -> list[str]:
-    return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
+    return [n for n, e in _REGISTRY.items() if family is None or e.family == family]
 
 
 def model_info(name: str) -> ModelEntry:
-    if name not in _REGISTRY:
-        raise RemovalNetError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 _BUILD_ARGS = ("num_classes", "in_chans", "input_size", "mean", "std")

@@ -1,5 +1,7 @@
-"""Render a :class:`TableData` as Markdown, CSV, LaTeX or a self-contained HTML page (with the trade-off plot
-of the paper's Fig. 4/5: fidelity against normalised distance over RemovalNet's checkpoints)."""
+"""The one renderer: a :class:`TableData` (Table 1) and report :class:`Section` s (the studies') as Markdown,
+CSV, LaTeX or a self-contained HTML page (with the trade-off plot of the paper's Fig. 4/5: fidelity against
+normalised distance over RemovalNet's checkpoints); a section's tables as CSV/LaTeX files and its figures as
+PNG/PDF (:func:`write_sections`)."""
 from __future__ import annotations
 
 import base64
@@ -7,14 +9,19 @@ import csv
 import html
 import io
 import math
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from ..utils import atomic_path, atomic_write_bytes
 from ..verify import all_metrics
+from .section import Section
 from .table import TableData
 
 __all__ = ["table_cells", "copy_count_cells", "to_markdown", "to_csv", "to_latex", "to_html", "render",
-           "tradeoff_figure"]
+           "tradeoff_figure", "md_table", "csv_table", "tex_table", "html_table", "section_markdown",
+           "section_html", "save_figure", "write_sections", "close_figures"]
 
 FORMATS = ("md", "csv", "tex", "html")
 
@@ -73,7 +80,7 @@ def rule_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _md(head: list[str], rows: list[list[str]]) -> str:
+def md_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -81,22 +88,22 @@ def _md(head: list[str], rows: list[list[str]]) -> str:
 
 def _intro(td: TableData) -> str:
     acc = f"{td.victim_accuracy * 100:.2f}%" if td.victim_accuracy is not None else "n/a"
-    return (f"Experiment `{td.name}`; victim accuracy {acc}; thresholds: rule `{td.rule}` over "
+    return (f"Experiment `{td.name}`; victim accuracy {acc}; thresholds: rule `{td.rule.describe()}` over "
             f"{min((len(v) for v in td.references.values()), default=0)} reference models. "
             f"Ownership: a seed counts when the majority of {', '.join(td.pool)} say copy.")
 
 
 def to_markdown(td: TableData) -> str:
-    parts = [f"## Table 1: {td.name}", "", _intro(td), "", _md(*table_cells(td)), "",
-             "### Seeds judged a copy, per metric", "", _md(*copy_count_cells(td))]
+    parts = [f"## Table 1: {td.name}", "", _intro(td), "", md_table(*table_cells(td)), "",
+             "### Seeds judged a copy, per metric", "", md_table(*copy_count_cells(td))]
     if td.rules:
-        parts += ["", "### Threshold rules", "", _md(*rule_cells(td))]
+        parts += ["", "### Threshold rules", "", md_table(*rule_cells(td))]
     if td.failed:
         parts += ["", "### Jobs not done", ""] + [f"- `{f['name']}`: {f['status']} {f['error'] or ''}" for f in td.failed]
     return "\n".join(parts) + "\n"
 
 
-def _csv(head: list[str], rows: list[list[str]]) -> str:
+def csv_table(head: list[str], rows: list[list[str]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(head)
@@ -105,7 +112,7 @@ def _csv(head: list[str], rows: list[list[str]]) -> str:
 
 
 def to_csv(td: TableData) -> str:
-    return _csv(*table_cells(td))
+    return csv_table(*table_cells(td))
 
 
 def _tex_escape(s: str) -> str:
@@ -114,7 +121,7 @@ def _tex_escape(s: str) -> str:
             .replace("↓", r"$\downarrow$"))
 
 
-def _tex(head: list[str], rows: list[list[str]], rule_before_last: bool = False) -> str:
+def tex_table(head: list[str], rows: list[list[str]], rule_before_last: bool = False) -> str:
     """A booktabs tabular of string cells (a midrule before the last row when ``rule_before_last``)."""
     lines = [r"\begin{tabular}{" + "l" + "c" * (len(head) - 1) + "}", r"\toprule",
              " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule"]
@@ -127,7 +134,7 @@ def _tex(head: list[str], rows: list[list[str]], rule_before_last: bool = False)
 
 
 def to_latex(td: TableData) -> str:
-    return _tex(*table_cells(td), rule_before_last=True)   # the tau row below a rule
+    return tex_table(*table_cells(td), rule_before_last=True)   # the tau row below a rule
 
 
 def tradeoff_figure(td: TableData):
@@ -168,7 +175,7 @@ def tradeoff_figure(td: TableData):
     return fig
 
 
-def _html_table(head: list[str], rows: list[list[str]]) -> str:
+def html_table(head: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
@@ -186,10 +193,10 @@ def to_html(td: TableData, extra_sections: list[tuple[str, str]] = ()) -> str:
         img = (f'<h2>Trade-off (paper Fig. 4/5)</h2><img alt="fidelity against normalised distance" '
                f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
     body = [f"<h1>removalnet: {html.escape(td.name)}</h1>", f"<p>{html.escape(_intro(td))}</p>",
-            "<h2>Table 1</h2>", _html_table(*table_cells(td)),
-            "<h2>Seeds judged a copy, per metric</h2>", _html_table(*copy_count_cells(td))]
+            "<h2>Table 1</h2>", html_table(*table_cells(td)),
+            "<h2>Seeds judged a copy, per metric</h2>", html_table(*copy_count_cells(td))]
     if td.rules:
-        body += ["<h2>Threshold rules</h2>", _html_table(*rule_cells(td))]
+        body += ["<h2>Threshold rules</h2>", html_table(*rule_cells(td))]
     body.append(img)
     for title, content in extra_sections:
         body += [f"<h2>{html.escape(title)}</h2>", content]
@@ -204,14 +211,88 @@ def to_html(td: TableData, extra_sections: list[tuple[str, str]] = ()) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def render(td: TableData, fmt: str, extra_sections: list[tuple[str, str]] = ()) -> str:
-    """``td`` in ``fmt``; ``extra_sections`` ((title, HTML) pairs, e.g. a study's) go into the HTML page."""
+def section_markdown(sec: Section, figure_files: dict[str, str] | None = None) -> str:
+    """A section as Markdown: findings, tables and (with ``figure_files``: stem -> file) its figures."""
+    parts = [f"## {sec.title}", ""]
+    if sec.findings:
+        parts += [f"- {f}" for f in sec.findings] + [""]
+    for title, head, rows in sec.tables:
+        parts += [f"### {title}", "", md_table(head, rows), ""]
+    for stem, _ in sec.figures:
+        if figure_files and stem in figure_files:
+            parts += [f"![{stem}]({figure_files[stem]})", ""]
+    return "\n".join(parts)
+
+
+def section_html(sec: Section) -> tuple[str, str]:
+    """(title, HTML) of a section for the self-contained page, figures embedded as PNG."""
+    body = []
+    if sec.findings:
+        body.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in sec.findings) + "</ul>")
+    for title, head, rows in sec.tables:
+        body.append(f"<h3>{html.escape(title)}</h3>" + html_table(head, rows))
+    for stem, fig in sec.figures:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        body.append(f'<img alt="{html.escape(stem)}" src="data:image/png;base64,'
+                    f'{base64.b64encode(buf.getvalue()).decode()}">')
+    return sec.title, "".join(body)
+
+
+def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.pdf`` (atomically); return the paths."""
+    paths = []
+    for ext in ("png", "pdf"):
+        path = Path(out_dir) / f"{stem}.{ext}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def write_sections(sections: Sequence[Section], out_dir: str | Path, stem: str) -> list[Path]:
+    """Write ``<stem>.md`` (findings and tables of every section), ``<stem>-table<i>.csv/.tex`` per table and each
+    figure as PNG and PDF into ``out_dir``; return the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    files = {}
+    for sec in sections:
+        for fstem, fig in sec.figures:
+            paths += save_figure(fig, out_dir, fstem)
+            files[fstem] = f"{fstem}.png"
+    tables = [t for sec in sections for t in sec.tables]
+    for i, (_, head, rows) in enumerate(tables, start=1):
+        for ext, text in (("csv", csv_table(head, rows)), ("tex", tex_table(head, rows))):
+            p = out_dir / f"{stem}-table{i}.{ext}"
+            atomic_write_bytes(p, text.encode())
+            paths.append(p)
+    p = out_dir / f"{stem}.md"
+    atomic_write_bytes(p, "\n".join(section_markdown(sec, files) for sec in sections).encode())
+    paths.append(p)
+    return paths
+
+
+def close_figures(sections: Sequence[Section]) -> None:
+    """Release the sections' matplotlib figures."""
+    import matplotlib.pyplot as plt  # matplotlib is optional (the 'report' extra)
+    for sec in sections:
+        for _, fig in sec.figures:
+            plt.close(fig)
+
+
+def render(td: TableData, fmt: str, sections: Sequence[Section] = ()) -> str:
+    """Table 1 and ``sections`` (e.g. a study's) in ``fmt``: md (Table 1 when anything was measured, then each
+    section), html (one page, figures embedded), csv and tex (Table 1; a section's tables are files, see
+    :func:`write_sections`)."""
     if fmt == "md":
-        return to_markdown(td)
+        if not sections:
+            return to_markdown(td)
+        return (to_markdown(td) + "\n" if td.metrics else "") + "\n".join(section_markdown(s) for s in sections)
     if fmt == "csv":
         return to_csv(td)
     if fmt == "tex":
         return to_latex(td)
     if fmt == "html":
-        return to_html(td, extra_sections)
+        return to_html(td, [section_html(s) for s in sections])
     raise ValueError(fmt)

@@ -4,7 +4,8 @@ Rows: every attack of the spec (FT(0.5), ..., Ours(S_LTD), Ours(S_LSD)), then ``
 fidelity mean +- std and its drop from the victim's accuracy, every metric mean +- std over seeds, and
 "Ownership? Yes (k/n)": for each seed a verifier pool claims ownership when the majority of the pool's metrics
 say "copy"; k counts those seeds. Thresholds tau come from the reference models (never from the negative
-models shown in the table) with the spec's rule.
+models shown in the table) with the spec's rule (a :class:`ThresholdRule`, or one given to :func:`build_table`).
+The threshold-rule comparison measures each rule's detection rate on the rows the spec marks ``baseline``.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from ..attacks import attack_class, list_attacks
 from ..experiment.store import ResultStore
 from ..utils import RemovalNetError
-from ..verify import all_metrics
-from ..verify.thresholds import RULES, calibrate, false_positive_rate, verdict
+from ..verify import RULES, ThresholdRule, all_metrics, calibrate, false_positive_rate, verdict
 
-__all__ = ["TableData", "load_results", "build_table", "POOL_METRICS"]
+__all__ = ["TableData", "load_results", "build_table", "is_baseline", "POOL_METRICS"]
 
 #: the metrics of the paper's Table 1 (plus SAC) that vote on ownership; others are reported beside them
 POOL_METRICS = ("DJ-LOD", "DJ-LAD", "ZEST-L2", "ZEST-Cos", "MD-DDV", "IPG-MR", "SAC")
@@ -32,7 +33,7 @@ class TableData:
     victim_accuracy: float | None
     metrics: list[str]                   # every metric measured, pool first
     pool: list[str]
-    rule: str
+    rule: ThresholdRule
     taus: dict[str, float]
     rows: list[dict[str, Any]]           # one per attack label + Negative: label, values {metric: [..]}, accuracy [..]
     references: dict[str, list[float]]
@@ -62,11 +63,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
-def build_table(run_dir: str | Path, rule: str | None = None) -> TableData:
+def is_baseline(attack_row: dict[str, Any]) -> bool:
+    """Whether a stored spec's attack row is marked as a baseline (runs stored before the mark: the attack's
+    class says so)."""
+    if attack_row.get("baseline") is not None:
+        return bool(attack_row["baseline"])
+    name = attack_row.get("name")
+    return name in list_attacks() and attack_class(name).baseline
+
+
+def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = None) -> TableData:
+    """Table 1 of a run; ``rule`` (a rule, its name or mapping) replaces the spec's threshold rule."""
     spec, rows = load_results(run_dir)
-    rule = rule or spec.get("threshold_rule", "minmax")
-    if rule not in RULES:
-        raise RemovalNetError(f"unknown threshold rule {rule!r}; known: {', '.join(RULES)}")
+    rule = ThresholdRule.parse(rule if rule is not None else spec.get("threshold_rule"))
     known = all_metrics()
     scores = [r for r in rows if r["kind"] == "score" and r["status"] == "done"]
     victim = next((r for r in rows if r["kind"] == "train" and r["config"]["role"] == "victim"
@@ -80,7 +89,7 @@ def build_table(run_dir: str | Path, rule: str | None = None) -> TableData:
     refs = {m: [r["metrics"][m] for r in scores if r["config"]["role"] == "reference" and m in r["metrics"]]
             for m in metrics}
     have_refs = all(refs[m] for m in metrics) and metrics
-    taus = calibrate(refs, [known[m] for m in metrics], rule) if have_refs else {}
+    taus = rule.calibrate(refs, [known[m] for m in metrics]) if have_refs else {}
     labels = [a["label"] for a in spec.get("attacks", [])] + ["Negative"]
     table_rows = []
     for label in labels:
@@ -109,10 +118,11 @@ def build_table(run_dir: str | Path, rule: str | None = None) -> TableData:
     rules = {}
     if have_refs:
         negatives = {m: next(row for row in table_rows if row["label"] == "Negative")["values"][m] for m in metrics}
-        baselines = [row for row in table_rows if row["label"].split("(")[0].lower() in ("ft", "wp", "distill")]
-        for rl in RULES:
+        marked = {a["label"] for a in spec.get("attacks", []) if is_baseline(a)}
+        baselines = [row for row in table_rows if row["label"] in marked]
+        for rl in RULES:   # every rule (the chosen one with its parameters) on the same reference values
             try:
-                t = calibrate(refs, [known[m] for m in metrics], rl)
+                t = calibrate(refs, [known[m] for m in metrics], rule if rl == rule.name else ThresholdRule(rl))
             except RemovalNetError:
                 continue
             fpr = {m: false_positive_rate(known[m], negatives[m], t[m]) if negatives[m] else None for m in metrics}

@@ -10,14 +10,19 @@ robustness         Rob and RobD under FGSM, PGD, DeepFool (Table 4)
 =================  ==========================================================================
 
 ``removalnet study NAME [SPEC.yaml]`` runs one (bundled small configs: ``removalnet/configs/studies``) and
-writes its report; :func:`build_study_report` and :func:`write_study_report` do the same from Python.
+writes its report; from Python, :func:`build_study_report` returns a run's study section as data and
+:func:`removalnet.report.write_sections` / :func:`removalnet.report.render` render it.
 """
 from __future__ import annotations
 
-from . import ablation, boundary, efficiency, robustness, saliency, substitute_size  # noqa: F401  (registers)
 from .base import (Study, StudyReport, SurrogateStudy, create_study, list_studies, register_study,
                    study_class)
-from .report import build_study_report, study_sections, write_study_report
+from ..registry import import_modules
+from .report import build_study_report
+
+# The study modules; each registers its study on import (a new study: one file and one name here).
+MODULES = ("substitute_size", "efficiency", "ablation", "saliency", "boundary", "robustness")
+import_modules(__name__, MODULES)
 
 __all__ = ["Study", "StudyReport", "SurrogateStudy", "create_study", "list_studies", "register_study",
-           "study_class", "build_study_report", "write_study_report", "study_sections"]
+           "study_class", "build_study_report", "MODULES"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..attacks.base import Param
+from ..params import Param
 from ..utils import RemovalNetError
 from .base import ATTACK_PARAMS, Study, StudyReport, fmt_ms, mean_std, register_study, scores_by_label
 

@@ -7,29 +7,35 @@ A study is a small class that does up to three things, all on top of the ordinar
 * :meth:`Study.analysis_jobs` adds ``study`` jobs that need the trained models (saliency maps, t-SNE,
   adversarial sets); their ids hash their configuration and dependencies like every other job, so a study
   resumes and runs on either executor; :meth:`Study.run_job` is what such a job does;
-* :meth:`Study.report` turns the stored results into tables and matplotlib figures (:class:`StudyReport`),
-  written as Markdown/CSV/LaTeX and PNG/PDF and embedded in the HTML report.
+* :meth:`Study.report` turns the stored results into tables, matplotlib figures and findings, as data
+  (:class:`StudyReport`, a :class:`removalnet.report.Section`); :mod:`removalnet.report` renders it as
+  Markdown/CSV/LaTeX and PNG/PDF and embeds it in the HTML report.
 
-Parameters are declared in ``PARAMS`` and validated at construction (:class:`removalnet.attacks.Param`), like
+Parameters are declared in ``PARAMS`` and validated at construction (:class:`removalnet.params.Param`), like
 attacks. ``create_study(name, **params)``; ``list_studies()``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..attacks.base import Param, validate_params
+from ..attacks import create_attack
+from ..experiment.artifacts import attack_job, study_job
+from ..experiment.hooks import SpecSection, register_job_kind, register_spec_section
+from ..params import Param, validate_params
+from ..registry import Registry
+from ..report import Section
 from ..utils import RemovalNetError, atomic_path
+from ..verify import all_metrics
 
 __all__ = ["Study", "SurrogateStudy", "StudyReport", "register_study", "create_study", "list_studies", "study_class",
-           "ATTACK_PARAMS", "mean_std", "fmt_ms", "scores_by_label", "metric_split", "save_figure",
+           "ATTACK_PARAMS", "mean_std", "fmt_ms", "scores_by_label", "metric_split",
            "finished_job", "save_arrays"]
 
-_STUDIES: dict[str, type["Study"]] = {}
+_STUDIES: Registry[type["Study"]] = Registry("study")
 
 #: the substitute-set parameters shared by the studies that add a RemovalNet row
 ATTACK_PARAMS = {
@@ -42,15 +48,8 @@ ATTACK_PARAMS = {
 }
 
 
-@dataclass
-class StudyReport:
-    """What a study shows: tables (title, header, rows of strings), figures (file stem, matplotlib figure)
-    and key numbers as one-line findings."""
-    title: str
-    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
-    figures: list[tuple[str, Any]] = field(default_factory=list)
-    findings: list[str] = field(default_factory=list)
-    numbers: dict[str, Any] = field(default_factory=dict)
+#: what a study's ``report`` returns: tables, figures and findings as data, rendered by :mod:`removalnet.report`
+StudyReport = Section
 
 
 class Study:
@@ -110,7 +109,6 @@ class Study:
         if p.get("scenario") == "lsd" and not p["source"]:
             raise RemovalNetError("scenario lsd needs a source (a dataset name, or 'partition')")
         try:
-            from ..attacks import create_attack
             create_attack("removalnet", **p["params"])
         except RemovalNetError as e:
             raise RemovalNetError(f"params: {e}") from None
@@ -135,9 +133,7 @@ class SurrogateStudy(Study):
 
     def attack_job(self, spec, seed: int | None = None) -> str:
         """Name of the attack job of ``seed`` (default: the chosen seed) in ``spec`` (an ExperimentSpec)."""
-        from ..experiment.plan import slug
-        s = self.chosen_seed(spec) if seed is None else seed
-        return f"attacks/{slug(self.label)}/seed-{s}"
+        return attack_job(self.label, self.chosen_seed(spec) if seed is None else seed)
 
     def chosen_seed(self, spec) -> int:
         seeds = spec.seeds
@@ -152,23 +148,50 @@ class SurrogateStudy(Study):
 def register_study(cls: type[Study]) -> type[Study]:
     if not (isinstance(cls, type) and issubclass(cls, Study)) or not cls.name:
         raise TypeError("register_study needs a Study subclass with a non-empty `name`")
-    _STUDIES[cls.name] = cls
-    return cls
+    return _STUDIES.add(cls.name, cls)
 
 
 def list_studies() -> list[str]:
-    return sorted(_STUDIES)
+    return _STUDIES.names()
 
 
 def study_class(name: str) -> type[Study]:
-    if name not in _STUDIES:
-        raise RemovalNetError(f"unknown study {name!r}; known: {', '.join(list_studies())}")
-    return _STUDIES[name]
+    return _STUDIES.get(name)
 
 
 def create_study(name: str, **params: Any) -> Study:
     """Build a registered study with validated parameters."""
     return study_class(name)(**params)
+
+
+# ------------------------------------------------------------------------ hooks into the experiment runner
+def _expand_section(section: Any, raw_spec: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A spec's ``study`` section validated, and the attack rows the study adds."""
+    if not isinstance(section, dict) or "name" not in section:
+        raise RemovalNetError("study: must be a mapping with a name")
+    if section["name"] not in _STUDIES:
+        raise RemovalNetError(f"study.name: unknown study {section['name']!r} (known: {', '.join(list_studies())})")
+    try:
+        st = create_study(**section)
+        added = st.attacks(raw_spec)
+    except RemovalNetError as e:
+        raise RemovalNetError(f"study: {e}") from None
+    return st.to_dict(), added
+
+
+def _plan_section(spec, jobs: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], list[str]]]:
+    """The study's analysis jobs as ``(kind, name, config, dependency names)``."""
+    study = create_study(**spec.study)
+    return [("study", study_job(study.name, name), {"study": study.to_dict(), **cfg}, deps)
+            for name, cfg, deps in study.analysis_jobs(spec, jobs)]
+
+
+def _run_study_job(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
+    return create_study(**job["config"]["study"]).run_job(job, run_dir)
+
+
+register_spec_section(SpecSection("study", _expand_section, _plan_section))
+register_job_kind("study", _run_study_job)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -213,19 +236,7 @@ def save_arrays(run_dir: Path, job_name: str, filename: str, arrays: dict[str, A
 
 def metric_split(metrics: list[str]) -> tuple[list[str], list[str]]:
     """(distance metrics, similarity metrics) among ``metrics``, in the given order."""
-    from ..verify import all_metrics
     known = all_metrics()
     dist = [m for m in metrics if m in known and known[m].direction == "distance"]
     sim = [m for m in metrics if m in known and known[m].direction == "similarity"]
     return dist, sim
-
-
-def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``fig`` as ``stem.png`` and ``stem.pdf`` (atomically); return the paths."""
-    paths = []
-    for ext in ("png", "pdf"):
-        path = Path(out_dir) / f"{stem}.{ext}"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    return paths

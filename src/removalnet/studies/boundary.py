@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks.base import Param
+from ..attacks import create_attack
+from ..checkpoint import load_checkpoint
+from ..data import balanced_subset, dataset_labels, get_dataset_info
+from ..experiment.artifacts import VICTIM, checkpoint_path, dataset, model_path, study_job
+from ..params import Param
+from ..train import predict_logits
 from ..utils import RemovalNetError
 from .base import finished_job, save_arrays, StudyReport, SurrogateStudy, register_study
 
@@ -53,7 +58,6 @@ class Boundary(SurrogateStudy):
 
     def validate(self) -> None:
         super().validate()
-        from ..attacks import create_attack
         ap = create_attack("removalnet", **self.params["params"]).params
         ts = self.params["iterations_shown"]
         if any(not float(t).is_integer() for t in ts):
@@ -69,19 +73,13 @@ class Boundary(SurrogateStudy):
 
     def analysis_jobs(self, spec, jobs):
         sur = self.attack_job(spec)
-        return [("tsne", {"surrogate": sur, "seed": self.chosen_seed(spec)}, ["models/victim", sur])]
+        return [("tsne", {"surrogate": sur, "seed": self.chosen_seed(spec)}, [VICTIM, sur])]
 
     def run_job(self, job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-        from ..checkpoint import load_checkpoint
-        from ..data import balanced_subset, get_dataset_info
-        from ..experiment.jobs import _dataset, model_path
-        from ..train import predict_logits
-
         cfg, dev = job["config"], job["config"]["device"]
-        victim, _ = load_checkpoint(model_path(run_dir, "models/victim"), device=dev)
-        test = _dataset(cfg["dataset"], "test", cfg.get("data_root"))
+        victim, _ = load_checkpoint(model_path(run_dir, VICTIM), device=dev)
+        test = dataset(cfg["dataset"], "test", cfg.get("data_root"))
         classes = get_dataset_info(cfg["dataset"]).num_classes
-        from ..data import dataset_labels
         per_class = min(self.params["per_class"], int(np.bincount(dataset_labels(test), minlength=classes).min()))
         sub = balanced_subset(test, count=per_class * classes, seed=0)
         labels = dataset_labels(sub)
@@ -90,7 +88,7 @@ class Boundary(SurrogateStudy):
         metrics: dict[str, Any] = {"per_class": per_class, "t": [], "agreement": [], "total_variation": [],
                                    "pair_distance": []}
         for t in self.params["iterations_shown"]:
-            path = Path(run_dir) / cfg["surrogate"] / "checkpoints" / f"t{t:04d}.safetensors"
+            path = checkpoint_path(run_dir, cfg["surrogate"], t)
             if not path.exists():
                 raise RemovalNetError(f"checkpoint t={t} of {cfg['surrogate']} was not saved")
             sur, _ = load_checkpoint(path, device=dev)
@@ -109,7 +107,7 @@ class Boundary(SurrogateStudy):
         from safetensors.numpy import load_file
 
         rep = StudyReport(self.title)
-        job = finished_job(rows, "study/boundary/tsne")
+        job = finished_job(rows, study_job(self.name, "tsne"))
         if job is None:
             rep.findings.append("the t-SNE job has not finished")
             return rep

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..attacks.base import Param
+from ..attacks import create_attack
+from ..params import Param
 from ..utils import RemovalNetError
 from .base import ATTACK_PARAMS, Study, StudyReport, register_study
 from .substitute_size import SCENARIO_NAMES
@@ -63,7 +64,6 @@ class Efficiency(Study):
     }
 
     def validate(self) -> None:
-        from ..attacks import create_attack
         try:
             create_attack("knockoff", **self.params["knockoff"])
         except RemovalNetError as e:

@@ -14,7 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..attacks.base import Param
+from ..checkpoint import load_checkpoint
+from ..data import dataset_labels
+from ..experiment.artifacts import VICTIM, model_job, model_path, study_job, verifier_data
+from ..params import Param
+from ..train import predict_logits
 from ..utils import RemovalNetError
 from .base import finished_job, save_arrays, StudyReport, SurrogateStudy, fmt_ms, register_study
 
@@ -96,18 +100,13 @@ class Robustness(SurrogateStudy):
 
     def analysis_jobs(self, spec, jobs):
         surrogates = [self.attack_job(spec, s) for s in spec.seeds]
-        negatives = [f"models/negative-{i}" for i in range(spec.negatives.count)]
+        negatives = [model_job("negative", i) for i in range(spec.negatives.count)]
         return [("rob", {"surrogates": surrogates, "negatives": negatives},
-                 ["models/victim", *surrogates, *negatives])]
+                 [VICTIM, *surrogates, *negatives])]
 
     def run_job(self, job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-        from ..checkpoint import load_checkpoint
-        from ..data import dataset_labels
-        from ..experiment.jobs import model_path, verifier_data
-        from ..train import predict_logits
-
         cfg, dev = job["config"], job["config"]["device"]
-        victim, _ = load_checkpoint(model_path(run_dir, "models/victim"), device=dev)
+        victim, _ = load_checkpoint(model_path(run_dir, VICTIM), device=dev)
         data = verifier_data({**cfg, "verifier_count": self.params["count"]})
         x = np.stack([np.asarray(data[i][0], dtype=np.float32) for i in range(len(data))])
         y = np.asarray(dataset_labels(data))
@@ -133,7 +132,7 @@ class Robustness(SurrogateStudy):
 
     def report(self, spec: dict[str, Any], rows: list[dict[str, Any]], td: Any, run_dir: Path) -> StudyReport:
         rep = StudyReport(self.title)
-        job = finished_job(rows, "study/robustness/rob")
+        job = finished_job(rows, study_job(self.name, "rob"))
         if job is None:
             rep.findings.append("the robustness job has not finished")
             return rep

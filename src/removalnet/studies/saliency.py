@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks.base import Param
+from ..checkpoint import load_checkpoint
+from ..data import balanced_subset
+from ..experiment.artifacts import VICTIM, dataset, model_job, model_path, study_job
+from ..params import Param
 from ..utils import RemovalNetError
 from .base import finished_job, save_arrays, StudyReport, SurrogateStudy, register_study
 
@@ -58,24 +61,20 @@ class Saliency(SurrogateStudy):
     }
 
     def analysis_jobs(self, spec, jobs):
-        deps = ["models/victim", self.attack_job(spec)]
+        deps = [VICTIM, self.attack_job(spec)]
         if spec.negatives.count:
-            deps.append("models/negative-0")
+            deps.append(model_job("negative", 0))
         return [("maps", {"surrogate": deps[1], "negative": deps[2] if len(deps) > 2 else None,
                           "seed": self.chosen_seed(spec)}, deps)]
 
     def run_job(self, job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-        from ..checkpoint import load_checkpoint
-        from ..data import balanced_subset
-        from ..experiment.jobs import _dataset, model_path
-
         cfg, dev = job["config"], job["config"]["device"]
-        victim, _ = load_checkpoint(model_path(run_dir, "models/victim"), device=dev)
+        victim, _ = load_checkpoint(model_path(run_dir, VICTIM), device=dev)
         models = {"victim": victim, "surrogate": load_checkpoint(model_path(run_dir, cfg["surrogate"]), device=dev)[0]}
         if cfg.get("negative"):
             models["negative"] = load_checkpoint(model_path(run_dir, cfg["negative"]), device=dev)[0]
         layer = self.params["layer"] or victim.default_layer
-        test = _dataset(cfg["dataset"], "test", cfg.get("data_root"))
+        test = dataset(cfg["dataset"], "test", cfg.get("data_root"))
         sub = balanced_subset(test, count=self.params["num_images"], seed=0)
         x = torch.stack([torch.as_tensor(sub[i][0]) for i in range(len(sub))]).to(dev)
         y = torch.as_tensor([int(sub[i][1]) for i in range(len(sub))])
@@ -97,7 +96,7 @@ class Saliency(SurrogateStudy):
         from safetensors.numpy import load_file
 
         rep = StudyReport(self.title)
-        job = finished_job(rows, "study/saliency/maps")
+        job = finished_job(rows, study_job(self.name, "maps"))
         if job is None:
             rep.findings.append("the saliency job has not finished")
             return rep

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..attacks.base import Param
+from ..attacks import create_attack
+from ..params import Param
 from ..utils import RemovalNetError
+from ..verify import all_metrics, verdict
 from .base import (Study, StudyReport, fmt_ms, mean_std, metric_split, register_study, scores_by_label)
 
 SCENARIO_NAMES = {"ltd": "S_LTD", "lsd": "S_LSD"}
@@ -48,7 +50,6 @@ class SubstituteSize(Study):
             if any(not float(c).is_integer() for c in p["counts"]):
                 raise RemovalNetError("counts must be integers")
             p["counts"] = [int(c) for c in p["counts"]]
-        from ..attacks import create_attack
         try:
             create_attack("removalnet", **p["params"])
         except RemovalNetError as e:
@@ -97,8 +98,6 @@ class SubstituteSize(Study):
         head = ["Scenario", "Samples", "Fraction", "Fidelity (%)", "Drop"] + metrics + ["Copy votes"]
         table = []
         victim = td.victim_accuracy
-        from ..verify import all_metrics
-        from ..verify.thresholds import verdict
         known = all_metrics()
         for sc, plist in pts.items():
             for d in plist:

@@ -5,20 +5,17 @@ DeepJudge countermeasure ("deepjudge_aligned"), ZEST ("zest"), ModelDiff ("model
 searched per suspect as the official code does), its suspect-independent PGD-pair variant ("modeldiff_pgd"),
 IPGuard ("ipguard") and sample correlation ("sac").
 """
-import importlib as _importlib
-
+from ..registry import import_modules
 from .base import (Fingerprint, FingerprintCache, Metric, Verifier, all_metrics, create_verifier, list_verifiers,
-                   register_verifier, verifier_class)
-from .thresholds import MIN_REFERENCES, RULES, Calibration, calibrate, calibrate_models, false_positive_rate, verdict
+                   register_verifier, verifier_class, verifier_defaults)
+from .thresholds import (MIN_REFERENCES, RULES, Calibration, ThresholdRule, calibrate, calibrate_models,
+                         false_positive_rate, score_model, verdict)
 
-for _name in ("deepjudge", "deepjudge_aligned", "zest", "modeldiff", "modeldiff_pgd", "ipguard", "sac"):
-    try:
-        _importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:  # that verifier's module is not part of this installation
-        if _e.name != f"{__name__}.{_name}":
-            raise
-del _name
+# The verifier modules; each registers its verifier on import (a new verifier: one file and one name here).
+# An import error in any of them is raised.
+MODULES = ("deepjudge", "deepjudge_aligned", "zest", "modeldiff", "modeldiff_pgd", "ipguard", "sac")
+import_modules(__name__, MODULES)
 
 __all__ = ["Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
-           "list_verifiers", "verifier_class", "all_metrics", "calibrate", "calibrate_models", "verdict",
-           "false_positive_rate", "Calibration", "RULES", "MIN_REFERENCES"]
+           "list_verifiers", "verifier_class", "verifier_defaults", "all_metrics", "calibrate", "calibrate_models", "verdict",
+           "false_positive_rate", "Calibration", "RULES", "MIN_REFERENCES", "ThresholdRule", "score_model"]

@@ -53,6 +53,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..registry import Registry
 from ..utils import RemovalNetError, atomic_path, atomic_write_json, package_versions, resolve_device, \
     seed_everything, weights_hash
 
@@ -490,7 +491,7 @@ class Verifier(abc.ABC):
 
 
 # ------------------------------------------------------------------------------------------- registry
-_VERIFIERS: dict[str, type[Verifier]] = {}
+_VERIFIERS: Registry[type[Verifier]] = Registry("verifier")
 
 
 def register_verifier(cls: type[Verifier]) -> type[Verifier]:
@@ -498,8 +499,6 @@ def register_verifier(cls: type[Verifier]) -> type[Verifier]:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"{cls.__name__} has no verifier name")
-    if name in _VERIFIERS and _VERIFIERS[name] is not cls:
-        raise ValueError(f"verifier {name!r} registered twice")
     metrics = getattr(cls, "metrics", ())
     if not metrics:
         raise ValueError(f"verifier {name!r} declares no metrics")
@@ -509,27 +508,30 @@ def register_verifier(cls: type[Verifier]) -> type[Verifier]:
             raise ValueError(f"verifier {name!r}: {m!r} is not a Metric with direction distance/similarity")
         if m.name in taken:
             raise ValueError(f"metric {m.name!r} of verifier {name!r} is already declared by {taken[m.name]!r}")
-    _VERIFIERS[name] = cls
-    return cls
+    return _VERIFIERS.add(name, cls)
 
 
 def list_verifiers() -> list[str]:
-    return sorted(_VERIFIERS)
+    return _VERIFIERS.names()
 
 
 def verifier_class(name: str) -> type[Verifier]:
-    if name not in _VERIFIERS:
-        raise RemovalNetError(f"unknown verifier {name!r}; known: {', '.join(list_verifiers()) or 'none'}")
-    return _VERIFIERS[name]
+    return _VERIFIERS.get(name)
 
 
 def create_verifier(name: str, **params: Any) -> Verifier:
     return verifier_class(name)(**params)
 
 
+def verifier_defaults(name: str) -> dict[str, Any]:
+    """A registered verifier's parameters with their defaults (``removalnet verify --list``)."""
+    cls = verifier_class(name)
+    return {**cls._base_defaults, **cls.defaults}
+
+
 def all_metrics() -> dict[str, Metric]:
     """Every registered metric by name (verifiers in name order, metrics in declared order)."""
-    return {m.name: m for v in list_verifiers() for m in _VERIFIERS[v].metrics}
+    return {m.name: m for _, v in _VERIFIERS.items() for m in v.metrics}
 
 
 # -------------------------------------------------------------------------------------------- caching

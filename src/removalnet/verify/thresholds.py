@@ -14,13 +14,18 @@ Two further rules, which tolerate one outlying reference and tell how far the re
   (similarities) of the reference values (numpy's linear interpolation; ``q`` default 5.0), then moved by
   ``margin`` times the reference range towards "not a copy" (``margin`` default 0.0).
 
+A rule and its parameters travel together as a :class:`ThresholdRule`, built once (from a spec's
+``threshold_rule``, a name or ``{name: normal, k: 3}``, or from the command line) and stored with the results.
+
 At least :data:`MIN_REFERENCES` (5) reference models are recommended; fewer give a warning.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -29,11 +34,80 @@ from torch import nn
 from ..utils import RemovalNetError
 from .base import Fingerprint, Metric, Verifier, all_metrics
 
-__all__ = ["RULES", "MIN_REFERENCES", "calibrate", "verdict", "false_positive_rate", "calibrate_models",
-           "Calibration", "resolve_metric"]
+__all__ = ["RULES", "ThresholdRule", "MIN_REFERENCES", "calibrate", "verdict", "false_positive_rate", "calibrate_models",
+           "Calibration", "resolve_metric", "score_model"]
 
 RULES = ("minmax", "normal", "percentile")
 MIN_REFERENCES = 5
+
+
+#: the parameters each rule uses
+RULE_PARAMS = {"minmax": (), "normal": ("k",), "percentile": ("q", "margin")}
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """A threshold rule with its parameters: ``minmax`` (the paper), ``normal`` (``k``) or ``percentile``
+    (``q``, ``margin``); validated at construction. ``ThresholdRule.parse`` builds one from a name, a mapping
+    (``{"name": "normal", "k": 3}``) or a rule."""
+
+    name: str = "minmax"
+    k: float = 2.0
+    q: float = 5.0
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in RULES:
+            raise RemovalNetError(f"unknown threshold rule {self.name!r}; known: {', '.join(RULES)}")
+        for key in ("k", "q", "margin"):
+            v = getattr(self, key)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise RemovalNetError(f"threshold parameter {key}={v!r} must be a finite number >= 0.0")
+            object.__setattr__(self, key, float(v))
+        if self.q > 100:
+            raise RemovalNetError(f"threshold parameter q={self.q!r} must be <= 100")
+
+    @classmethod
+    def parse(cls, value: "ThresholdRule | str | Mapping[str, Any] | None", **overrides: Any) -> "ThresholdRule":
+        """A rule from a name, a mapping with ``name`` and parameters, or a rule (None: ``minmax``);
+        ``overrides`` (k, q, margin; None values ignored) replace its parameters."""
+        if value is None:
+            rule = cls()
+        elif isinstance(value, ThresholdRule):
+            rule = value
+        elif isinstance(value, str):
+            rule = cls(value)
+        elif isinstance(value, Mapping):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise RemovalNetError(f"unknown threshold rule key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+            rule = cls(**value)
+        else:
+            raise RemovalNetError(f"a threshold rule is a name or a mapping with a name, got {value!r}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(rule, **given) if given else rule
+
+    def params(self) -> dict[str, float]:
+        """The parameters this rule uses."""
+        return {k: getattr(self, k) for k in RULE_PARAMS[self.name]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params()}
+
+    def spec_value(self) -> "str | dict[str, Any]":
+        """How a spec writes this rule: its name alone when its parameters are the defaults."""
+        default = ThresholdRule(self.name)
+        return self.name if self.params() == default.params() else self.to_dict()
+
+    def describe(self) -> str:
+        p = self.params()
+        return self.name + (f" ({', '.join(f'{k}={v:g}' for k, v in p.items())})" if p else "")
+
+    def calibrate(self, values_by_metric: Mapping[str, Sequence[float]],
+                  metrics: Mapping[str, Metric] | Iterable[Metric | str], *,
+                  min_references: int = MIN_REFERENCES) -> dict[str, float]:
+        return calibrate(values_by_metric, metrics, self, min_references=min_references)
 
 
 def resolve_metric(metric: Metric | str, metrics: Mapping[str, Metric] | Iterable[Metric] | None = None) -> Metric:
@@ -82,22 +156,17 @@ def _tau(values: np.ndarray, direction: str, rule: str, k: float, q: float, marg
 
 
 def calibrate(values_by_metric: Mapping[str, Sequence[float]], metrics: Mapping[str, Metric] | Iterable[Metric | str],
-              rule: str = "minmax", *, k: float = 2.0, q: float = 5.0, margin: float = 0.0,
-              min_references: int = MIN_REFERENCES) -> dict[str, float]:
+              rule: "ThresholdRule | str" = "minmax", *, k: float | None = None, q: float | None = None,
+              margin: float | None = None, min_references: int = MIN_REFERENCES) -> dict[str, float]:
     """tau per metric from the values reference models reach against the victim.
 
     Args:
         values_by_metric: metric name -> the reference models' values (one per reference model).
         metrics: the metrics to calibrate (Metric objects or registered names); every one needs values.
-        rule: "minmax" (paper section 4.1.4), "normal" (mean -/+ k*std) or "percentile" (q, margin).
+        rule: a :class:`ThresholdRule`, or a rule's name: "minmax" (paper section 4.1.4), "normal"
+            (mean -/+ k*std) or "percentile" (q, margin); ``k``, ``q``, ``margin`` replace its parameters.
     """
-    if rule not in RULES:
-        raise RemovalNetError(f"unknown threshold rule {rule!r}; known: {', '.join(RULES)}")
-    for name, v, lo in (("k", k, 0.0), ("q", q, 0.0), ("margin", margin, 0.0)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < lo:
-            raise RemovalNetError(f"threshold parameter {name}={v!r} must be a finite number >= {lo}")
-    if q > 100:
-        raise RemovalNetError(f"threshold parameter q={q!r} must be <= 100")
+    rule = ThresholdRule.parse(rule, k=k, q=q, margin=margin)
     table = _metric_table(metrics)
     taus = {}
     for name, metric in table.items():
@@ -107,7 +176,7 @@ def calibrate(values_by_metric: Mapping[str, Sequence[float]], metrics: Mapping[
         if 0 < values.size < min_references:
             warnings.warn(f"threshold for {name} calibrated from {values.size} reference model(s); "
                           f"at least {min_references} are recommended", stacklevel=2)
-        taus[name] = _tau(values, metric.direction, rule, k, q, margin, name)
+        taus[name] = _tau(values, metric.direction, rule.name, rule.k, rule.q, rule.margin, name)
     return taus
 
 
@@ -129,17 +198,52 @@ def false_positive_rate(metric: Metric | str, values: Sequence[float], tau: floa
     return float(np.mean([verdict(m, v, tau) for v in vals]))
 
 
+def score_model(verifiers: Sequence[Verifier], fingerprints: Mapping[str, Fingerprint] | Sequence[Fingerprint],
+                victim: nn.Module, model: nn.Module, *, device: str | torch.device | None = None,
+                errors: dict[str, str] | None = None) -> dict[str, float]:
+    """Every metric of every verifier for ``model`` against ``victim`` (the one scoring path of the score jobs,
+    ``removalnet verify`` and :func:`calibrate_models`). ``fingerprints``: by verifier name or in the order of
+    ``verifiers``. With an ``errors`` mapping, a verifier that raises :class:`RemovalNetError` records its
+    message under each of its metrics there and the others go on; without one the error propagates. A metric
+    the fingerprint declares degenerate gets no value; a non-finite value is an error, never a number."""
+    verifiers = list(verifiers)
+    fps = ([fingerprints[v.name] for v in verifiers] if isinstance(fingerprints, Mapping) else list(fingerprints))
+    values: dict[str, float] = {}
+    for v, fp in zip(verifiers, fps):
+        try:
+            scored = v.score(fp, victim, model, device=device)
+        except RemovalNetError as e:
+            if errors is None:
+                raise
+            for m in v.metrics:
+                errors[m.name] = str(e)
+            continue
+        degenerate = set(fp.meta.get("degenerate", ()))
+        for name, val in scored.items():
+            if name in degenerate:
+                continue  # the fingerprint holds no evidence for it: never a value
+            if not math.isfinite(val):  # never shown or judged as a number
+                if errors is None:
+                    raise RemovalNetError(f"{name} is not finite ({val})")
+                errors[name] = f"the metric is not finite ({val})"
+                continue
+            values[name] = val
+    return values
+
+
 class Calibration(NamedTuple):
     taus: dict[str, float]
     values: dict[str, list[float]]
 
 
 def calibrate_models(verifiers: Sequence[Verifier], fingerprints: Mapping[str, Fingerprint] | Sequence[Fingerprint],
-                     victim: nn.Module, reference_models: Sequence[nn.Module], *, rule: str = "minmax",
-                     device: str | torch.device | None = None, **rule_params: float) -> Calibration:
+                     victim: nn.Module, reference_models: Sequence[nn.Module], *,
+                     rule: "ThresholdRule | str" = "minmax", device: str | torch.device | None = None,
+                     exclude: Iterable[str] = (), **rule_params: float) -> Calibration:
     """Score every reference model with every verifier, then :func:`calibrate` (returns taus and raw values).
 
-    ``fingerprints``: the victim's fingerprints, by verifier name or in the order of ``verifiers``.
+    ``fingerprints``: the victim's fingerprints, by verifier name or in the order of ``verifiers``. Metrics named
+    in ``exclude`` (e.g. ones a fingerprint declares degenerate) get their values but no threshold.
     """
     verifiers = list(verifiers)
     if isinstance(fingerprints, Mapping):
@@ -160,10 +264,11 @@ def calibrate_models(verifiers: Sequence[Verifier], fingerprints: Mapping[str, F
     values: dict[str, list[float]] = {m.name: [] for v in verifiers for m in v.metrics}
     metrics = [m for v in verifiers for m in v.metrics]
     for ref in refs:
-        for v, fp in zip(verifiers, fps):
-            for name, val in v.score(fp, victim, ref, device=device).items():
-                values[name].append(val)
+        for name, val in score_model(verifiers, fps, victim, ref, device=device).items():
+            values[name].append(val)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # already warned once above
-        taus = calibrate(values, metrics, rule, **rule_params)
+        skip = set(exclude)
+        taus = calibrate({k: v for k, v in values.items() if k not in skip},
+                         [m for m in metrics if m.name not in skip], rule, **rule_params)
     return Calibration(taus, values)

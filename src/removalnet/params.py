@@ -1,0 +1,128 @@
+"""Declarative parameters: :class:`Param` (default, type, range, choices) and :func:`validate_params`.
+
+The one parameter system of the package: attacks (``Attack.PARAMS``) and studies (``Study.PARAMS``) declare
+their parameters with it and validate them at construction (ART style); ``removalnet attack --list`` and
+``removalnet study --list`` print :meth:`Param.describe`. It depends on nothing else in the package but the
+error type, so any layer can use it.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .utils import RemovalNetError
+
+__all__ = ["Param", "validate_params", "describe_params"]
+
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter (of an attack, a study, ...): default, type and allowed range, validated at construction.
+
+    ``kind`` is ``int``, ``float``, ``bool``, ``str``, ``dict`` (a mapping, e.g. another component's
+    parameters) or ``list`` (a non-empty list of numbers, each checked against ``low``/``high``, or of
+    strings from ``choices``). ``choices`` restricts a value to a set; ``nullable`` allows
+    ``None``; ``low``/``high`` are inclusive unless ``low_open``/``high_open``.
+    """
+
+    default: Any
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple | None = None
+    nullable: bool = False
+    doc: str = ""
+
+    def validate(self, name: str, value: Any) -> Any:
+        """Return ``value`` converted to the parameter's type, or raise ``RemovalNetError``."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise RemovalNetError(f"parameter {name!r} must not be None")
+        if self.kind is list:
+            what = "strings" if self.choices is not None else "numbers"
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+                raise RemovalNetError(f"parameter {name!r} must be a non-empty list of {what}, got {value!r}")
+            if self.choices is not None:  # a list of names, each one of the choices
+                for v in value:
+                    if v not in self.choices:
+                        raise RemovalNetError(f"parameter {name!r}: {v!r} is not one of "
+                                              f"{', '.join(map(str, self.choices))}")
+                return list(value)
+            return [self._number(name, v, float) for v in value]
+        if self.kind is dict:
+            if not isinstance(value, Mapping):
+                raise RemovalNetError(f"parameter {name!r} must be a mapping, got {value!r}")
+            return dict(value)
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise RemovalNetError(f"parameter {name!r} must be true or false, got {value!r}")
+            return value
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise RemovalNetError(f"parameter {name!r} must be a string, got {value!r}")
+            if self.choices is not None and value not in self.choices:
+                raise RemovalNetError(f"parameter {name!r} must be one of {', '.join(map(str, self.choices))}, "
+                                      f"got {value!r}")
+            return value
+        if self.kind in (int, float):
+            v = self._number(name, value, self.kind)
+            if self.choices is not None and v not in self.choices:
+                raise RemovalNetError(f"parameter {name!r} must be one of {self.choices}, got {value!r}")
+            return v
+        raise TypeError(f"unsupported parameter kind {self.kind!r} for {name!r}")
+
+    def _number(self, name: str, value: Any, kind: type) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise RemovalNetError(f"parameter {name!r} must be a{'n integer' if kind is int else ' number'}, "
+                                  f"got {value!r}")
+        if kind is int:
+            if isinstance(value, numbers.Integral):
+                v: int | float = int(value)
+            elif float(value).is_integer():
+                v = int(value)
+            else:
+                raise RemovalNetError(f"parameter {name!r} must be an integer, got {value!r}")
+        else:
+            v = float(value)
+            if not math.isfinite(v):
+                raise RemovalNetError(f"parameter {name!r} must be finite, got {value!r}")
+        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+            raise RemovalNetError(f"parameter {name!r} must be {'>' if self.low_open else '>='} {self.low}, "
+                                  f"got {value!r}")
+        if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
+            raise RemovalNetError(f"parameter {name!r} must be {'<' if self.high_open else '<='} {self.high}, "
+                                  f"got {value!r}")
+        return v
+
+    def describe(self) -> str:
+        rng = ""
+        if self.choices is not None:
+            rng = " in {" + ", ".join(map(str, self.choices)) + "}"
+        elif self.low is not None or self.high is not None:
+            lo = "(" if self.low_open else "["
+            hi = ")" if self.high_open else "]"
+            rng = f" in {lo}{'-inf' if self.low is None else self.low}, {'inf' if self.high is None else self.high}{hi}"
+        return f"{self.kind.__name__}{rng}, default {self.default!r}" + (f": {self.doc}" if self.doc else "")
+
+
+def validate_params(spec: dict[str, Param], params: dict[str, Any], owner: str) -> dict[str, Any]:
+    """Every parameter of ``spec`` validated, defaults filled in; an unknown name raises, naming ``owner``."""
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise RemovalNetError(f"unknown parameter {unknown[0]!r} for {owner}; known: {', '.join(sorted(spec))}")
+    return {key: p.validate(key, params[key] if key in params else p.default) for key, p in spec.items()}
+
+
+def describe_params(spec: Mapping[str, Any]) -> list[str]:
+    """One line per parameter: ``name: kind in range, default ...: doc`` (for ``--list``); values that are
+    not :class:`Param` (plain defaults) print as ``name: default ...``."""
+    out = []
+    for key, p in spec.items():
+        out.append(f"{key}: {p.describe()}" if isinstance(p, Param) else f"{key}: default {p!r}")
+    return out
