@@ -23,7 +23,7 @@ PKG = Path(removalnet.__file__).parent
 LAYERS = [
     {"utils"},
     {"params", "registry"},
-    {"models", "data", "train", "verify", "checkpoint"},
+    {"models", "data", "train", "verify", "checkpoint", "guards"},
     {"attacks"},
     {"experiment"},
     {"report"},

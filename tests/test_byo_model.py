@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from removalnet.checkpoint import load_weights, save_checkpoint
+from removalnet.checkpoint import build_model, load_weights, save_checkpoint
 from removalnet.models import NotSplittableError, SplitModel, create_model, describe_split, resolve_model
 from removalnet.utils import RemovalNetError
 
@@ -30,7 +30,7 @@ def _assert_split_consistent(m: SplitModel, x: torch.Tensor) -> None:
 def test_user_file_state_dict_loads_with_the_users_keys(lenet_file, tmp_path):
     user = _user_lenet(lenet_file)
     torch.save(user.state_dict(), tmp_path / "model.pt")
-    m = resolve_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / "model.pt").eval()
+    m = build_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / "model.pt").eval()
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(m(x), user(x))
@@ -59,7 +59,7 @@ def test_weights_formats(lenet_file, tmp_path):
                tmp_path / "wrapped.pth")
     save_file(user.state_dict(), str(tmp_path / "plain.safetensors"))
     for f in ("wrapped.pth", "plain.safetensors"):
-        m = resolve_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / f).eval()
+        m = build_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / f).eval()
         with torch.no_grad():
             torch.testing.assert_close(m(x), want)
     # the project's own checkpoint of that model: rebuilt from its sidecar alone
@@ -69,7 +69,7 @@ def test_weights_formats(lenet_file, tmp_path):
     assert meta["arch"] == f"{lenet_file.resolve()}:LeNet"
     with torch.no_grad():
         torch.testing.assert_close(again(x), want)
-    m2 = resolve_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / "ck.safetensors").eval()
+    m2 = build_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / "ck.safetensors").eval()
     with torch.no_grad():
         torch.testing.assert_close(m2(x), want)
 
@@ -102,13 +102,13 @@ def test_missing_and_extra_keys_named(lenet_file, tmp_path):
     state["head.weight"] = torch.zeros(2)
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(RemovalNetError) as e:
-        resolve_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / "bad.pt")
+        build_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / "bad.pt")
     msg = str(e.value)
     assert "missing 2 tensor(s), e.g. 'conv1.weight', 'fc3.bias'" in msg
     assert "1 unexpected tensor(s), e.g. 'head.weight'" in msg
     torch.save(_user_lenet(lenet_file).state_dict(), tmp_path / "ten.pt")     # 10 classes, the data has 4
     with pytest.raises(RemovalNetError, match=r"tensor 'fc3.weight' has shape \(10, 84\), the model expects \(4, 84\)"):
-        resolve_model(f"{lenet_file}:LeNet", 4, 1, 28, weights=tmp_path / "ten.pt")
+        build_model(f"{lenet_file}:LeNet", 4, 1, 28, weights=tmp_path / "ten.pt")
 
 
 def test_malicious_pickle_refused(lenet_file, tmp_path):
@@ -121,7 +121,7 @@ def test_malicious_pickle_refused(lenet_file, tmp_path):
         pickle.load(f)
     assert (tmp_path / "control.txt").exists()
     with pytest.raises(RemovalNetError, match="refusing to load"):
-        resolve_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / "evil.pt")
+        build_model(f"{lenet_file}:LeNet", 10, 1, 28, weights=tmp_path / "evil.pt")
     assert not target.exists()
 
 
@@ -130,7 +130,7 @@ def test_torchvision_resnet18_state_dict(tmp_path):
     torch.manual_seed(0)
     tv = resnet18(num_classes=10).eval()
     torch.save(tv.state_dict(), tmp_path / "r18.pt")
-    m = resolve_model("torchvision:resnet18", 10, 3, 32, weights=tmp_path / "r18.pt").eval()
+    m = build_model("torchvision:resnet18", 10, 3, 32, weights=tmp_path / "r18.pt").eval()
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(m(x), tv(x))

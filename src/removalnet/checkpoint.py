@@ -25,11 +25,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import SplitModel, create_model
+from .models import SplitModel, create_model, resolve_model
+from .models.refs import PRETRAINED
 from .models.split import key_mismatch
 from .utils import RemovalNetError, atomic_path, package_versions, weights_hash
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "is_checkpoint", "sidecar_path", "read_sidecar",
+__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "build_model", "is_checkpoint", "sidecar_path", "read_sidecar",
            "FORMAT"]
 
 FORMAT = "removalnet-checkpoint/1"
@@ -187,3 +188,18 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | None = None,
             raise RemovalNetError(f"{str(sidecar_path(path))!r}: cannot rebuild the model: {e}") from e
     _check_and_load(model, state, path)
     return model.to(device).eval(), meta
+
+
+def build_model(ref: str, num_classes: int = 10, in_chans: int = 3, input_size: int = 32, *,
+                weights: str | Path | None = None, split_after=None, mean=None, std=None) -> SplitModel:
+    """The model ``ref`` names (a registered name, ``file.py:Factory``, ``package.module:factory``,
+    ``torchvision:NAME``, ``timm:NAME``) with ``weights`` loaded: a ``.pt``/``.pth`` state dict (read with
+    ``weights_only=True``; also a dict holding it under ``state_dict``/``model``), a ``.safetensors`` file (plain,
+    or a removalnet checkpoint), or ``"pretrained"`` for timm's pretrained weights. The state dict may use the
+    user's module's own names."""
+    pretrained = weights == PRETRAINED
+    model = resolve_model(ref, num_classes, in_chans, input_size, weights=PRETRAINED if pretrained else None,
+                          split_after=split_after, mean=mean, std=std)
+    if weights is not None and not pretrained:
+        load_weights(model, weights)
+    return model

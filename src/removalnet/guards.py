@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .utils import RemovalNetError
+from .verify.base import dataset_tensors
 
 __all__ = ["warn", "check_output_dir", "check_comparable", "require_finite", "RunLock"]
 
@@ -84,7 +85,6 @@ def require_finite(model: nn.Module, data: Any, name: str, *, device: Any = None
     if isinstance(data, torch.Tensor):
         x = data[:probe]
     else:
-        from .verify.base import dataset_tensors
         x = dataset_tensors(data, range(min(len(data), probe)))[0]
     for pname, t in model.state_dict().items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):

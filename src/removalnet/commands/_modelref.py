@@ -16,9 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import is_checkpoint, load_checkpoint, load_weights
+from ..checkpoint import is_checkpoint, load_checkpoint, load_weights, read_sidecar
 from ..data import get_dataset_info
-from ..models import create_model, is_model_ref
+from ..models import create_model, is_model_ref, resolve_model
 from ..models.refs import PRETRAINED
 from ..utils import RemovalNetError
 
@@ -70,7 +70,6 @@ def build_model(args: argparse.Namespace, info, *, in_chans: int | None = None, 
     if str(weights) == PRETRAINED:
         if not str(args.model).startswith("timm:"):
             raise RemovalNetError(f"--weights {PRETRAINED} is only available for timm:NAME models")
-        from ..models import resolve_model
         return resolve_model(args.model, info.num_classes, in_chans, input_size, weights=PRETRAINED,
                              split_after=points, mean=mean, std=std)
     model = create_model(args.model, info.num_classes, in_chans, input_size, mean=mean, std=std, **kwargs)
@@ -100,7 +99,6 @@ def load_model(path: str | Path, args: argparse.Namespace, *, data: str | None, 
 
 
 def _sidecar(path: str | Path) -> dict:
-    from ..checkpoint import read_sidecar
     return read_sidecar(path)
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..data import get_dataset_info
 from ..models import create_model, describe_split, list_models, model_info
 from ..utils import RemovalNetError
+from ._modelref import split_after
 
 NAME = "models"
 HELP = ("list the registered architectures (with --details: blocks, split layer and parameters); "
@@ -26,11 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def inspect_model(args: argparse.Namespace) -> int:
-    from ._modelref import split_after
-
     classes, chans, size = args.num_classes, args.in_chans, args.input_size
     if args.data:
-        from ..data import get_dataset_info
         info = get_dataset_info(args.data)
         classes, chans, size = info.num_classes, info.in_chans, info.input_size
     points = split_after(args)

@@ -17,7 +17,7 @@ import yaml
 
 from ..attacks import attack_class, create_attack, list_attacks
 from ..data import list_datasets
-from ..models import list_models
+from ..models import check_model_kwargs, list_models
 from ..train import TrainConfig
 from ..utils import RemovalNetError
 from ..verify import ThresholdRule, create_verifier, list_verifiers
@@ -133,7 +133,6 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
     victim = ModelSpec(**_take(raw.pop("victim", {}), ModelSpec, "victim"))
     if victim.arch not in list_models():
         _fail("victim.arch", f"unknown architecture {victim.arch!r}")
-    from ..models import check_model_kwargs
     try:
         check_model_kwargs(victim.arch, victim.kwargs)
     except RemovalNetError as e:

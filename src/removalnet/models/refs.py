@@ -32,7 +32,9 @@ import torch.fx
 from torch import nn
 
 from ..utils import RemovalNetError
-from .registry import _REGISTRY, create_model
+from .paper import _EDITS, split_torchvision, torchvision_family
+from .registry import _REGISTRY, check_model_kwargs
+from .registry import create_model as create_registered
 from .split import NotSplittableError, SplitModel, _trace, crossing, split_graph, split_module, unsplit
 
 __all__ = ["resolve_model", "is_model_ref", "auto_split", "load_factory", "describe_split", "PRETRAINED"]
@@ -133,8 +135,6 @@ def _call_factory(fn: Callable[..., nn.Module], ref: str, num_classes: int, in_c
 
 def _torchvision(name: str, num_classes: int, in_chans: int, input_size: int) -> nn.Module:
     from torchvision import models as tvm
-
-    from .paper import _EDITS, torchvision_family
 
     kw: dict[str, Any] = {"weights": None, "num_classes": num_classes}
     if name.startswith("vit_"):
@@ -242,8 +242,6 @@ def auto_split(module: nn.Module, *, in_chans: int, input_size: int, split_after
                mean=None, std=None, arch: str = "custom") -> SplitModel:
     """Split ``module`` at its known stages (torchvision, timm ``feature_info``), its fx trace's downsampling
     points or ``split_after``; a module fx cannot trace (or with no split point) is kept whole."""
-    from .paper import split_torchvision, torchvision_family
-
     kw = dict(in_chans=in_chans, mean=mean, std=std, arch=arch)
     if split_after:
         names = list(split_after)
@@ -305,12 +303,13 @@ def _check_output(model: SplitModel, ref: str, num_classes: int, in_chans: int, 
 def resolve_model(ref: str, num_classes: int = 10, in_chans: int = 3, input_size: int = 32, *,
                   weights: str | Path | None = None, split_after: Sequence[str] | None = None,
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> SplitModel:
-    """The model ``ref`` names (module doc) as a :class:`SplitModel`, optionally with ``weights`` loaded.
-
-    ``weights``: a ``.pt``/``.pth`` state dict (read with ``weights_only=True``; a dict holding it under
-    ``state_dict``/``model`` too), a ``.safetensors`` file (plain, or a removalnet checkpoint), or
-    ``"pretrained"`` for timm's pretrained weights. The state dict may use the user's module's own names.
+    """The model ``ref`` names (module doc) as a :class:`SplitModel`; ``weights="pretrained"`` gives timm's
+    pretrained weights. Weight files (the user's state dict, safetensors, a checkpoint) are loaded by
+    :func:`removalnet.checkpoint.build_model`, which calls this.
     """
+    if weights is not None and weights != PRETRAINED:
+        raise RemovalNetError("resolve_model loads only timm's pretrained weights; load a weights file with "
+                              "removalnet.checkpoint.build_model (or load_weights)")
     if not isinstance(ref, str) or not ref:
         raise RemovalNetError(f"model reference must be a non-empty string, got {ref!r}")
     pretrained = weights == PRETRAINED
@@ -321,7 +320,7 @@ def resolve_model(ref: str, num_classes: int = 10, in_chans: int = 3, input_size
         if split_after:
             raise RemovalNetError(f"{ref} is a registered model with fixed blocks; --split-after applies to "
                                   "a model given as file.py:Factory, package.module:factory, torchvision: or timm:")
-        model = create_model(ref, num_classes, in_chans, input_size, mean=mean, std=std)
+        model = create_registered(ref, num_classes, in_chans, input_size, mean=mean, std=std)
     else:
         ref = canonical_ref(ref)
         where, name = _split_ref(ref)
@@ -336,10 +335,17 @@ def resolve_model(ref: str, num_classes: int = 10, in_chans: int = 3, input_size
         _check_output(model, ref, num_classes, in_chans, input_size)
         model.build_config = dict(arch=ref, num_classes=num_classes, in_chans=in_chans, input_size=input_size,
                                   kwargs={"split_after": split_after} if split_after else {})
-    if weights is not None and not pretrained:
-        from ..checkpoint import load_weights
-        load_weights(model, weights)
     return model
+
+
+def create_model(name: str, num_classes: int = 10, in_chans: int = 3, input_size: int = 32, *,
+                 mean=None, std=None, **kwargs) -> SplitModel:
+    """A registered architecture (:func:`~removalnet.models.registry.create_model`) or a model reference
+    (:func:`resolve_model`, keyword ``split_after``) as a :class:`SplitModel`."""
+    if isinstance(name, str) and ":" in name and name not in _REGISTRY:
+        check_model_kwargs(name, kwargs)
+        return resolve_model(name, num_classes, in_chans, input_size, mean=mean, std=std, **kwargs)
+    return create_registered(name, num_classes, in_chans, input_size, mean=mean, std=std, **kwargs)
 
 
 def describe_split(model: SplitModel, input_size: int) -> list[tuple[str, tuple[int, ...]]]:

@@ -74,14 +74,9 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, input_size
 
     ``input_size`` picks the variant: inputs up to 64 pixels get the small-input variant of the paper's
     architectures (first convolution shrunk, no early downsampling), larger inputs the ImageNet-size one.
-    ``mean``/``std`` set the model's input normalisation (the dataset's). A model reference
-    (``file.py:Factory``, ``package.module:factory``, ``torchvision:NAME``, ``timm:NAME``) is built by
-    :func:`~removalnet.models.refs.resolve_model` (keyword ``split_after``).
+    ``mean``/``std`` set the model's input normalisation (the dataset's). ``removalnet.models.create_model``
+    (:func:`~removalnet.models.refs.create_model`) also takes model references.
     """
-    if isinstance(name, str) and ":" in name and name not in _REGISTRY:
-        from .refs import resolve_model
-        check_model_kwargs(name, kwargs)
-        return resolve_model(name, num_classes, in_chans, input_size, mean=mean, std=std, **kwargs)
     entry = model_info(name)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise RemovalNetError(f"num_classes must be an integer >= 2, got {num_classes!r}")
