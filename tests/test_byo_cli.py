@@ -46,7 +46,7 @@ def _verify_json(capsys, args):
 
 DJ = ["--param", "deepjudge.num_seeds=4", "--param", "deepjudge.max_iters=3", "--param", "deepjudge.max_tests=4",
       "--param", "deepjudge.pgd_steps=1"]
-MD = ["--param", "modeldiff.num_pairs=6", "--param", "modeldiff.steps=2"]
+MD = ["--param", "modeldiff.num_pairs=6", "--param", "modeldiff.iterations=20"]
 
 
 def test_verify_plain_state_dict(user, capsys, monkeypatch):

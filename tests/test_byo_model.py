@@ -185,7 +185,7 @@ def test_unsplittable_model_is_a_plain_classifier(lenet_file):
     data = TensorDataset(x, torch.arange(6) % 10)
     with pytest.raises(NotSplittableError, match="white-box"):
         create_verifier("deepjudge", num_seeds=2, max_iters=1, max_tests=2).extract(m, data, seed=0)
-    fp = create_verifier("modeldiff", num_pairs=2, steps=1).extract(m, data, seed=0)   # black-box works
+    fp = create_verifier("modeldiff", num_pairs=2, iterations=5).extract(m, data, seed=0)   # black-box works
     assert fp is not None
     from removalnet.attacks import create_attack
     with pytest.raises(NotSplittableError, match="white-box"):     # RemovalNet needs head/tail: says so

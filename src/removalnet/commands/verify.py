@@ -135,12 +135,14 @@ def run(args: argparse.Namespace) -> int:
     for m in degenerate:
         print(f"warning: {m} is degenerate for this victim (no test case): it is not judged", file=sys.stderr)
 
+    def paired(model) -> dict:
+        """The fingerprints to score ``model`` with: per-suspect ones (ModelDiff) paired through the cache if given."""
+        return {v.name: (cache.get_or_extract(v, victim, data, seed=args.seed, device=device, suspect=model)
+                         if cache and v.per_suspect else fps[v.name]) for v in verifiers}
+
     def score_all(model) -> tuple[dict[str, float], dict[str, str]]:
-        """The shared scoring path; per-suspect fingerprints (ModelDiff) are paired through the cache if given."""
         errors: dict[str, str] = {}
-        paired = {v.name: (cache.get_or_extract(v, victim, data, seed=args.seed, device=device, suspect=model)
-                           if cache and v.per_suspect else fps[v.name]) for v in verifiers}
-        return score_model(verifiers, paired, victim, model, device=device, errors=errors), errors
+        return score_model(verifiers, paired(model), victim, model, device=device, errors=errors), errors
 
     taus: dict[str, float] = {}
     ref_values: dict[str, list[float]] = {m.name: [] for m in metrics}
@@ -153,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")  # warned above
             try:  # the same calibration as everywhere: every reference scored by every verifier, then the rule
                 taus, ref_values = calibrate_models(verifiers, fps, victim, ref_models, rule=rule, device=device,
-                                                    exclude=degenerate)
+                                                    exclude=degenerate, fingerprints_for=paired)
             except RemovalNetError as e:
                 raise RemovalNetError(f"references: {e}") from None
 

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -239,11 +239,13 @@ class Calibration(NamedTuple):
 def calibrate_models(verifiers: Sequence[Verifier], fingerprints: Mapping[str, Fingerprint] | Sequence[Fingerprint],
                      victim: nn.Module, reference_models: Sequence[nn.Module], *,
                      rule: "ThresholdRule | str" = "minmax", device: str | torch.device | None = None,
-                     exclude: Iterable[str] = (), **rule_params: float) -> Calibration:
+                     exclude: Iterable[str] = (), fingerprints_for: "Callable[[nn.Module], Mapping[str, Fingerprint]] | None" = None,
+                     **rule_params: float) -> Calibration:
     """Score every reference model with every verifier, then :func:`calibrate` (returns taus and raw values).
 
     ``fingerprints``: the victim's fingerprints, by verifier name or in the order of ``verifiers``. Metrics named
     in ``exclude`` (e.g. ones a fingerprint declares degenerate) get their values but no threshold.
+    ``fingerprints_for(model)``: the fingerprints to score one reference with (e.g. per-suspect ones from a cache).
     """
     verifiers = list(verifiers)
     if isinstance(fingerprints, Mapping):
@@ -264,7 +266,8 @@ def calibrate_models(verifiers: Sequence[Verifier], fingerprints: Mapping[str, F
     values: dict[str, list[float]] = {m.name: [] for v in verifiers for m in v.metrics}
     metrics = [m for v in verifiers for m in v.metrics]
     for ref in refs:
-        for name, val in score_model(verifiers, fps, victim, ref, device=device).items():
+        ref_fps = fingerprints_for(ref) if fingerprints_for is not None else fps
+        for name, val in score_model(verifiers, ref_fps, victim, ref, device=device).items():
             values[name].append(val)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # already warned once above
