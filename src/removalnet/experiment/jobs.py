@@ -5,6 +5,7 @@ run folder: it reads its inputs from the artifacts of the jobs it depends on, wr
 """
 from __future__ import annotations
 
+import contextvars
 import csv
 import functools
 import time
@@ -17,6 +18,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import balanced_subset, get_dataset_info, load_dataset
 from ..train import TrainConfig, evaluate, train_model
 from ..utils import RemovalNetError, atomic_path, package_versions, seed_everything
+from .smoke import smoke_subset
 
 __all__ = ["execute", "model_path", "verifier_data"]
 
@@ -27,9 +29,18 @@ def model_path(run_dir: Path, model_job_name: str) -> Path:
     return Path(run_dir) / model_job_name / f"{stem}.safetensors"
 
 
-@functools.lru_cache(maxsize=8)
+_SMOKE: contextvars.ContextVar[bool] = contextvars.ContextVar("removalnet_smoke", default=False)
+
+
 def _dataset(name: str, split: str, root: str | None):
-    return load_dataset(name, split, root)
+    """A split as the running job sees it: the smoke-scale subset inside a smoke job (see smoke.py)."""
+    return _load(name, split, root, _SMOKE.get())
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, split: str, root: str | None, smoke: bool):
+    ds = load_dataset(name, split, root)
+    return smoke_subset(ds, split) if smoke else ds
 
 
 def training_split(cfg: dict[str, Any]):
@@ -178,6 +189,7 @@ def execute(job: dict[str, Any], run_dir: str | Path, fp_jobs: dict[str, dict[st
     """
     run_dir = Path(run_dir)
     started = time.time()
+    smoke = _SMOKE.set(bool(job["config"].get("smoke")))
     try:
         kind = job["kind"]
         if kind == "train":
@@ -200,5 +212,7 @@ def execute(job: dict[str, Any], run_dir: str | Path, fp_jobs: dict[str, dict[st
         last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
         where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
         error = f"{type(e).__name__}: {e}{where}"
+    finally:
+        _SMOKE.reset(smoke)
     return {"status": status, "metrics": metrics, "error": error, "versions": package_versions(),
             "started": started, "finished": time.time()}

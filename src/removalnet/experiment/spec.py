@@ -79,6 +79,7 @@ class ExperimentSpec:
     threshold_rule: str = "minmax"
     device: str = "cpu"
     study: dict[str, Any] = field(default_factory=dict)
+    smoke: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +114,11 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
     """Validate a parsed spec; every error names its key."""
     raw = copy.deepcopy(raw)
     _take(raw, ExperimentSpec, "")
+    if not isinstance(raw.get("smoke", False), bool):
+        _fail("smoke", "must be true or false")
+    if raw.get("smoke"):  # the smoke scale: same code path, every size shrunk (see smoke.py)
+        from .smoke import smoke_dict
+        raw = smoke_dict(raw)
     if "name" not in raw:
         _fail("name", "is required")
     if not isinstance(raw["name"], str) or not _NAME_RE.match(raw["name"]):
