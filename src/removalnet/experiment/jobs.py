@@ -13,11 +13,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import balanced_subset, get_dataset_info, load_dataset
 from ..train import TrainConfig, evaluate, train_model
 from ..utils import RemovalNetError, atomic_path, package_versions, seed_everything
+from .runtime import job_runtime, loader_options
 from .smoke import smoke_subset
 
 __all__ = ["execute", "model_path", "verifier_data"]
@@ -77,13 +79,16 @@ def _train(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         seed_everything(cfg["seed"])
         model = create_model(cfg["arch"], info.num_classes, info.in_chans, info.input_size,
                              mean=info.mean, std=info.std, **cfg["kwargs"])
-        hist = train_model(model, train, test, base, seed=cfg["seed"], device=cfg["device"], progress=False)
+        with job_runtime(cfg, model):
+            hist = train_model(model, train, test, base, seed=cfg["seed"], device=cfg["device"], progress=False,
+                               loader=loader_options(cfg.get("runtime"), cfg["device"]))
         extra = {"iterations": hist["iterations"], "lr": base.lr}
         acc = hist["final_test_accuracy"]
     else:
         from ..attacks.independent import train_independent
-        model, ti = train_independent(arch_config, train, test, seed=cfg["seed"], base_config=base,
-                                      jitter=cfg["jitter"], device=cfg["device"])
+        with job_runtime(cfg):
+            model, ti = train_independent(arch_config, train, test, seed=cfg["seed"], base_config=base,
+                                          jitter=cfg["jitter"], device=cfg["device"])
         extra = {"iterations": ti["iterations"], "lr": ti["lr"]}
         acc = ti["test_accuracy"]
     save_checkpoint(model_path(run_dir, job["name"]), model, {
@@ -126,8 +131,9 @@ def _attack(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     # no evaluation here: the score jobs measure every saved model's accuracy once
-    surrogate = attack(victim, sub, seed=cfg["seed"], callbacks=(on_event,), device=cfg["device"],
-                       eval_set=eval_set)
+    with job_runtime(cfg, victim):
+        surrogate = attack(victim, sub, seed=cfg["seed"], callbacks=(on_event,), device=cfg["device"],
+                           eval_set=eval_set)
     wall = time.perf_counter() - t0
     save_checkpoint(model_path(run_dir, job["name"]), surrogate, {
         "role": "attack", "attack": cfg["attack"], "label": cfg["label"], "params": attack.params,
@@ -190,6 +196,9 @@ def execute(job: dict[str, Any], run_dir: str | Path, fp_jobs: dict[str, dict[st
     run_dir = Path(run_dir)
     started = time.time()
     smoke = _SMOKE.set(bool(job["config"].get("smoke")))
+    cuda = str(job["config"].get("device", "")).startswith("cuda") and torch.cuda.is_available()
+    if cuda:  # each job records its own peak GPU memory
+        torch.cuda.reset_peak_memory_stats()
     try:
         kind = job["kind"]
         if kind == "train":
@@ -205,6 +214,8 @@ def execute(job: dict[str, Any], run_dir: str | Path, fp_jobs: dict[str, dict[st
             metrics = create_study(**job["config"]["study"]).run_job(job, run_dir)
         else:
             raise RemovalNetError(f"unknown job kind {kind!r}")
+        if cuda and isinstance(metrics, dict):
+            metrics["gpu_max_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         status, error = "done", None
     except Exception as e:  # a failing job is recorded and the others go on
         metrics = None

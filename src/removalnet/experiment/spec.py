@@ -80,6 +80,7 @@ class ExperimentSpec:
     device: str = "cpu"
     study: dict[str, Any] = field(default_factory=dict)
     smoke: bool = False
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,6 +236,11 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
                           **raw)
     if spec.verifier_count is not None:
         _int(spec.verifier_count, "verifier_count", 1)
+    from .runtime import check_runtime
+    try:  # GPU options (bf16, channels_last, workers, cudnn): see runtime.py
+        spec.runtime = check_runtime(spec.runtime)
+    except RemovalNetError as e:
+        raise RemovalNetError(f"spec: {e}") from None
     from ..verify.thresholds import RULES
     if spec.threshold_rule not in RULES:
         _fail("threshold_rule", f"must be one of {', '.join(RULES)}")
