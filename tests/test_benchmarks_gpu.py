@@ -40,3 +40,21 @@ def test_gpu_table1_smoke_on_cpu(paper_data_root, monkeypatch, tmp_path, capsys)
     for kind in ("train", "attack", "fingerprint", "score"):
         assert f"| {kind} |" in text
     assert "| models/victim | train | done |" in text and "| Ours(S_LSD) |" in text and "| Negative |" in text
+
+
+def test_arch_speed_rows():
+    rows = _module("arch_speed").paper_rows()
+    assert {(a, s) for a, _, _, s in rows} == {("vgg19_bn", 32), ("inception_v3", 32), ("resnet50", 32),
+                                               ("densenet121", 32), ("vit_b_32", 224), ("inception_v3", 299)}
+
+
+@pytest.mark.paper
+def test_arch_speed_one_small_measurement(tmp_path):
+    mod = _module("arch_speed")
+    out = tmp_path / "speed.md"
+    assert mod.main(["--archs", "vgg19_bn", "--threads", "1", "--batch", "2", "--steps", "1", "--warmup", "0",
+                     "--out", str(out)]) == 0
+    text = out.read_text()
+    row = [l for l in text.splitlines() if l.startswith("| vgg19_bn |")]
+    assert len(row) == 1 and all(float(c) > 0 for c in row[0].strip("|").split("|")[4:6])
+    assert "commit" in text and "machine" in text
