@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,8 @@ import torch.nn.functional as F
 import yaml
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from table1 import commit, machine as cpu_machine  # noqa: E402  (the machine line and commit of every benchmark)
 PAPER = HERE.parent / "configs" / "paper"
 
 
@@ -43,25 +42,6 @@ def paper_rows() -> list[tuple[str, str, int, int]]:
             rows.append((key[0], path.stem, info.num_classes, info.input_size))
     rows.append(("inception_v3", "ImageNet-size variant", 43, 299))
     return rows
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _sync(device: torch.device) -> None:
@@ -144,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         "# Throughput of the paper's architectures",
         "",
-        f"- machine: {machine()}; device {device}",
+        f"- machine: {cpu_machine()}, torch {torch.__version__}; device {device}",
         f"- date: {date:%Y-%m-%d %H:%M} UTC; commit {commit()}",
         f"- batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up step(s), random inputs "
         "(network only, no data loading); training = forward + backward + SGD step",

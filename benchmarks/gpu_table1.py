@@ -18,9 +18,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,32 +26,20 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from table1 import commit, machine as cpu_machine  # noqa: E402  (the machine line and commit of every benchmark)
 SPEC = HERE.parent / "configs" / "paper" / "cifar10-vgg19_bn.yaml"
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 
 
 def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__}"
+    """The CPU machine (as table1.py writes it), torch, and the GPU, CUDA and cuDNN when on CUDA."""
+    text = f"{cpu_machine()}; torch {torch.__version__}"
     if device.startswith("cuda") and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(torch.device(device))
         text += f"; GPU {p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, " \
                 f"cuDNN {torch.backends.cudnn.version()}"
     return text
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def missing_data(root: Path) -> list[str]:

@@ -116,3 +116,31 @@ def test_paper_study_smoke(spec_path, in_data_parent, tmp_path, capsys):
     if raw.get("verifiers"):  # a study with verifiers also has its Table 1 columns
         for col in [c for v in raw["verifiers"] for c in COLUMNS[v]]:
             assert col in md
+
+
+def test_inception_v3_imagenet_size_train_attack_verify():
+    """InceptionV3 at 299 px (torchvision's ImageNet-size network; the GTSRB grid uses the 32 px variant):
+    a few training steps, a RemovalNet attack and a verifier, for real. (The toolkit's InceptionV3 has no
+    auxiliary head: the split model keeps torchvision's main path only, so the aux loss is not trained.)"""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from removalnet import create_model
+    from removalnet.attacks import build_substitute, create_attack
+    from removalnet.train import TrainConfig, train_model
+    from removalnet.verify import create_verifier
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.rand(6, 3, 299, 299, generator=g), torch.tensor([0, 1, 2, 0, 1, 2]))
+    torch.manual_seed(0)
+    victim = create_model("inception_v3", 3, 3, 299)
+    assert not any("AuxLogits" in n for n, _ in victim.named_parameters())
+    hist = train_model(victim, data, None, TrainConfig(iterations=2, batch_size=3), seed=0, progress=False)
+    assert hist["iterations"] == 2
+    sub = build_substitute(victim, data, count=3, seed=0)
+    surrogate = create_attack("removalnet", iterations=1, batch_size=3, latent_steps=1, checkpoint_every=1)(
+        victim, sub, seed=0)
+    assert surrogate(data.tensors[0][:2]).shape == (2, 3)
+    v = create_verifier("sac", num_samples=2)
+    scores = v.score(v.extract(victim, data, seed=0), victim, surrogate)
+    assert "SAC" in scores and scores["SAC"] == scores["SAC"]  # a number, not NaN
