@@ -164,7 +164,9 @@ def zest_distances(sig_a: torch.Tensor, sig_b: torch.Tensor) -> tuple[float, flo
     a, b = sig_a.double().flatten(), sig_b.double().flatten()
     l2 = float(torch.linalg.vector_norm(a - b))
     na, nb = float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b))
-    if na == 0.0 or nb == 0.0:
+    if l2 == 0.0:  # identical signatures: exactly 0 (1 - a.b / |a||b| rounds to ~1e-16)
+        cos_d = 0.0
+    elif na == 0.0 or nb == 0.0:
         cos_d = 0.0 if na == nb else 1.0
     else:
         cos_d = min(2.0, max(0.0, 1.0 - float(a @ b) / (na * nb)))   # rounding can step outside [0, 2]
