@@ -15,7 +15,7 @@ from removalnet.cli import main
 from removalnet.data import dataset_labels
 from removalnet.experiment import load_spec
 from removalnet.experiment.plan import plan_jobs
-from removalnet.experiment.smoke import SMOKE_DATA, smoke_dict, smoke_subset
+from removalnet.experiment.smoke import SMOKE_CLASSES, SMOKE_DATA, smoke_dict, smoke_subset
 from removalnet.experiment.spec import spec_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,8 +86,10 @@ def test_smoke_subset_round_robin_golden():
     assert sub.indices == [0, 1, 2, 3, 4, 6]
     per, most = SMOKE_DATA["train"]
     big = TensorDataset(torch.zeros(3000, 1), torch.arange(3000) % 1000)  # 1000 classes, 3 each
-    sub = smoke_subset(big, "train")
-    assert len(sub) == most and sorted(dataset_labels(sub).tolist()) == list(range(most))
+    sub = smoke_subset(big, "train")  # the first 16 classes, all 3 samples of each
+    assert sorted(dataset_labels(sub).tolist()) == [c for c in range(SMOKE_CLASSES) for _ in range(3)]
+    many = TensorDataset(torch.zeros(2000, 1), torch.arange(2000) % 16)  # 125 per class: capped in all
+    assert len(smoke_subset(many, "train")) == min(most, 16 * per)
     few = TensorDataset(torch.zeros(30, 1), torch.arange(30) % 3)
     assert np.bincount(dataset_labels(smoke_subset(few, "train"))).tolist() == [per] * 3
 

@@ -8,7 +8,7 @@ reference and one negative model, a two-step training, two-iteration attacks wit
 and 2 (still saved and scored), verifiers and studies at minimal sizes. The run folder gets the suffix
 ``-smoke`` so a smoke run never mixes with a real one. The job configs carry ``smoke: true`` (only then:
 the ids of real runs do not change) and every job reads its data through :func:`smoke_subset`: the first
-``per_class`` samples of each class of each split (round robin over the classes, at most ``max_images``).
+``per_class`` samples of each of the first 16 classes of each split (round robin, at most ``max_images``).
 """
 from __future__ import annotations
 
@@ -21,12 +21,16 @@ from torch.utils.data import Dataset, Subset
 from ..utils import RemovalNetError
 
 __all__ = ["smoke_dict", "smoke_subset", "SMOKE_SUFFIX", "SMOKE_DATA", "SMOKE_TRAIN", "SMOKE_ATTACK",
-           "SMOKE_VERIFIERS"]
+           "SMOKE_VERIFIERS", "SMOKE_CLASSES"]
 
 SMOKE_SUFFIX = "-smoke"
 #: images per class and at most per split: 5 training images per class leave one per class to a 10-15%
 #: S_LSD partition; ImageNet's 1000 classes are capped (a few hundred classes appear in the training split)
 SMOKE_DATA = {"train": (5, 256), "test": (2, 48), "val": (2, 48)}
+#: at most this many classes (the first ones) in every split: a victim trained two steps predicts the classes
+#: it has seen, so some verifier images are classified correctly (DeepJudge seeds from those); with
+#: ImageNet's 1000 classes spread over a few hundred images, none would be
+SMOKE_CLASSES = 16
 #: TrainConfig keys of the victim, reference and negative models (iterations override epochs)
 SMOKE_TRAIN = {"iterations": 2, "batch_size": 8}
 #: attack parameters (where the attack has them)
@@ -135,12 +139,12 @@ def smoke_dict(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def smoke_subset(ds: Dataset, split: str) -> Subset:
-    """The smoke-scale part of a split: samples taken round robin over the classes (first samples of each
-    class first), ``SMOKE_DATA[split]`` = (per class, at most in all); indices sorted."""
+    """The smoke-scale part of a split: samples of the first ``SMOKE_CLASSES`` classes taken round robin
+    (first samples of each class first), ``SMOKE_DATA[split]`` = (per class, at most in all); indices sorted."""
     from ..data import dataset_labels
 
     per_class, most = SMOKE_DATA.get(split, SMOKE_DATA["test"])
     labels = dataset_labels(ds)
-    pools = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
+    pools = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)[:SMOKE_CLASSES]]
     order = [p[r] for r in range(per_class) for p in pools if r < len(p)]
     return Subset(ds, sorted(int(i) for i in order[:most]))
