@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv data test test-kernels demo bench clean
+.PHONY: venv data test test-paper test-kernels demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ data:
 
 test: venv data
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Every grid of configs/paper/ and study of configs/paper/studies/ end to end at the smoke scale (--smoke) on
+# tiny files in each dataset's real layout (tests/test_paper_smoke.py; not part of `make test`).
+test-paper: venv
+	REMOVALNET_THREADS=1 $(VENV)/bin/python -m pytest -m paper -q --durations=0 $(PYTEST_ARGS)
 
 # The verifier and attack tests again under the CPU kernels other machines use (AVX2 and the portable default):
 # a number that depends on one CPU's rounding fails here, not on a user's machine.

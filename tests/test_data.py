@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import pickle
 import struct
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from removalnet.data import (DataMissingError, ImageAdapter, assert_disjoint, ba
 from removalnet.data import celeba as celeba_mod
 from removalnet.data import fashion_mnist as fm
 from removalnet.utils import RemovalNetError
+
+from paper_fixtures import write_celeba, write_cifar, write_png
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Skipped only outside CI: in CI (CI=true) a missing data package fails these tests instead of hiding them.
@@ -264,23 +265,6 @@ def test_digits_channel_repeat_and_resize():
 
 # ---------------------------------------------------------------- CIFAR-10 (tiny torchvision-layout files)
 
-def write_cifar(root: Path, per_batch=3, seed=0) -> dict:
-    rng = np.random.default_rng(seed)
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    out = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=per_batch).tolist()
-        with open(d / name, "wb") as f:
-            pickle.dump({"data": data, "labels": labels}, f)
-        out[name] = (data, labels)
-    with open(d / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"]}, f)
-    return out
-
-
 def test_cifar10_tiny_batches(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as tv_cifar
 
@@ -315,11 +299,6 @@ def test_missing_cifar10_and_gtsrb_name_paths(tmp_path):
 
 
 # ---------------------------------------------------------------- image folders
-
-def write_png(path: Path, rgb, size=(40, 30)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((size[1], size[0], 3), rgb, np.uint8)).save(path)
-
 
 def test_skin_lesion_image_folder(tmp_path):
     from removalnet.data.imagefolder import SKIN_CLASSES
@@ -387,24 +366,6 @@ def test_gtsrb_tiny_folder(tmp_path):
 
 
 # ---------------------------------------------------------------- CelebA
-
-def write_celeba(root: Path, attrs: np.ndarray, partition: list[int]) -> None:
-    d = root / "celeba"
-    (d / "img_align_celeba").mkdir(parents=True)
-    names = [f"{i + 1:06d}.jpg" for i in range(len(attrs))]
-    for i, n in enumerate(names):
-        Image.fromarray(np.full((26, 22, 3), 40 * i, np.uint8)).save(d / "img_align_celeba" / n)
-    (d / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, partition)))
-    (d / "identity_CelebA.txt").write_text("".join(f"{n} {i + 1}\n" for i, n in enumerate(names)))
-    (d / "list_bbox_celeba.txt").write_text(f"{len(names)}\nimage_id x_1 y_1 width height\n"
-                                            + "".join(f"{n} 1 2 3 4\n" for n in names))
-    (d / "list_landmarks_align_celeba.txt").write_text(
-        f"{len(names)}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y "
-        "rightmouth_x rightmouth_y\n" + "".join(f"{n} " + " ".join(["5"] * 10) + "\n" for n in names))
-    (d / "list_attr_celeba.txt").write_text(
-        f"{len(names)}\n" + " ".join(celeba_mod.ATTRIBUTES) + "\n"
-        + "".join(f"{n} " + " ".join(f"{v:2d}" for v in row) + "\n" for n, row in zip(names, attrs)))
-
 
 def test_celeba_attribute_labels(tmp_path, monkeypatch):
     import torchvision

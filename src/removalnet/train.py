@@ -72,12 +72,13 @@ class TrainConfig:
         return asdict(self)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A single-process DataLoader; when shuffling, the order comes from a generator seeded by ``seed``."""
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **options: Any) -> DataLoader:
+    """A DataLoader (single-process unless ``options`` say otherwise, e.g. ``num_workers``, ``pin_memory``);
+    when shuffling, the order comes from a generator seeded by ``seed`` (the same with workers)."""
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None,
-                      num_workers=0, drop_last=False)
+                      drop_last=False, **{"num_workers": 0, **options})
 
 
 def infinite_batches(dataset: Dataset, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
@@ -176,8 +177,10 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 512,
 
 def train_model(model: nn.Module, train_set: Dataset, test_set: Dataset | None = None,
                 config: TrainConfig | None = None, *, seed: int = 0,
-                device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train ``model`` in place with cross-entropy; return a history dict.
+                device: str | torch.device | None = None, progress: bool = True,
+                loader: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``model`` in place with cross-entropy; return a history dict. ``loader``: extra DataLoader
+    options of the training batches (``num_workers``, ``pin_memory``).
 
     The history has ``iterations``, ``epochs``, ``train_loss`` (mean per epoch), ``test_accuracy`` (per
     epoch, when a test set is given), ``final_test_accuracy``, ``time_s`` and the config. Two runs with the
@@ -199,9 +202,10 @@ def train_model(model: nn.Module, train_set: Dataset, test_set: Dataset | None =
     while step < total:
         epoch += 1
         loss_sum, n_batches = 0.0, 0
-        for x, y in make_loader(train_set, config.batch_size, shuffle=True, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen))):
-            x = augment_batch(x, config.augment, gen).to(dev)
-            loss = F.cross_entropy(model(x), torch.as_tensor(y).to(dev))
+        for x, y in make_loader(train_set, config.batch_size, shuffle=True, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)),
+                                **(loader or {})):
+            x = augment_batch(x, config.augment, gen).to(dev, non_blocking=True)
+            loss = F.cross_entropy(model(x).float(), torch.as_tensor(y).to(dev, non_blocking=True))
             if not bool(torch.isfinite(loss.detach())):
                 bar.close()
                 raise RemovalNetError(f"training diverged: the loss became non-finite ({float(loss.detach())}) at "

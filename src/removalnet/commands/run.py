@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..experiment import load_spec, make_executor, run_experiment
+from ..utils import resolve_device
 
 NAME = "run"
 HELP = "run an experiment spec (victim, references, negatives, attacks x seeds, fingerprints, scores); resumable"
@@ -23,6 +24,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--seeds", type=int, default=None, help="override the spec's seeds with 0..N-1")
     p.add_argument("--device", default=None, help="override the spec's device (cpu, cuda, ...)")
+    p.add_argument("--smoke", action="store_true",
+                   help="smoke scale: every job of the spec at a tiny size (run folder NAME-smoke; see README)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs (done / to run) without running them")
     p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
     p.add_argument("--wait", action="store_true",
@@ -30,14 +33,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def spec_overrides(args: argparse.Namespace) -> dict:
-    """The spec keys that --seeds and --device replace."""
-    return {k: v for k, v in (("seeds", args.seeds), ("device", args.device)) if v is not None}
+    """The spec keys that --seeds, --device and --smoke replace."""
+    return {k: v for k, v in (("seeds", args.seeds), ("device", args.device), ("smoke", args.smoke or None))
+            if v is not None}
 
 
 def run_spec(spec, args: argparse.Namespace, file=None):
     """Run ``spec`` with the shared options; print the summary line. Returns (run folder, summary or None on
     a dry run)."""
     out = Path(args.out) if args.out else Path(args.runs) / spec.name
+    if not args.dry_run:  # a device this machine lacks: one line before any job starts
+        resolve_device(spec.device)
     executor = None if args.dry_run else make_executor(args.executor, args.address)
     s = run_experiment(spec, out, executor=executor, max_jobs=args.max_jobs, dry_run=args.dry_run,
                        progress=not args.quiet, wait=args.wait)

@@ -8,12 +8,14 @@ the studies, the benchmarks) asks this module.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import re
 from pathlib import Path
 from typing import Any
 
 from ..data import balanced_subset, disjoint_split, load_dataset
+from .smoke import smoke_subset
 
 __all__ = ["VICTIM", "slug", "model_job", "attack_job", "fingerprint_job", "score_job", "study_job", "model_path",
            "checkpoint_path", "fingerprint_dir", "dataset", "training_split", "verifier_data", "verifier_train_data"]
@@ -69,10 +71,20 @@ def fingerprint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "fingerprints"
 
 
-@functools.lru_cache(maxsize=8)
+#: set by :func:`removalnet.experiment.jobs.execute` while a smoke-scale job runs (see smoke.py)
+SMOKE: contextvars.ContextVar[bool] = contextvars.ContextVar("removalnet_smoke", default=False)
+
+
 def dataset(name: str, split: str, root: str | None = None):
-    """A dataset split, loaded once per process (the jobs of a run share it)."""
-    return load_dataset(name, split, root)
+    """A dataset split as the running job sees it (the smoke-scale subset inside a smoke job), loaded once per
+    process (the jobs of a run share it)."""
+    return _load(name, split, root, SMOKE.get())
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, split: str, root: str | None, smoke: bool):
+    ds = load_dataset(name, split, root)
+    return smoke_subset(ds, split) if smoke else ds
 
 
 def training_split(cfg: dict[str, Any]):

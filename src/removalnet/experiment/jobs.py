@@ -10,6 +10,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..attacks import build_substitute, create_attack
 from ..attacks.independent import train_independent
 from ..attacks.run import run_attack
@@ -20,9 +22,10 @@ from ..models import create_model
 from ..train import TrainConfig, evaluate, train_model
 from ..utils import package_versions, seed_everything
 from ..verify import FingerprintCache, create_verifier, score_model
-from .artifacts import (VICTIM, checkpoint_path, dataset, fingerprint_dir, model_path, training_split,
+from .artifacts import (SMOKE, VICTIM, checkpoint_path, dataset, fingerprint_dir, model_path, training_split,
                         verifier_data, verifier_train_data)
 from .hooks import job_kind, register_job_kind
+from .runtime import job_runtime, loader_options
 
 __all__ = ["execute", "model_path", "verifier_data", "training_split", "verifier_train_data"]
 
@@ -39,12 +42,15 @@ def _train(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
         seed_everything(cfg["seed"])
         model = create_model(cfg["arch"], info.num_classes, info.in_chans, info.input_size,
                              mean=info.mean, std=info.std, **cfg["kwargs"])
-        hist = train_model(model, train, test, base, seed=cfg["seed"], device=cfg["device"], progress=False)
+        with job_runtime(cfg, model):
+            hist = train_model(model, train, test, base, seed=cfg["seed"], device=cfg["device"], progress=False,
+                               loader=loader_options(cfg.get("runtime"), cfg["device"]))
         extra = {"iterations": hist["iterations"], "lr": base.lr}
         acc = hist["final_test_accuracy"]
     else:
-        model, ti = train_independent(arch_config, train, test, seed=cfg["seed"], base_config=base,
-                                      jitter=cfg["jitter"], device=cfg["device"])
+        with job_runtime(cfg):
+            model, ti = train_independent(arch_config, train, test, seed=cfg["seed"], base_config=base,
+                                          jitter=cfg["jitter"], device=cfg["device"])
         extra = {"iterations": ti["iterations"], "lr": ti["lr"]}
         acc = ti["test_accuracy"]
     save_checkpoint(model_path(run_dir, job["name"]), model, {
@@ -76,10 +82,11 @@ def _attack(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
     if cfg.get("eval_count"):  # a learning curve during the attack, on the verifier-side test split
         eval_set = verifier_data({**cfg, "verifier_count": cfg["eval_count"]})
     # no evaluation here: the score jobs measure every saved model's accuracy once
-    res = run_attack(attack, victim, sub, seed=cfg["seed"], out_dir=Path(run_dir) / job["name"],
-                     device=cfg["device"], eval_set=eval_set, save_checkpoints=bool(cfg.get("save_checkpoints")),
-                     checkpoint_meta={"role": "checkpoint", "attack": cfg["attack"], "seed": cfg["seed"],
-                                      "dataset": cfg["dataset"]})
+    with job_runtime(cfg, victim):
+        res = run_attack(attack, victim, sub, seed=cfg["seed"], out_dir=Path(run_dir) / job["name"],
+                         device=cfg["device"], eval_set=eval_set, save_checkpoints=bool(cfg.get("save_checkpoints")),
+                         checkpoint_meta={"role": "checkpoint", "attack": cfg["attack"], "seed": cfg["seed"],
+                                          "dataset": cfg["dataset"]})
     save_checkpoint(model_path(run_dir, job["name"]), res.surrogate, {
         "role": "attack", "attack": cfg["attack"], "label": cfg["label"], "params": attack.params,
         "scenario": cfg["scenario"], "substitute_size": len(sub), "seed": cfg["seed"], "dataset": cfg["dataset"],
@@ -143,14 +150,22 @@ def execute(job: dict[str, Any], run_dir: str | Path, fp_jobs: dict[str, dict[st
     """
     run_dir = Path(run_dir)
     started = time.time()
+    smoke = SMOKE.set(bool(job["config"].get("smoke")))
+    cuda = str(job["config"].get("device", "")).startswith("cuda") and torch.cuda.is_available()
+    if cuda:  # each job records its own peak GPU memory
+        torch.cuda.reset_peak_memory_stats()
     try:
         metrics = job_kind(job["kind"])(job, run_dir, fp_jobs=fp_jobs or {})
         status, error = "done", None
+        if cuda and isinstance(metrics, dict):
+            metrics["gpu_max_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     except Exception as e:  # a failing job is recorded and the others go on
         metrics = None
         status = "failed"
         last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
         where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
         error = f"{type(e).__name__}: {e}{where}"
+    finally:
+        SMOKE.reset(smoke)
     return {"status": status, "metrics": metrics, "error": error, "versions": package_versions(),
             "started": started, "finished": time.time()}

@@ -53,6 +53,10 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
     """All jobs of ``spec`` in dependency order."""
     gpu = spec.device.startswith("cuda")
     data = {"dataset": spec.dataset, "data_root": spec.data_root, "lsd_holdout": spec.lsd_holdout}
+    if spec.smoke:  # only then, so the ids of real runs stay as they were
+        data["smoke"] = True
+    if spec.runtime:  # likewise: only the options that differ from the defaults (runtime.py)
+        data["runtime"] = spec.runtime
     arch = {"arch": spec.victim.arch, "kwargs": spec.victim.kwargs, "train": spec.victim.train}
     victim = _job("train", VICTIM, {**data, **arch, "role": "victim", "seed": spec.victim.seed,
                                               "jitter": 0.0, "device": spec.device}, seed=spec.victim.seed, gpu=gpu)

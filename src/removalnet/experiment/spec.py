@@ -21,6 +21,7 @@ from ..models import check_model_kwargs, list_models
 from ..train import TrainConfig
 from ..utils import RemovalNetError
 from ..verify import ThresholdRule, create_verifier, list_verifiers
+from .runtime import check_runtime
 from .hooks import spec_section
 
 __all__ = ["ExperimentSpec", "AttackSpec", "ModelSpec", "GroupSpec", "load_spec", "spec_from_dict"]
@@ -88,6 +89,8 @@ class ExperimentSpec:
     threshold_rule: ThresholdRule = field(default_factory=ThresholdRule)
     device: str = "cpu"
     study: dict[str, Any] = field(default_factory=dict)
+    smoke: bool = False
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,6 +127,11 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
     """Validate a parsed spec; every error names its key."""
     raw = copy.deepcopy(raw)
     _take(raw, ExperimentSpec, "")
+    if not isinstance(raw.get("smoke", False), bool):
+        _fail("smoke", "must be true or false")
+    if raw.get("smoke"):  # the smoke scale: same code path, every size shrunk (see smoke.py)
+        from .smoke import smoke_dict
+        raw = smoke_dict(raw)
     if "name" not in raw:
         _fail("name", "is required")
     if not isinstance(raw["name"], str) or not _NAME_RE.match(raw["name"]):
@@ -237,6 +245,10 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
                           threshold_rule=rule, **raw)
     if spec.verifier_count is not None:
         _int(spec.verifier_count, "verifier_count", 1)
+    try:  # GPU options (bf16, channels_last, workers, cudnn): see runtime.py
+        spec.runtime = check_runtime(spec.runtime)
+    except RemovalNetError as e:
+        raise RemovalNetError(f"spec: {e}") from None
     return spec
 
 

@@ -1,0 +1,60 @@
+"""benchmarks/gpu_table1.py and benchmarks/arch_speed.py: checked on a CPU (the GPU run itself is the
+coordinator's, on a GPU machine)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from paper_fixtures import accept_tiny_files
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_table1_without_cifar_says_so_and_stops(tmp_path, capsys):
+    rc = _module("gpu_table1").main(["--data-root", str(tmp_path), "--device", "cpu", "--runs", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: the real CIFAR-10" in err and "cifar-10-batches-py" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.paper
+def test_gpu_table1_smoke_on_cpu(paper_data_root, monkeypatch, tmp_path, capsys):
+    accept_tiny_files(monkeypatch)
+    out = tmp_path / "gpu.md"
+    rc = _module("gpu_table1").main(["--data-root", str(paper_data_root), "--device", "cpu", "--smoke",
+                                     "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    text = out.read_text()
+    assert (tmp_path / "runs" / "cifar10-vgg19_bn-gpu-s3-smoke" / "results.db").is_file()
+    for kind in ("train", "attack", "fingerprint", "score"):
+        assert f"| {kind} |" in text
+    assert "| models/victim | train | done |" in text and "| Ours(S_LSD) |" in text and "| Negative |" in text
+
+
+def test_arch_speed_rows():
+    rows = _module("arch_speed").paper_rows()
+    assert {(a, s) for a, _, _, s in rows} == {("vgg19_bn", 32), ("inception_v3", 32), ("resnet50", 32),
+                                               ("densenet121", 32), ("vit_b_32", 224), ("inception_v3", 299)}
+
+
+@pytest.mark.paper
+def test_arch_speed_one_small_measurement(tmp_path):
+    mod = _module("arch_speed")
+    out = tmp_path / "speed.md"
+    assert mod.main(["--archs", "vgg19_bn", "--threads", "1", "--batch", "2", "--steps", "1", "--warmup", "0",
+                     "--out", str(out)]) == 0
+    text = out.read_text()
+    row = [l for l in text.splitlines() if l.startswith("| vgg19_bn |")]
+    assert len(row) == 1 and all(float(c) > 0 for c in row[0].strip("|").split("|")[4:6])
+    assert "commit" in text and "machine" in text
