@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..registry import Registry
 
-__all__ = ["SpecSection", "register_spec_section", "spec_section", "register_job_kind", "job_kind", "job_kinds"]
+__all__ = ["SpecSection", "register_spec_section", "spec_section", "register_job_kind", "job_kind", "job_kinds", "spec_sections"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class SpecSection:
     key: str
     expand: Callable[[Any, dict[str, Any]], tuple[dict[str, Any], list[dict[str, Any]]]]
     plan: Callable[[Any, dict[str, Any]], list[tuple[str, str, dict[str, Any], list[str]]]]
+    #: the section at the smoke scale (``--smoke``: same code path, every size shrunk), or None
+    smoke: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 _SECTIONS: Registry[SpecSection] = Registry("spec section")
@@ -39,6 +41,10 @@ def register_spec_section(section: SpecSection) -> SpecSection:
 
 def spec_section(key: str) -> SpecSection:
     return _SECTIONS.get(key)
+
+
+def spec_sections() -> list[str]:
+    return _SECTIONS.names()
 
 
 def register_job_kind(kind: str, run: Callable[[dict[str, Any], Path], dict[str, Any]]) -> Callable:

@@ -18,10 +18,14 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
-from ..utils import RemovalNetError
+from ..attacks import create_attack, list_attacks
+from ..data import dataset_labels
+from ..verify import create_verifier, list_verifiers
+from .hooks import spec_section, spec_sections
 
 __all__ = ["smoke_dict", "smoke_subset", "SMOKE_SUFFIX", "SMOKE_DATA", "SMOKE_TRAIN", "SMOKE_ATTACK",
-           "SMOKE_VERIFIERS", "SMOKE_CLASSES"]
+           "SMOKE_VERIFIERS", "SMOKE_CLASSES",
+           "smoke_attack_params", "two_ends"]
 
 SMOKE_SUFFIX = "-smoke"
 #: images per class and at most per split: 5 training images per class leave one per class to a 10-15%
@@ -41,7 +45,8 @@ SMOKE_VERIFIERS = {
     "deepjudge": {"num_seeds": 4, "max_iters": 4, "max_tests": 4, "pgd_steps": 2},
     "deepjudge_aligned": {"num_seeds": 4, "max_iters": 4, "max_tests": 4, "pgd_steps": 2},
     "zest": {"num_images": 4, "num_masks": 8},
-    "modeldiff": {"num_pairs": 4, "steps": 2},
+    "modeldiff": {"num_pairs": 4, "iterations": 20},
+    "modeldiff_pgd": {"num_pairs": 4, "steps": 2},
     "ipguard": {"num_points": 4, "max_iter": 4},
     "sac": {"num_samples": 4},
 }
@@ -57,44 +62,16 @@ def _known(params: dict[str, Any], defaults: dict[str, Any], small: dict[str, An
     return out
 
 
-def _attack_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    from ..attacks import create_attack, list_attacks
+def smoke_attack_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """An attack's parameters at the smoke scale (the sizes it has, shrunk)."""
     if name not in list_attacks() or not isinstance(params, dict):
         return params  # left for the spec's validation to name
     return _known(params, create_attack(name).params, SMOKE_ATTACK)
 
 
-def _two(values: list | None) -> list | None:
+def two_ends(values: list | None) -> list | None:
     """The first and the last value (a sweep at its smallest that still draws a line)."""
     return values if not values or len(values) <= 2 else [values[0], values[-1]]
-
-
-def _study(study: dict[str, Any]) -> dict[str, Any]:
-    from ..studies import create_study
-
-    s = dict(study)
-    try:
-        full = create_study(**s).params  # with the defaults, to shrink what the user left out too
-    except (RemovalNetError, TypeError):
-        return study  # left for the spec's validation to name
-    if "params" in full:
-        s["params"] = _attack_params("removalnet", full["params"] or {})
-    name = s["name"]
-    if name == "ablation":
-        s["alphas"], s["betas"] = _two(full["alphas"]), _two(full["betas"])
-    elif name == "boundary":
-        s["iterations_shown"] = list(range(0, SMOKE_ATTACK["iterations"] + 1, SMOKE_ATTACK["checkpoint_every"]))
-        s["per_class"] = min(full["per_class"], SMOKE_DATA["test"][0])
-    elif name == "efficiency":
-        s["knockoff"] = _attack_params("knockoff", full["knockoff"])
-        s["eval_count"] = 8
-    elif name == "robustness":
-        s.update(count=8, pgd_steps=2, deepfool_steps=2, batch_size=8)
-    elif name == "saliency":
-        s["num_images"] = 2
-    elif name == "substitute_size":
-        s["ratios"], s["counts"] = _two(full["ratios"]), [8] if full["counts"] else full["counts"]
-    return s
 
 
 def smoke_dict(raw: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +81,6 @@ def smoke_dict(raw: dict[str, Any]) -> dict[str, Any]:
     verifiers, study, threshold rule, device) and shrinks every size; sets ``smoke: true`` and appends
     ``-smoke`` to the name (once).
     """
-    from ..verify import create_verifier, list_verifiers
-
     s = copy.deepcopy(raw)
     s["smoke"] = True
     name = str(s.get("name", "spec"))
@@ -121,7 +96,7 @@ def smoke_dict(raw: dict[str, Any]) -> dict[str, Any]:
         g = dict(s.get(group) or {})
         g["count"] = min(g.get("count", 5 if group == "references" else 10), most)
         s[group] = g
-    s["attacks"] = [{**a, "params": _attack_params(a["name"], a.get("params") or {})}
+    s["attacks"] = [{**a, "params": smoke_attack_params(a["name"], a.get("params") or {})}
                     if isinstance(a, dict) and "name" in a else a for a in (s.get("attacks") or [])]
     verifiers = s.get("verifiers")
     if verifiers is None:
@@ -133,16 +108,16 @@ def smoke_dict(raw: dict[str, Any]) -> dict[str, Any]:
                           if v in list_verifiers() else p for v, p in verifiers.items()}
     if s.get("verifier_count"):
         s["verifier_count"] = min(s["verifier_count"], SMOKE_DATA["test"][1])
-    if isinstance(s.get("study"), dict) and s["study"].get("name"):
-        s["study"] = _study(s["study"])
+    for key in spec_sections():  # a higher layer's section (a study) shrinks itself
+        section = spec_section(key)
+        if section.smoke is not None and isinstance(s.get(key), dict):
+            s[key] = section.smoke(s[key])
     return s
 
 
 def smoke_subset(ds: Dataset, split: str) -> Subset:
     """The smoke-scale part of a split: samples of the first ``SMOKE_CLASSES`` classes taken round robin
     (first samples of each class first), ``SMOKE_DATA[split]`` = (per class, at most in all); indices sorted."""
-    from ..data import dataset_labels
-
     per_class, most = SMOKE_DATA.get(split, SMOKE_DATA["test"])
     labels = dataset_labels(ds)
     pools = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)[:SMOKE_CLASSES]]

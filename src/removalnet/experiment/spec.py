@@ -22,6 +22,7 @@ from ..train import TrainConfig
 from ..utils import RemovalNetError
 from ..verify import ThresholdRule, create_verifier, list_verifiers
 from .runtime import check_runtime
+from .smoke import smoke_dict
 from .hooks import spec_section
 
 __all__ = ["ExperimentSpec", "AttackSpec", "ModelSpec", "GroupSpec", "load_spec", "spec_from_dict"]
@@ -130,7 +131,6 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
     if not isinstance(raw.get("smoke", False), bool):
         _fail("smoke", "must be true or false")
     if raw.get("smoke"):  # the smoke scale: same code path, every size shrunk (see smoke.py)
-        from .smoke import smoke_dict
         raw = smoke_dict(raw)
     if "name" not in raw:
         _fail("name", "is required")

@@ -25,6 +25,7 @@ import numpy as np
 from ..attacks import create_attack
 from ..experiment.artifacts import attack_job, study_job
 from ..experiment.hooks import SpecSection, register_job_kind, register_spec_section
+from ..experiment.smoke import SMOKE_ATTACK, SMOKE_DATA, smoke_attack_params, two_ends
 from ..params import Param, validate_params
 from ..registry import Registry
 from ..report import Section
@@ -190,7 +191,34 @@ def _run_study_job(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, An
     return create_study(**job["config"]["study"]).run_job(job, run_dir)
 
 
-register_spec_section(SpecSection("study", _expand_section, _plan_section))
+def _smoke_section(study: dict[str, Any]) -> dict[str, Any]:
+    """The study section at the smoke scale (experiment/smoke.py): every sweep at its ends, every size small."""
+    s = dict(study)
+    try:
+        full = create_study(**s).params  # with the defaults, to shrink what the user left out too
+    except (RemovalNetError, TypeError):
+        return study  # left for the spec's validation to name
+    if "params" in full:
+        s["params"] = smoke_attack_params("removalnet", full["params"] or {})
+    name = s["name"]
+    if name == "ablation":
+        s["alphas"], s["betas"] = two_ends(full["alphas"]), two_ends(full["betas"])
+    elif name == "boundary":
+        s["iterations_shown"] = list(range(0, SMOKE_ATTACK["iterations"] + 1, SMOKE_ATTACK["checkpoint_every"]))
+        s["per_class"] = min(full["per_class"], SMOKE_DATA["test"][0])
+    elif name == "efficiency":
+        s["knockoff"] = smoke_attack_params("knockoff", full["knockoff"])
+        s["eval_count"] = 8
+    elif name == "robustness":
+        s.update(count=8, pgd_steps=2, deepfool_steps=2, batch_size=8)
+    elif name == "saliency":
+        s["num_images"] = 2
+    elif name == "substitute_size":
+        s["ratios"], s["counts"] = two_ends(full["ratios"]), [8] if full["counts"] else full["counts"]
+    return s
+
+
+register_spec_section(SpecSection("study", _expand_section, _plan_section, _smoke_section))
 register_job_kind("study", _run_study_job)
 
 
