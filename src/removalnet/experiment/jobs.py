@@ -150,8 +150,9 @@ def execute(job: dict[str, Any], run_dir: str | Path, fp_jobs: dict[str, dict[st
     """
     run_dir = Path(run_dir)
     started = time.time()
-    smoke = SMOKE.set(bool(job["config"].get("smoke")))
-    cuda = str(job["config"].get("device", "")).startswith("cuda") and torch.cuda.is_available()
+    config = job.get("config") or {}
+    smoke = SMOKE.set(bool(config.get("smoke")))
+    cuda = str(config.get("device", "")).startswith("cuda") and torch.cuda.is_available()
     if cuda:  # each job records its own peak GPU memory
         torch.cuda.reset_peak_memory_stats()
     try:
