@@ -142,6 +142,11 @@ def _verify(f, victim="victim", suspect="suspect", *extra):
             "--param", "sac.num_samples=8", *extra]
 
 
+def _verifier_param(name, item):
+    """verify with verifier ``name`` added and one of its parameters (``item``: KEY=VALUE)."""
+    return lambda f, o: [*_verify(f), "--verifier", name, "--param", f"{name}.{item}", "--fp-cache", o]
+
+
 # (case id, argv from (files, out), exit status, fragment of the error line); OUT is the case's output place
 CASES = [
     # argparse: one line and a pointer to --help
@@ -281,26 +286,14 @@ CASES = [
     ("verify-rule-k-negative", lambda f, o: [*_verify(f), "--rule", "normal", "--k", "-1", "--fp-cache", o], 2,
      "k=-1"),
     # the verifiers' parameters (ModelDiff's and DeepJudge's added ones among them)
-    ("verify-modeldiff-iterations", lambda f, o: [*_verify(f), "--verifier", "modeldiff", "--param",
-                                                  "modeldiff.iterations=-1", "--fp-cache", o], 2,
-     "verifier 'modeldiff': parameter 'iterations' must be >= 0, got -1"),
-    ("verify-modeldiff-epsilon", lambda f, o: [*_verify(f), "--verifier", "modeldiff", "--param",
-                                               "modeldiff.epsilon=0", "--fp-cache", o], 2,
-     "parameter 'epsilon' must be > 0.0, got 0"),
-    ("verify-modeldiff-ddv", lambda f, o: [*_verify(f), "--verifier", "modeldiff", "--param", "modeldiff.ddv=cosine",
-                                           "--fp-cache", o], 2, "parameter 'ddv' must be one of official, all_pairs"),
-    ("verify-deepjudge-adv-method", lambda f, o: [*_verify(f), "--verifier", "deepjudge", "--param",
-                                                  "deepjudge.adv_method=cw", "--fp-cache", o], 2,
-     "verifier 'deepjudge': parameter 'adv_method' must be one of pgd, fgsm, got 'cw'"),
-    ("verify-deepjudge-k-images", lambda f, o: [*_verify(f), "--verifier", "deepjudge", "--param",
-                                                "deepjudge.k_images=0", "--fp-cache", o], 2,
-     "parameter 'k_images' must be >= 1, got 0"),
-    ("verify-deepjudge-k-images-float", lambda f, o: [*_verify(f), "--verifier", "deepjudge", "--param",
-                                                      "deepjudge.k_images=2.5", "--fp-cache", o], 2,
-     "parameter 'k_images' must be an integer, got 2.5"),
-    ("verify-deepjudge-lad-reduction", lambda f, o: [*_verify(f), "--verifier", "deepjudge", "--param",
-                                                     "deepjudge.lad_reduction=max", "--fp-cache", o], 2,
-     "parameter 'lad_reduction' must be one of sum, mean, got 'max'"),
+    *[(f"verify-{name}-{item}", _verifier_param(name, item), 2, fragment) for name, item, fragment in [
+        ("modeldiff", "iterations=-1", "verifier 'modeldiff': parameter 'iterations' must be >= 0, got -1"),
+        ("modeldiff", "epsilon=0", "parameter 'epsilon' must be > 0.0, got 0"),
+        ("modeldiff", "ddv=cosine", "parameter 'ddv' must be one of official, all_pairs"),
+        ("deepjudge", "adv_method=cw", "verifier 'deepjudge': parameter 'adv_method' must be one of pgd, fgsm, got"),
+        ("deepjudge", "k_images=0", "parameter 'k_images' must be >= 1, got 0"),
+        ("deepjudge", "k_images=2.5", "parameter 'k_images' must be an integer, got 2.5"),
+        ("deepjudge", "lad_reduction=max", "parameter 'lad_reduction' must be one of sum, mean, got 'max'")]],
     # models --inspect
     ("models-inspect-missing-file", lambda f, o: ["models", "--inspect", f"{f['dir']}/nope.py:Net"], 2, "nope.py"),
     ("models-inspect-unknown", lambda f, o: ["models", "--inspect", "nope"], 2, "unknown model 'nope'"),
