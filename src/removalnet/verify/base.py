@@ -267,8 +267,8 @@ class Verifier(abc.ABC):
 
     Parameters are keyword arguments, declared in ``PARAMS`` (:class:`~removalnet.params.Param`, merged over
     the class hierarchy) and validated at construction; unknown names and bad values raise
-    :class:`RemovalNetError`. A float parameter given as an integer keeps it as given, so that the fingerprint
-    key and the job ids of a spec do not depend on how a number was written before validation.
+    :class:`RemovalNetError`. A float parameter given as an integer keeps it (ZEST's ``kernel_size`` 4 stays 4,
+    not 4.0): fingerprint keys and job ids hash the values as written, so existing caches and runs stay valid.
     ``batch_size`` (default 256) bounds every forward pass. Parameters listed in ``runtime_params``
     change speed, not the fingerprint: they are left out of the cache key and may differ between
     extraction and scoring; every other parameter must match the fingerprint's.
