@@ -15,8 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -27,6 +29,8 @@ from removalnet.checkpoint import save_checkpoint, sidecar_path
 from removalnet.cli import main
 from removalnet.experiment.store import ResultStore
 from removalnet.guards import RunLock
+
+from helpers import LENET, user_lenet
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MARKER = "pwned-by-pickle"
@@ -90,6 +94,14 @@ def files(tmp_path_factory):
     sidecar_path(f["bad_json"]).write_text("{not json")
     f["evil"] = d / "evil.pth"
     f["evil"].write_bytes(pickle.dumps({"w": _Evil(str(d / MARKER))}))
+    # a user's own model file and its plain state dict; data files: an npz without labels, a folder without splits
+    f["mymodel"] = d / "mymodel.py"
+    f["mymodel"].write_text(LENET)
+    f["lenet"] = d / "lenet.pt"
+    torch.save(user_lenet(f["mymodel"]).state_dict(), f["lenet"])
+    f["npz_no_y"] = d / "no_y.npz"
+    with open(f["npz_no_y"], "wb") as fh:
+        np.savez(fh, x=np.zeros((4, 8, 8), dtype=np.uint8))
     f["a_file"] = d / "a_file"
     f["a_file"].write_text("not a folder")
     f["empty_dir"] = d / "empty"
@@ -113,6 +125,11 @@ def files(tmp_path_factory):
 
 
 TRAIN = ["train", "--data", "digits", "--width", "4", "--iterations", "3", "--batch-size", "32", "-q"]
+TRAIN_REF = ["train", "--data", "digits", "--iterations", "3", "--batch-size", "32", "-q"]   # with --model REF
+
+
+def _lenet(f):
+    return f"{f['mymodel']}:LeNet"
 
 
 def _attack(f, name="removalnet", *extra):
@@ -123,6 +140,11 @@ def _attack(f, name="removalnet", *extra):
 def _verify(f, victim="victim", suspect="suspect", *extra):
     return ["verify", "--victim", str(f[victim]), "--suspect", str(f[suspect]), "--verifier", "sac",
             "--param", "sac.num_samples=8", *extra]
+
+
+def _verifier_param(name, item):
+    """verify with verifier ``name`` added and one of its parameters (``item``: KEY=VALUE)."""
+    return lambda f, o: [*_verify(f), "--verifier", name, "--param", f"{name}.{item}", "--fp-cache", o]
 
 
 # (case id, argv from (files, out), exit status, fragment of the error line); OUT is the case's output place
@@ -152,6 +174,42 @@ CASES = [
      "does not exist"),
     ("config-unknown-option", lambda f, o: [*TRAIN, "--config", str(f["config_unknown"]), "--out", o], 2,
      "unknown option 'learning-rate'"),
+    # train: a user's own model (--model REF, --weights, --split-after, --normalize) and data (folder:, npz:)
+    ("train-model-file-missing", lambda f, o: [*TRAIN_REF, "--model", f"{f['dir']}/nope.py:Net", "--out", o], 2,
+     "nope.py"),
+    ("train-model-factory-missing", lambda f, o: [*TRAIN_REF, "--model", f"{f['mymodel']}:Nope", "--out", o], 2,
+     "Nope"),
+    ("train-model-torchvision-unknown", lambda f, o: [*TRAIN_REF, "--model", "torchvision:no_such_net", "--out", o],
+     2, "no_such_net"),
+    ("train-weights-missing", lambda f, o: [*TRAIN_REF, "--model", _lenet(f), "--weights", str(f["dir"] / "nope.pt"),
+                                            "--out", o], 2, "nope.pt"),
+    ("train-weights-pickle", lambda f, o: [*TRAIN_REF, "--model", _lenet(f), "--weights", str(f["evil"]),
+                                           "--out", o], 2, "evil.pth': it is not a plain tensor state dict"),
+    ("train-weights-other-model", lambda f, o: [*TRAIN_REF, "--model", _lenet(f), "--weights", str(f["victim"]),
+                                                "--out", o], 2, "victim.safetensors' does not match the architecture"),
+    ("train-weights-pretrained-not-timm", lambda f, o: [*TRAIN_REF, "--model", _lenet(f), "--weights", "pretrained",
+                                                        "--out", o], 2, "only available for timm:NAME"),
+    ("train-split-after-unknown", lambda f, o: [*TRAIN_REF, "--model", _lenet(f), "--split-after", "nosuch",
+                                                "--out", o], 2, "nosuch"),
+    ("train-split-after-empty-name", lambda f, o: [*TRAIN_REF, "--model", _lenet(f), "--split-after", "conv1,,fc1",
+                                                   "--out", o], 2, "comma-separated names"),
+    ("train-split-after-registered", lambda f, o: [*TRAIN, "--split-after", "conv1", "--out", o], 2,
+     "has fixed blocks"),
+    ("train-normalize", lambda f, o: [*TRAIN_REF, "--model", _lenet(f), "--normalize", "yes", "--out", o], 2,
+     "--normalize: invalid choice"),
+    ("train-data-folder-missing", lambda f, o: [*TRAIN, "--data", f"folder:{f['dir']}/nope", "--out", o], 2,
+     "is not a directory"),
+    ("train-data-folder-no-splits", lambda f, o: [*TRAIN, "--data", f"folder:{f['empty_dir']}", "--out", o], 2,
+     "no train/ folder"),
+    ("train-data-folder-no-path", lambda f, o: [*TRAIN, "--data", "folder:", "--out", o], 2, "needs a path"),
+    ("train-data-npz-missing", lambda f, o: [*TRAIN, "--data", f"npz:{f['dir']}/nope.npz", "--out", o], 2,
+     "does not exist"),
+    ("train-data-npz-no-labels", lambda f, o: [*TRAIN, "--data", f"npz:{f['npz_no_y']}", "--out", o], 2,
+     "must hold arrays 'x' (images) and 'y' (labels)"),
+    ("train-data-npz-option", lambda f, o: [*TRAIN, "--data", f"npz:{f['npz_no_y']}?colour=1", "--out", o], 2,
+     "unknown option"),
+    ("train-data-npz-not-npz", lambda f, o: [*TRAIN, "--data", f"npz:{f['a_file']}", "--out", o], 2,
+     "not a readable .npz"),
     # attack
     ("attack-unknown", lambda f, o: [*_attack(f, "nope"), "--out", o], 2, "unknown attack 'nope'"),
     ("attack-unknown-param", lambda f, o: [*_attack(f, "removalnet", "--param", "gamma=1"), "--out", o], 2,
@@ -175,6 +233,19 @@ CASES = [
      "--data 'celeba' cannot be compared with the victim: classes 2 vs 10"),
     ("attack-out-under-file", lambda f, o: [*_attack(f), "--out", str(f["a_file"] / "sub")], 2, "is not a directory"),
     ("attack-out-unwritable", lambda f, o: [*_attack(f), "--out", str(f["unwritable"] / "out")], 2, "cannot be"),
+    ("attack-state-dict-without-model", lambda f, o: [*_attack(f, "ft"), "--victim", str(f["lenet"]), "--out", o],
+     2, "give its architecture with --model REF"),
+    ("attack-state-dict-other-model", lambda f, o: [*_attack(f, "ft"), "--victim", str(f["lenet"]), "--model",
+                                                    "vgg_small", "--out", o], 2,
+     "lenet.pt' does not match the architecture"),
+    ("attack-split-after-unknown", lambda f, o: [*_attack(f, "ft"), "--victim", str(f["lenet"]), "--model", _lenet(f),
+                                                 "--split-after", "nosuch", "--out", o], 2, "nosuch"),
+    ("attack-victim-and-weights", lambda f, o: [*_attack(f, "ft"), "--weights", str(f["suspect"]), "--out", o], 2,
+     "--victim and --weights name different files"),
+    ("attack-normalize", lambda f, o: [*_attack(f, "ft"), "--normalize", "0.5", "--out", o], 2,
+     "--normalize: invalid choice"),
+    ("attack-data-npz-missing", lambda f, o: [*_attack(f, "ft"), "--data", f"npz:{f['dir']}/nope.npz", "--out", o],
+     2, "does not exist"),
     # verify (the fingerprint cache is the output place)
     ("verify-sidecar-no-classes", lambda f, o: [*_verify(f, "no_classes"), "--fp-cache", o], 2,
      "build_config lacks 'num_classes'"),
@@ -197,6 +268,49 @@ CASES = [
      "unknown verifier 'nope'"),
     ("verify-unknown-data", lambda f, o: [*_verify(f), "--data", "no-such-dataset", "--fp-cache", o], 2,
      "no-such-dataset"),
+    ("verify-victim-and-weights", lambda f, o: [*_verify(f), "--weights", str(f["suspect"]), "--fp-cache", o], 2,
+     "--victim and --weights name different files"),
+    ("verify-state-dict-without-data", lambda f, o: ["verify", "--victim", str(f["lenet"]), "--model", _lenet(f),
+                                                     "--suspect", str(f["lenet"]), "--verifier", "sac",
+                                                     "--fp-cache", o], 2, "needs --data"),
+    ("verify-state-dict-other-model", lambda f, o: [*_verify(f), "--references", str(f["lenet"]), "--model",
+                                                    "vgg_small", "--data", "digits", "--fp-cache", o], 2,
+     "lenet.pt' does not match the architecture"),
+    ("verify-split-after-unknown", lambda f, o: ["verify", "--victim", str(f["lenet"]), "--model", _lenet(f),
+                                                 "--data", "digits", "--split-after", "nosuch", "--suspect",
+                                                 str(f["lenet"]), "--verifier", "sac", "--fp-cache", o], 2, "nosuch"),
+    ("verify-normalize", lambda f, o: [*_verify(f), "--normalize", "mean", "--fp-cache", o], 2,
+     "--normalize: invalid choice"),
+    ("verify-data-folder-missing", lambda f, o: [*_verify(f), "--data", f"folder:{f['dir']}/nope", "--fp-cache", o],
+     2, "is not a directory"),
+    ("verify-rule-k-negative", lambda f, o: [*_verify(f), "--rule", "normal", "--k", "-1", "--fp-cache", o], 2,
+     "k=-1"),
+    # the verifiers' parameters (ModelDiff's and DeepJudge's added ones among them)
+    *[(f"verify-{name}-{item}", _verifier_param(name, item), 2, fragment) for name, item, fragment in [
+        ("modeldiff", "iterations=-1", "verifier 'modeldiff': parameter 'iterations' must be >= 0, got -1"),
+        ("modeldiff", "epsilon=0", "parameter 'epsilon' must be > 0.0, got 0"),
+        ("modeldiff", "ddv=cosine", "parameter 'ddv' must be one of official, all_pairs"),
+        ("deepjudge", "adv_method=cw", "verifier 'deepjudge': parameter 'adv_method' must be one of pgd, fgsm, got"),
+        ("deepjudge", "k_images=0", "parameter 'k_images' must be >= 1, got 0"),
+        ("deepjudge", "k_images=2.5", "parameter 'k_images' must be an integer, got 2.5"),
+        ("deepjudge", "lad_reduction=max", "parameter 'lad_reduction' must be one of sum, mean, got 'max'")]],
+    # models --inspect
+    ("models-inspect-missing-file", lambda f, o: ["models", "--inspect", f"{f['dir']}/nope.py:Net"], 2, "nope.py"),
+    ("models-inspect-unknown", lambda f, o: ["models", "--inspect", "nope"], 2, "unknown model 'nope'"),
+    ("models-inspect-no-value", lambda f, o: ["models", "--inspect"], 2, "expected one argument"),
+    ("models-inspect-split-registered", lambda f, o: ["models", "--inspect", "vgg_small", "--split-after", "a"], 2,
+     "--split-after applies to a model reference"),
+    ("models-inspect-split-unknown", lambda f, o: ["models", "--inspect", _lenet(f), "--data", "digits",
+                                                   "--split-after", "nosuch"], 2, "nosuch"),
+    ("models-inspect-wrong-channels", lambda f, o: ["models", "--inspect", _lenet(f)], 2,
+     "fails on a 3x32x32 input"),
+    ("models-inspect-unknown-data", lambda f, o: ["models", "--inspect", "vgg_small", "--data", "no-such-data"], 2,
+     "no-such-data"),
+    # --list takes nothing else
+    ("verify-list-extra", lambda f, o: ["verify", "--list", "--suspect", str(f["suspect"])], 2,
+     "--list takes no other arguments"),
+    ("attack-list-extra", lambda f, o: ["attack", "--list", "ft"], 2, "--list takes no other arguments"),
+    ("study-list-extra", lambda f, o: ["study", "robustness", "--list"], 2, "--list takes no other arguments"),
     # run
     ("run-out-is-file", lambda f, o: ["run", str(f["spec"]), "-q", "--out", str(f["a_file"])], 2,
      "exists and is not a directory"),
@@ -211,8 +325,21 @@ CASES = [
     ("run-executor", lambda f, o: ["run", str(f["spec"]), "--executor", "dask", "--out", o], 2,
      "--executor: invalid choice"),
     ("run-seeds-zero", lambda f, o: ["run", str(f["spec"]), "--seeds", "0", "--out", o], 2, "seeds"),
-    # report
+    # report: the threshold rule and its parameters are checked before the run folder is read
     ("report-missing", lambda f, o: ["report", o], 2, ""),
+    ("report-k-negative", lambda f, o: ["report", o, "--rule", "normal", "--k", "-1"], 2, "k=-1"),
+    ("report-k-zero", lambda f, o: ["report", o, "--rule", "normal", "--k", "0"], 2,
+     "k=0.0 must be a finite number > 0"),
+    ("report-k-nan", lambda f, o: ["report", o, "--rule", "normal", "--k", "nan"], 2, "k=nan"),
+    ("report-k-text", lambda f, o: ["report", o, "--rule", "normal", "--k", "two"], 2, "invalid float value"),
+    ("report-q-over", lambda f, o: ["report", o, "--rule", "percentile", "--q", "150"], 2, "q=150"),
+    ("report-margin-negative", lambda f, o: ["report", o, "--rule", "percentile", "--margin", "-0.5"], 2,
+     "margin=-0.5"),
+    ("report-k-for-minmax", lambda f, o: ["report", o, "--rule", "minmax", "--k", "3"], 2,
+     "the minmax rule takes no parameter k"),
+    ("report-q-for-normal", lambda f, o: ["report", o, "--rule", "normal", "--q", "10"], 2,
+     "the normal rule takes no parameter q"),
+    ("report-rule", lambda f, o: ["report", o, "--rule", "median"], 2, "--rule: invalid choice"),
 ]
 
 
@@ -220,11 +347,15 @@ CASES = [
 def test_bad_input(files, tmp_path, capsys, case, argv, code, fragment):
     out = tmp_path / "out"
     before = {p: p.stat().st_mtime_ns for p in files["dir"].iterdir()}
-    try:
-        rc = main(argv(files, str(out)))
-    except SystemExit as e:  # argparse
-        rc = e.code
+    with warnings.catch_warnings(record=True) as caught:  # a Python warning would print as more lines
+        warnings.simplefilter("always")
+        try:
+            rc = main(argv(files, str(out)))
+        except SystemExit as e:  # argparse
+            rc = e.code
     cap = capsys.readouterr()
+    assert not [w for w in caught if issubclass(w.category, (UserWarning, RuntimeWarning))], \
+        [str(w.message) for w in caught]
     lines = [line for line in cap.err.splitlines() if line.strip() and not line.startswith("warning: ")]
     assert rc == code, (rc, cap.err)
     assert len(lines) == 1 and lines[0].startswith("error: "), cap.err
@@ -255,6 +386,17 @@ SPEC_CASES = [
     ({"name": "a b"}, "spec: name"),
     ({"dataset": "nope"}, "spec: dataset"),
     ({"threshold_rule": "mean"}, "spec: threshold_rule"),
+    ({"threshold_rule": {"name": "normal", "k": 0}}, "spec: threshold_rule: threshold parameter k=0"),
+    ({"threshold_rule": {"name": "normal", "kk": 1}}, "spec: threshold_rule: unknown threshold rule key 'kk'"),
+    ({"threshold_rule": {"name": "percentile", "q": 101}}, "spec: threshold_rule: threshold parameter q=101"),
+    ({"threshold_rule": {"name": "minmax", "margin": 1}}, "spec: threshold_rule: the minmax rule takes no parameter"),
+    ({"threshold_rule": {"k": 3}}, "spec: threshold_rule"),
+    ({"attacks": [{"name": "ft", "count": 5, "baseline": "yes"}]}, "spec: attacks[0].baseline"),
+    ({"attacks": [{"name": "ft", "count": 5, "baseline": 1}]}, "spec: attacks[0].baseline"),
+    ({"verifiers": {"modeldiff": {"iterations": -1}}}, "spec: verifiers.modeldiff"),
+    ({"verifiers": {"modeldiff": {"ddv": "l2"}}}, "spec: verifiers.modeldiff"),
+    ({"verifiers": {"deepjudge": {"adv_method": "cw"}}}, "spec: verifiers.deepjudge"),
+    ({"verifiers": {"deepjudge": {"k_images": 0}}}, "spec: verifiers.deepjudge"),
     ({"study": {"name": "nope"}}, "spec: study.name"),
     ({"study": {"name": "robustness", "colour": 1}}, "unknown parameter 'colour'"),
 ]

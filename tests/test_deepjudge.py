@@ -300,7 +300,7 @@ def test_parameter_validation():
         DeepJudge(threshold=1.5)
     with pytest.raises(RemovalNetError, match="unknown parameter 'eps'"):
         DeepJudge(eps=0.1)
-    with pytest.raises(RemovalNetError, match="m="):
+    with pytest.raises(RemovalNetError, match="parameter .m. must be > 0"):
         DeepJudge(m=0)
     with pytest.raises(RemovalNetError, match="lad_reduction"):
         DeepJudge(lad_reduction="max")

@@ -92,3 +92,25 @@ def test_baseline_rows_come_from_the_spec_not_the_labels(run_dir):
         warnings.simplefilter("ignore")
         td = build_table(run_dir)
     assert td.rules["minmax"]["baseline_detection_rate"]["IPG-MR"] == pytest.approx(2 / 3)
+
+
+def test_report_rule_parameters_alone_apply_to_the_spec_rule(run_dir, capsys):
+    import numpy as np
+
+    from removalnet.cli import main
+    mr = np.array([0.2, 0.3, 0.25])
+    _with_spec(run_dir, threshold_rule={"name": "normal", "k": 1.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["report", str(run_dir), "--k", "0.5"]) == 0
+    assert "rule `normal (k=0.5)`" in capsys.readouterr().out
+    # the spec's normal rule with k = 0.5 from the command line (oracle: mean + k std of the references, ddof 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        td = build_table(run_dir, rule={"name": "normal", "k": 0.5})
+    assert td.taus["IPG-MR"] == pytest.approx(mr.mean() + 0.5 * mr.std(ddof=1), abs=1e-12)
+    # a parameter the spec's rule does not take is refused in one line, before anything is written
+    _with_spec(run_dir, threshold_rule="minmax")
+    assert main(["report", str(run_dir), "--q", "10"]) == 2
+    assert capsys.readouterr().err == ("error: the minmax rule takes no parameter q (rules and their parameters: "
+                                       "minmax: none, normal: k, percentile: q and margin)\n")

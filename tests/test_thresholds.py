@@ -145,3 +145,14 @@ def test_threshold_rule_object_parses_validates_and_round_trips():
     for bad in ("median", {"name": "normal", "kk": 1}, {"name": "normal", "k": -1}, {"name": "percentile", "q": 101}, 3):
         with pytest.raises(RemovalNetError):
             ThresholdRule.parse(bad)
+    assert ThresholdRule.parse({"name": "percentile", "q": 10, "margin": 0.5}).params() == {"q": 10.0, "margin": 0.5}
+    for bad, msg in [({"name": "normal", "k": 0}, "k=0 must be a finite number > 0"),
+                     ({"name": "minmax", "k": 3}, "the minmax rule takes no parameter k"),
+                     ({"k": 3}, "the minmax rule takes no parameter k"),
+                     ({"name": "normal", "margin": 0.1}, "the normal rule takes no parameter margin")]:
+        with pytest.raises(RemovalNetError, match=msg):
+            ThresholdRule.parse(bad)
+    with pytest.raises(RemovalNetError, match="the percentile rule takes no parameter k"):
+        ThresholdRule.parse("percentile", k=2, q=None)       # an override the rule would ignore
+    with pytest.raises(RemovalNetError, match="k=0.0 must be"):
+        ThresholdRule.parse("normal", k=0.0)

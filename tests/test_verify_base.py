@@ -13,6 +13,7 @@ from removalnet.train import TrainConfig, train_model
 from removalnet.utils import RemovalNetError, weights_hash
 from removalnet.verify import (Fingerprint, FingerprintCache, Metric, all_metrics, create_verifier, list_verifiers,
                                register_verifier)
+from removalnet.params import Param
 from removalnet.verify.base import Verifier, fingerprint_key, prepared_models
 from removalnet.verify.deepjudge import DeepJudge
 
@@ -42,7 +43,7 @@ def test_registry_and_metrics():
         create_verifier("nope")
     with pytest.raises(RemovalNetError, match="batch_size"):
         create_verifier("deepjudge", batch_size=0)
-    with pytest.raises(RemovalNetError, match="JSON"):
+    with pytest.raises(RemovalNetError, match="verifier 'deepjudge': parameter 'layer' must be an integer"):
         create_verifier("deepjudge", layer=object())
 
     class Clash(DeepJudge):
@@ -50,6 +51,62 @@ def test_registry_and_metrics():
     with pytest.raises(ValueError, match="DJ-LOD"):
         register_verifier(Clash)
     assert "clash" not in list_verifiers()
+
+
+# The fingerprint parameters of every verifier's defaults as they were hashed before the verifiers declared
+# Params: fingerprint keys and job ids hash their canonical JSON, so an int must stay an int (ZEST's 4, not 4.0).
+OLD_DEFAULTS = {
+    "deepjudge": {"layer": None, "num_seeds": 100, "m": 3.0, "step": 0.01, "max_iters": 1000, "max_tests": 256,
+                  "k_images": 20000, "p": 2.0, "threshold": 0.5, "lad_reduction": "sum", "adv_method": "pgd",
+                  "pgd_eps": 0.1, "pgd_steps": 10, "pgd_step_size": 0.03, "pgd_random_start": True},
+    "zest": {"num_images": 128, "num_masks": 1000, "kernel_size": 4, "ratio": 0.2, "max_dist": 200,
+             "image_range": 255, "intercept": False, "output": "logits"},
+    "modeldiff": {"num_pairs": 300, "iterations": 1000, "epsilon": 0.2, "ddv": "official", "output": "logits"},
+    "modeldiff_pgd": {"num_pairs": 100, "eps": 0.06, "alpha": 0.01, "steps": 50, "random_start": True,
+                      "ddv": "cosine", "output": "logits"},
+    "ipguard": {"num_points": 100, "k": 0.01, "lr": 0.01, "max_iter": 1000, "target": "random"},
+    "sac": {"num_samples": 100, "source": "wrong", "cut_ratio": 0.2, "output": "logits"},
+}
+OLD_DEFAULTS["deepjudge_aligned"] = OLD_DEFAULTS["deepjudge"]
+
+
+@pytest.mark.parametrize("name", sorted(OLD_DEFAULTS))
+def test_declared_params_keep_the_hashed_defaults(name):
+    v = create_verifier(name)
+    canon = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731 (type-sensitive: 4 and 4.0 differ)
+    assert canon(v.fingerprint_params()) == canon(OLD_DEFAULTS[name])
+    assert v.params["batch_size"] == (500 if name == "zest" else 256)
+    key = fingerprint_key(name, v.fingerprint_params(), "ab" * 32, 0)
+    assert key == fingerprint_key(name, OLD_DEFAULTS[name], "ab" * 32, 0)
+
+
+def test_every_verifier_declares_documented_params(capsys):
+    for name in list_verifiers():
+        spec = create_verifier(name).param_spec()
+        assert set(spec) == set(create_verifier(name).params)
+        assert all(isinstance(p, Param) and p.doc for p in spec.values()), name
+    with pytest.raises(SystemExit):
+        main(["verify", "--list"])
+    text = capsys.readouterr().out
+    assert "    kernel_size: float in (0.0, inf], default 4: quickshift kernel size" in text
+    assert "    layer: int in [1, inf] or None, default None: " in text
+    assert "    target: str in {random, least}, default 'random': " in text
+
+
+def test_params_validated_at_construction_and_numbers_kept_as_given():
+    z = create_verifier("zest", kernel_size=4, ratio=1, max_dist=100.0)
+    assert type(z.params["kernel_size"]) is int and type(z.params["ratio"]) is int
+    assert type(z.params["max_dist"]) is float
+    assert create_verifier("sac", num_samples=8.0).params["num_samples"] == 8    # an integral float is an int
+    assert type(create_verifier("sac", num_samples=8.0).params["num_samples"]) is int
+    for name, bad, msg in [("sac", {"num_samples": 8.5}, "verifier 'sac': parameter 'num_samples' must be an integer"),
+                           ("sac", {"cut_ratio": float("nan")}, "'cut_ratio' must be finite"),
+                           ("zest", {"intercept": "no"}, "'intercept' must be true or false"),
+                           ("deepjudge", {"pgd_eps": 0}, "'pgd_eps' must be > 0.0, got 0"),
+                           ("deepjudge", {"num_seeds": None}, "'num_seeds' must not be None"),
+                           ("modeldiff", {"ddv": "l2"}, "'ddv' must be one of official, all_pairs, got 'l2'")]:
+        with pytest.raises(RemovalNetError, match=msg):
+            create_verifier(name, **bad)
 
 
 # ------------------------------------------------------------------------------------------ storage

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,14 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 def _load_foreign(path: Path) -> dict[str, torch.Tensor]:
     """Read a .pt/.pth state dict without ever executing pickled code."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol of a file it then refuses anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        if "WeightsUnpickler error:" in text:  # the reason, not torch's advice to load it with weights_only=False
+            text = text.split("WeightsUnpickler error:", 1)[1].strip()
+        first = text.splitlines()[0] if text else type(e).__name__
         raise RemovalNetError(
             f"refusing to load {str(path)!r}: it is not a plain tensor state dict "
             f"(torch.load with weights_only=True rejected it: {first})") from e

@@ -30,6 +30,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        # a subcommand's --list prints the registry and exits: anything given with it would be ignored silently
+        if args is not None and "--list" in args and len(args) > 1 \
+                and any("--list" in a.option_strings for a in self._actions):
+            self.error(f"--list takes no other arguments (got {' '.join(a for a in args if a != '--list')})")
+        return super().parse_known_args(args, namespace)
+
 
 def _close_progress_bars() -> None:
     """Close open tqdm bars so that a following message starts on a line of its own."""

@@ -1,8 +1,8 @@
 """Declarative parameters: :class:`Param` (default, type, range, choices) and :func:`validate_params`.
 
-The one parameter system of the package: attacks (``Attack.PARAMS``) and studies (``Study.PARAMS``) declare
-their parameters with it and validate them at construction (ART style); ``removalnet attack --list`` and
-``removalnet study --list`` print :meth:`Param.describe`. It depends on nothing else in the package but the
+The one parameter system of the package: attacks (``Attack.PARAMS``), verifiers (``Verifier.PARAMS``) and
+studies (``Study.PARAMS``) declare their parameters with it and validate them at construction (ART style);
+``removalnet attack --list``, ``verify --list`` and ``study --list`` print :meth:`Param.describe`. It depends on nothing else in the package but the
 error type, so any layer can use it.
 """
 from __future__ import annotations
@@ -14,9 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .utils import RemovalNetError
 
-__all__ = ["Param", "validate_params", "describe_params"]
-
-
+__all__ = ["Param", "validate_params", "describe_params", "class_params"]
 
 @dataclass(frozen=True)
 class Param:
@@ -108,15 +106,38 @@ class Param:
             lo = "(" if self.low_open else "["
             hi = ")" if self.high_open else "]"
             rng = f" in {lo}{'-inf' if self.low is None else self.low}, {'inf' if self.high is None else self.high}{hi}"
-        return f"{self.kind.__name__}{rng}, default {self.default!r}" + (f": {self.doc}" if self.doc else "")
+        none = " or None" if self.nullable else ""
+        return f"{self.kind.__name__}{rng}{none}, default {self.default!r}" + (f": {self.doc}" if self.doc else "")
 
 
-def validate_params(spec: dict[str, Param], params: dict[str, Any], owner: str) -> dict[str, Any]:
-    """Every parameter of ``spec`` validated, defaults filled in; an unknown name raises, naming ``owner``."""
+def validate_params(spec: dict[str, Param], params: dict[str, Any], owner: str, *,
+                    keep_ints: bool = False) -> dict[str, Any]:
+    """Every parameter of ``spec`` validated, defaults filled in; an unknown name or a bad value raises, naming
+    ``owner`` (e.g. ``"verifier 'sac'"``).
+
+    ``keep_ints``: a ``float`` parameter given (or defaulting to) a Python ``int`` keeps the int (4 stays 4,
+    not 4.0), for owners whose parameters are hashed as given (a verifier's fingerprint key and job ids).
+    """
     unknown = sorted(set(params) - set(spec))
     if unknown:
         raise RemovalNetError(f"unknown parameter {unknown[0]!r} for {owner}; known: {', '.join(sorted(spec))}")
-    return {key: p.validate(key, params[key] if key in params else p.default) for key, p in spec.items()}
+    out = {}
+    for key, p in spec.items():
+        given = params[key] if key in params else p.default
+        try:
+            value = p.validate(key, given)
+        except RemovalNetError as e:
+            raise RemovalNetError(f"{owner}: {e}") from None
+        out[key] = given if keep_ints and p.kind is float and type(given) is int else value
+    return out
+
+
+def class_params(cls: type, attr: str = "PARAMS") -> dict[str, Param]:
+    """The parameters a class declares in ``attr``, merged over its MRO (subclasses win, base order kept)."""
+    spec: dict[str, Param] = {}
+    for klass in reversed(cls.__mro__):
+        spec.update(getattr(klass, attr, {}) or {})
+    return spec
 
 
 def describe_params(spec: Mapping[str, Any]) -> list[str]:

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.split import SplitModel
-from ..params import Param, validate_params
+from ..params import Param, class_params, validate_params
 from ..registry import Registry
 from ..train import evaluate
 from ..utils import RemovalNetError, resolve_device, seed_everything
@@ -205,10 +205,7 @@ class Attack(abc.ABC):
     @classmethod
     def param_spec(cls) -> dict[str, Param]:
         """All parameters of this attack: ``PARAMS`` of every class in the MRO, subclasses winning."""
-        spec: dict[str, Param] = {}
-        for klass in reversed(cls.__mro__):
-            spec.update(getattr(klass, "PARAMS", {}) or {})
-        return spec
+        return class_params(cls)
 
     def validate_params(self, params: dict[str, Any]) -> None:
         """Cross-parameter checks (override; raise RemovalNetError)."""

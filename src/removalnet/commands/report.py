@@ -59,9 +59,11 @@ def report_run(run_dir: str | Path, fmts: tuple[str, ...] = ("md",), rule=None,
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    rule = rule_from_args(args)
-    if rule is not None and args.rule is None:  # parameters alone: the spec's rule with them
+    if args.rule is None and any(getattr(args, k) is not None for k in ("k", "q", "margin")):
+        # parameters alone: the spec's rule with them
         rule = rule_from_args(args, default=load_results(args.run_dir)[0].get("threshold_rule"))
+    else:
+        rule = rule_from_args(args)   # checked before the run folder is read
     text = report_run(args.run_dir, (args.format,), rule, args.figures,
                       echo=lambda m: print(m, file=sys.stderr))[args.format]
     if args.out:

@@ -27,7 +27,7 @@ from ..guards import check_comparable, require_finite
 from ..models import NotSplittableError
 from ..utils import RemovalNetError, resolve_device, weights_hash
 from ..verify import (MIN_REFERENCES, RULES, FingerprintCache, calibrate_models, create_verifier, list_verifiers,
-                      score_model, verdict, verifier_class, verifier_defaults)
+                      score_model, verdict, verifier_class)
 from ._listing import add_list_option, listing
 from .report import add_rule_parameters, rule_from_args
 
@@ -38,8 +38,8 @@ log = logging.getLogger("removalnet")
 
 
 def verifier_listing() -> str:
-    """Every registered verifier with its one-line doc and its parameters' defaults (``verify --list``)."""
-    return listing("verifier", [(n, verifier_class(n), verifier_defaults(n)) for n in list_verifiers()])
+    """Every registered verifier with its one-line doc and its parameters (``verify --list``)."""
+    return listing("verifier", [(n, verifier_class(n), verifier_class(n).param_spec()) for n in list_verifiers()])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,10 +11,7 @@ Subclasses implement two methods::
     class MyVerifier(Verifier):
         name = "my"
         metrics = (Metric("MY-D", "distance"),)
-        defaults = {"num_points": 100}          # batch_size is added by the base class
-
-        def _check_params(self):                # validate self.params, raise RemovalNetError
-            check_int(self.params, "num_points", minimum=1)
+        PARAMS = {"num_points": Param(100, int, low=1, doc="probing inputs")}  # batch_size: base class
 
         def _extract(self, victim, data, *, seed, generator, device):
             ...                                 # victim: eval mode, on device, parameters frozen
@@ -24,7 +21,8 @@ Subclasses implement two methods::
             ...                                 # read extraction settings from fp.params / fp.meta
             return {"MY-D": value}
 
-The base class validates parameters, seeds every RNG from ``seed`` (and hands a seeded
+The base class validates parameters against ``PARAMS`` (merged over the class hierarchy, as for
+attacks; :mod:`removalnet.params`), seeds every RNG from ``seed`` (and hands a seeded
 ``torch.Generator`` to ``_extract``), puts the models in eval mode on the device with frozen
 parameters and restores their mode, device and ``requires_grad`` flags afterwards, checks that a
 fingerprint belongs to the victim and the verifier before scoring, and stores fingerprints as
@@ -42,7 +40,6 @@ import abc
 import contextlib
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..params import Param, class_params, validate_params
 from ..registry import Registry
 from ..utils import RemovalNetError, atomic_path, atomic_write_json, package_versions, resolve_device, \
     seed_everything, weights_hash
@@ -60,8 +58,8 @@ from ..utils import RemovalNetError, atomic_path, atomic_write_json, package_ver
 __all__ = [
     "Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
     "list_verifiers", "verifier_class", "all_metrics", "fingerprint_key", "data_digest", "prepared_models",
-    "dataset_tensors", "input_normalization", "batched_apply", "batched_logits", "check_int", "check_float", "check_bool",
-    "check_choice", "FORMAT_VERSION",
+    "dataset_tensors", "input_normalization", "batched_apply", "batched_logits", "verifier_defaults",
+    "FORMAT_VERSION",
 ]
 
 FORMAT_VERSION = 1
@@ -186,47 +184,6 @@ class Fingerprint:
                    tensors=tensors, meta=info.get("meta", {}), suspect_hash=info.get("suspect_hash"))
 
 
-# ----------------------------------------------------------------------------------------- validation
-def _bad(params: dict, name: str, msg: str) -> RemovalNetError:
-    return RemovalNetError(f"parameter {name}={params[name]!r}: {msg}")
-
-
-def check_int(params: dict, name: str, *, minimum: int | None = None, maximum: int | None = None,
-              allow_none: bool = False) -> None:
-    v = params[name]
-    if v is None and allow_none:
-        return
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise _bad(params, name, "must be an integer")
-    if minimum is not None and v < minimum:
-        raise _bad(params, name, f"must be >= {minimum}")
-    if maximum is not None and v > maximum:
-        raise _bad(params, name, f"must be <= {maximum}")
-
-
-def check_float(params: dict, name: str, *, minimum: float | None = None, maximum: float | None = None,
-                min_exclusive: bool = False, allow_none: bool = False) -> None:
-    v = params[name]
-    if v is None and allow_none:
-        return
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-        raise _bad(params, name, "must be a finite number")
-    if minimum is not None and (v <= minimum if min_exclusive else v < minimum):
-        raise _bad(params, name, f"must be {'>' if min_exclusive else '>='} {minimum}")
-    if maximum is not None and v > maximum:
-        raise _bad(params, name, f"must be <= {maximum}")
-
-
-def check_bool(params: dict, name: str) -> None:
-    if not isinstance(params[name], bool):
-        raise _bad(params, name, "must be true or false")
-
-
-def check_choice(params: dict, name: str, choices: Sequence[Any]) -> None:
-    if params[name] not in choices:
-        raise _bad(params, name, f"must be one of {', '.join(map(repr, choices))}")
-
-
 # ------------------------------------------------------------------------------------ model handling
 @contextlib.contextmanager
 def prepared_models(*models: nn.Module, device: torch.device) -> Iterator[None]:
@@ -308,7 +265,10 @@ def batched_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int, device
 class Verifier(abc.ABC):
     """Base class of every verifier; see the module docstring for what subclasses implement.
 
-    Parameters are keyword arguments; unknown names and bad values raise :class:`RemovalNetError`.
+    Parameters are keyword arguments, declared in ``PARAMS`` (:class:`~removalnet.params.Param`, merged over
+    the class hierarchy) and validated at construction; unknown names and bad values raise
+    :class:`RemovalNetError`. A float parameter given as an integer keeps it (ZEST's ``kernel_size`` 4 stays 4,
+    not 4.0): fingerprint keys and job ids hash the values as written, so existing caches and runs stay valid.
     ``batch_size`` (default 256) bounds every forward pass. Parameters listed in ``runtime_params``
     change speed, not the fingerprint: they are left out of the cache key and may differ between
     extraction and scoring; every other parameter must match the fingerprint's.
@@ -318,21 +278,25 @@ class Verifier(abc.ABC):
     name: ClassVar[str]
     metrics: ClassVar[tuple[Metric, ...]]
     per_suspect: ClassVar[bool] = False
-    defaults: ClassVar[dict[str, Any]] = {}
+    PARAMS: ClassVar[dict[str, Param]] = {
+        "batch_size": Param(256, int, low=1, doc="inputs per forward pass (speed only: not part of the fingerprint)"),
+    }
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     #: True when ``_extract`` also takes ``train_data`` (the victim's training data, e.g. DeepJudge's k)
     uses_train_data: ClassVar[bool] = False
-    _base_defaults: ClassVar[dict[str, Any]] = {"batch_size": 256}
 
     def __init__(self, **params: Any):
-        allowed = {**self._base_defaults, **self.defaults}
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise RemovalNetError(f"unknown parameter {unknown[0]!r} for verifier {self.name!r}; "
-                                  f"known: {', '.join(sorted(allowed))}")
-        self.params: dict[str, Any] = _jsonable({**allowed, **params}, f"parameters of verifier {self.name!r}")
-        check_int(self.params, "batch_size", minimum=1)
-        self._check_params()
+        values = validate_params(self.param_spec(), params, f"verifier {self.name!r}", keep_ints=True)
+        self.params: dict[str, Any] = _jsonable(values, f"parameters of verifier {self.name!r}")
+        self.validate_params(self.params)
+
+    @classmethod
+    def param_spec(cls) -> dict[str, Param]:
+        """All parameters of this verifier: ``PARAMS`` of every class in the MRO, subclasses winning."""
+        return class_params(cls)
+
+    def validate_params(self, params: dict[str, Any]) -> None:
+        """Cross-parameter checks (override; raise RemovalNetError naming the parameters). Default: none."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
@@ -340,9 +304,6 @@ class Verifier(abc.ABC):
     @property
     def metric_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.metrics)
-
-    def _check_params(self) -> None:
-        """Validate ``self.params`` (raise RemovalNetError naming the parameter). Default: nothing more."""
 
     def fingerprint_params(self) -> dict:
         return {k: v for k, v in self.params.items() if k not in self.runtime_params}
@@ -524,9 +485,8 @@ def create_verifier(name: str, **params: Any) -> Verifier:
 
 
 def verifier_defaults(name: str) -> dict[str, Any]:
-    """A registered verifier's parameters with their defaults (``removalnet verify --list``)."""
-    cls = verifier_class(name)
-    return {**cls._base_defaults, **cls.defaults}
+    """A registered verifier's parameters with their defaults."""
+    return {k: p.default for k, p in verifier_class(name).param_spec().items()}
 
 
 def all_metrics() -> dict[str, Metric]:

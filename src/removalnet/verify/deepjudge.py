@@ -68,10 +68,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..params import Param
 from ..utils import RemovalNetError
 from .adversarial import pgd
-from .base import (Fingerprint, Metric, Verifier, batched_apply, check_bool, check_choice, check_float, check_int,
-                   dataset_tensors, register_verifier)
+from .base import Fingerprint, Metric, Verifier, batched_apply, dataset_tensors, register_verifier
 
 __all__ = ["DeepJudge", "channel_means", "lod", "lad", "nod", "nad", "jsd", "robd", "seed_confidence",
            "select_seeds", "generate_tests", "neuron_max", "adversarial_tests"]
@@ -309,38 +309,33 @@ def layer_means(model: nn.Module, layer: int, x: torch.Tensor, *, batch_size: in
 class DeepJudge(Verifier):
     """DeepJudge's six testing metrics (DJ-LOD, DJ-LAD, DJ-NOD, DJ-NAD, DJ-RobD, DJ-JSD); module docstring for details.
 
-    Parameters: ``layer`` (None = the victim's default_layer), ``num_seeds`` 100, ``m`` 3.0, ``step`` 0.01,
-    ``max_iters`` 1000, ``max_tests`` 256, ``k_images`` 20000 (training images for k, when ``extract`` is
-    given ``train_data``), ``p`` 2.0 (LOD norm), ``threshold`` 0.5 (LAD/NAD), ``lad_reduction`` "sum" (official)
-    or "mean" (eq. 2), ``adv_method`` "pgd" (official default) or "fgsm", ``pgd_eps`` 0.1, ``pgd_steps`` 10,
-    ``pgd_step_size`` 0.03, ``pgd_random_start`` True, ``batch_size`` 256.
+    Parameters: ``PARAMS`` (defaults: the official code's; ``removalnet verify --list`` prints them).
     """
 
     name = "deepjudge"
     metrics = (Metric("DJ-LOD", "distance"), Metric("DJ-LAD", "distance"), Metric("DJ-NOD", "distance"),
                Metric("DJ-NAD", "distance"), Metric("DJ-RobD", "distance"), Metric("DJ-JSD", "distance"))
-    defaults = {"layer": None, "num_seeds": 100, "m": 3.0, "step": 0.01, "max_iters": 1000, "max_tests": 256,
-                "k_images": 20000, "p": 2.0, "threshold": 0.5, "lad_reduction": "sum", "adv_method": "pgd",
-                "pgd_eps": 0.1, "pgd_steps": 10, "pgd_step_size": 0.03, "pgd_random_start": True}
+    PARAMS = {
+        "layer": Param(None, int, low=1, nullable=True,
+                       doc="split layer whose neurons are tested (None: the victim's default_layer)"),
+        "num_seeds": Param(100, int, low=1, doc="seed images: the victim's most confident correct ones (NUMS)"),
+        "m": Param(3.0, float, low=0.0, low_open=True, doc="k_c = m x neuron c's maximum on the training images"),
+        "step": Param(0.01, float, low=0.0, low_open=True, doc="Adam learning rate of the white-box test generation"),
+        "max_iters": Param(1000, int, low=0, doc="test-generation iterations per (seed, neuron) pair"),
+        "max_tests": Param(256, int, low=1, doc="(seed, neuron) pairs tried (official: num_seeds x neurons)"),
+        "k_images": Param(20000, int, low=1, doc="training images the neuron maxima for k are taken over"),
+        "p": Param(2.0, float, low=1.0, doc="norm of DJ-LOD"),
+        "threshold": Param(0.5, float, low=0.0, high=1.0, doc="activation threshold of DJ-LAD and DJ-NAD"),
+        "lad_reduction": Param("sum", str, choices=LAD_REDUCTIONS,
+                               doc="DJ-LAD over neurons: sum (official code) or mean (the paper's eq. 2)"),
+        "adv_method": Param("pgd", str, choices=ADV_METHODS, doc="black-box test cases: official PGD or FGSM"),
+        "pgd_eps": Param(0.1, float, low=0.0, low_open=True, high=1.0,
+                         doc="random start range (and the FGSM step) in pixel units"),
+        "pgd_steps": Param(10, int, low=1, doc="PGD sign-gradient steps"),
+        "pgd_step_size": Param(0.03, float, low=0.0, low_open=True, doc="PGD step in pixel units"),
+        "pgd_random_start": Param(True, bool, doc="PGD starts at a uniform random point of the eps-box"),
+    }
     uses_train_data = True
-
-    def _check_params(self) -> None:
-        P = self.params
-        check_int(P, "layer", minimum=1, allow_none=True)
-        check_int(P, "num_seeds", minimum=1)
-        check_float(P, "m", minimum=0.0, min_exclusive=True)
-        check_float(P, "step", minimum=0.0, min_exclusive=True)
-        check_int(P, "max_iters", minimum=0)
-        check_int(P, "max_tests", minimum=1)
-        check_int(P, "k_images", minimum=1)
-        check_float(P, "p", minimum=1.0)
-        check_float(P, "threshold", minimum=0.0, maximum=1.0)
-        check_choice(P, "lad_reduction", LAD_REDUCTIONS)
-        check_choice(P, "adv_method", ADV_METHODS)
-        check_float(P, "pgd_eps", minimum=0.0, min_exclusive=True, maximum=1.0)
-        check_int(P, "pgd_steps", minimum=1)
-        check_float(P, "pgd_step_size", minimum=0.0, min_exclusive=True)
-        check_bool(P, "pgd_random_start")
 
     def _layer(self, victim: nn.Module) -> int:
         layer = self.params["layer"] if self.params["layer"] is not None else getattr(victim, "default_layer", None)

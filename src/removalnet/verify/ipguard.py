@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..params import Param
 from ..utils import RemovalNetError
-from .base import Fingerprint, Metric, Verifier, batched_logits, check_choice, check_float, check_int, \
-    dataset_tensors, register_verifier
+from .base import Fingerprint, Metric, Verifier, batched_logits, dataset_tensors, register_verifier
 
 __all__ = ["IPGuard", "matching_rate", "ipguard_loss", "boundary_points"]
 
@@ -103,21 +103,19 @@ def boundary_points(model: nn.Module, x: torch.Tensor, i: torch.Tensor, j: torch
 class IPGuard(Verifier):
     """IPGuard (paper eq. 5): metric IPG-MR (similarity) on points near the victim's decision boundary.
 
-    Parameters: ``num_points`` (100, reference), ``k`` (0.01, logit margin), ``lr`` (0.01, Adam),
-    ``max_iter`` (1000, reference), ``target`` ("random" or "least").
+    Parameters: ``PARAMS`` (defaults: the reference code's; ``removalnet verify --list`` prints them).
     """
 
     name = "ipguard"
     metrics = (Metric("IPG-MR", "similarity"),)
-    defaults = {"num_points": 100, "k": 0.01, "lr": 0.01, "max_iter": 1000, "target": "random"}
-
-    def _check_params(self) -> None:
-        p = self.params
-        check_int(p, "num_points", minimum=1)
-        check_float(p, "k", minimum=0.0)
-        check_float(p, "lr", minimum=0.0, min_exclusive=True)
-        check_int(p, "max_iter", minimum=1)
-        check_choice(p, "target", TARGETS)
+    PARAMS = {
+        "num_points": Param(100, int, low=1, doc="boundary points (reference: 100)"),
+        "k": Param(0.01, float, low=0.0, doc="logit margin of eq. 5"),
+        "lr": Param(0.01, float, low=0.0, low_open=True, doc="Adam learning rate of the point search"),
+        "max_iter": Param(1000, int, low=1, doc="optimisation steps per batch of points (reference: 1000)"),
+        "target": Param("random", str, choices=TARGETS,
+                        doc="target class: random (seeded) or least (the victim's least likely)"),
+    }
 
     def _extract(self, victim: nn.Module, data: Dataset, *, seed: int, generator: torch.Generator,
                  device: torch.device):

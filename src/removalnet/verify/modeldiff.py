@@ -49,9 +49,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..params import Param
 from ..utils import RemovalNetError
-from .base import Fingerprint, Metric, Verifier, batched_logits, check_choice, check_float, check_int, \
-    dataset_tensors, input_normalization, register_verifier
+from .base import (Fingerprint, Metric, Verifier, batched_logits, dataset_tensors, input_normalization,
+                   register_verifier)
 
 __all__ = ["ModelDiff", "decision_distance", "ddv_similarity", "official_ddv", "all_pairs_ddv", "profiling_score",
            "hill_climb", "transform_outputs"]
@@ -212,26 +213,23 @@ def hill_climb(model1: nn.Module, model2: nn.Module, seeds: torch.Tensor, positi
 
 @register_verifier
 class ModelDiff(Verifier):
-    """ModelDiff as the official code computes it: metric MD-DDV (similarity), profiling inputs searched per
-    (victim, suspect) pair.
+    """ModelDiff as its official code computes it: metric MD-DDV (similarity) on inputs searched per suspect.
 
-    Parameters: ``num_pairs`` (300, the official N_INPUT_PAIRS: seeds per model, so 2 x num_pairs
-    profiling inputs), ``iterations`` (1000 hill-climbing steps), ``epsilon`` (0.2, the mutation in
-    normalised input units), ``ddv`` ("official" or "all_pairs", eq. 3), ``output`` ("logits").
+    The profiling inputs are searched for each (victim, suspect) pair (``per_suspect``).
+
+    Parameters: ``PARAMS`` (defaults: the official code's; ``removalnet verify --list`` prints them).
     """
 
     name = "modeldiff"
     metrics = (Metric("MD-DDV", "similarity"),)
     per_suspect = True
-    defaults = {"num_pairs": 300, "iterations": 1000, "epsilon": 0.2, "ddv": "official", "output": "logits"}
-
-    def _check_params(self) -> None:
-        p = self.params
-        check_int(p, "num_pairs", minimum=2)
-        check_int(p, "iterations", minimum=0)
-        check_float(p, "epsilon", minimum=0.0, min_exclusive=True)
-        check_choice(p, "ddv", DDVS)
-        check_choice(p, "output", OUTPUTS)
+    PARAMS = {
+        "num_pairs": Param(300, int, low=2, doc="seeds per model (N_INPUT_PAIRS; 2 x num_pairs profiling inputs)"),
+        "iterations": Param(1000, int, low=0, doc="hill-climbing steps of the input search (official: 1000)"),
+        "epsilon": Param(0.2, float, low=0.0, low_open=True, doc="mutation size in normalised units (official 0.2)"),
+        "ddv": Param("official", str, choices=DDVS, doc="decision distance vector: official or all_pairs (eq. 3)"),
+        "output": Param("logits", str, choices=OUTPUTS, doc="model outputs compared (official: logits)"),
+    }
 
     def _extract(self, victim: nn.Module, data: Dataset, *, seed: int, generator: torch.Generator,
                  device: torch.device):

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..params import Param
 from ..utils import RemovalNetError
 from .adversarial import pgd
-from .base import Fingerprint, Metric, Verifier, batched_logits, check_bool, check_choice, check_float, \
-    check_int, dataset_tensors, register_verifier
+from .base import Fingerprint, Metric, Verifier, batched_logits, dataset_tensors, register_verifier
 from .modeldiff import OUTPUTS, ddv_similarity, decision_distance, transform_outputs
 
 __all__ = ["ModelDiffPGD"]
@@ -36,24 +36,20 @@ DDVS = ("cosine", "l2")
 class ModelDiffPGD(Verifier):
     """ModelDiff variant on (seed, victim-only PGD variant) pairs: metric MD-PGD-DDV (similarity).
 
-    Parameters: ``num_pairs`` (100), ``eps`` (0.06), ``alpha`` (0.01, the PGD step), ``steps`` (50),
-    ``random_start`` (True); ``ddv`` ("cosine" or "l2"), ``output`` ("logits").
+    Parameters: ``PARAMS`` (``removalnet verify --list`` prints them).
     """
 
     name = "modeldiff_pgd"
     metrics = (Metric("MD-PGD-DDV", "similarity"),)
-    defaults = {"num_pairs": 100, "eps": 0.06, "alpha": 0.01, "steps": 50, "random_start": True,
-                "ddv": "cosine", "output": "logits"}
-
-    def _check_params(self) -> None:
-        p = self.params
-        check_int(p, "num_pairs", minimum=2)
-        check_float(p, "eps", minimum=0.0, maximum=1.0, min_exclusive=True)
-        check_float(p, "alpha", minimum=0.0, maximum=1.0, min_exclusive=True)
-        check_int(p, "steps", minimum=1)
-        check_bool(p, "random_start")
-        check_choice(p, "ddv", DDVS)
-        check_choice(p, "output", OUTPUTS)
+    PARAMS = {
+        "num_pairs": Param(100, int, low=2, doc="seed inputs, each paired with its PGD variant"),
+        "eps": Param(0.06, float, low=0.0, low_open=True, high=1.0, doc="PGD budget in pixel units"),
+        "alpha": Param(0.01, float, low=0.0, low_open=True, high=1.0, doc="PGD step in pixel units"),
+        "steps": Param(50, int, low=1, doc="PGD steps"),
+        "random_start": Param(True, bool, doc="PGD starts at a uniform random point of the eps-ball"),
+        "ddv": Param("cosine", str, choices=DDVS, doc="decision distance of a pair: cosine or l2"),
+        "output": Param("logits", str, choices=OUTPUTS, doc="model outputs compared"),
+    }
 
     def _ddv(self, model: nn.Module, seeds: torch.Tensor, variants: torch.Tensor, device: torch.device):
         bs, out = self.params["batch_size"], self.params["output"]

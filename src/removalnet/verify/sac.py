@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..params import Param
 from ..utils import RemovalNetError
-from .base import Fingerprint, Metric, Verifier, batched_logits, check_choice, check_float, check_int, \
-    dataset_tensors, register_verifier
+from .base import Fingerprint, Metric, Verifier, batched_logits, dataset_tensors, register_verifier
 
 __all__ = ["SAC", "correlation_matrix", "sac_distance", "cutmix"]
 
@@ -72,20 +72,19 @@ def cutmix(x: torch.Tensor, generator: torch.Generator | None = None, cut_ratio:
 class SAC(Verifier):
     """Sample correlation: metric SAC (distance) on misclassified samples or CutMix variants.
 
-    Parameters: ``num_samples`` (100), ``source`` ("wrong" or "cutmix"), ``cut_ratio`` (0.2, CutMix
-    patch side as a fraction of the image), ``output`` ("logits" or "softmax").
+    Parameters: ``PARAMS`` (``removalnet verify --list`` prints them).
     """
 
     name = "sac"
     metrics = (Metric("SAC", "distance"),)
-    defaults = {"num_samples": 100, "source": "wrong", "cut_ratio": 0.2, "output": "logits"}
-
-    def _check_params(self) -> None:
-        p = self.params
-        check_int(p, "num_samples", minimum=2)
-        check_choice(p, "source", SOURCES)
-        check_float(p, "cut_ratio", minimum=0.0, maximum=1.0, min_exclusive=True)
-        check_choice(p, "output", OUTPUTS)
+    PARAMS = {
+        "num_samples": Param(100, int, low=2, doc="samples whose output correlations are compared"),
+        "source": Param("wrong", str, choices=SOURCES,
+                        doc="samples: the victim's misclassified ones or CutMix variants"),
+        "cut_ratio": Param(0.2, float, low=0.0, low_open=True, high=1.0,
+                           doc="CutMix patch side as a fraction of the image side"),
+        "output": Param("logits", str, choices=OUTPUTS, doc="model outputs correlated: logits or softmax"),
+    }
 
     def _outputs(self, model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         z = batched_logits(model, x, batch_size=self.params["batch_size"], device=device)

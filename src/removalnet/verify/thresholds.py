@@ -61,8 +61,11 @@ class ThresholdRule:
             raise RemovalNetError(f"unknown threshold rule {self.name!r}; known: {', '.join(RULES)}")
         for key in ("k", "q", "margin"):
             v = getattr(self, key)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                raise RemovalNetError(f"threshold parameter {key}={v!r} must be a finite number >= 0.0")
+            positive = key == "k"   # k = 0 would put the normal rule's tau at the references' mean
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 \
+                    or (positive and v == 0):
+                raise RemovalNetError(f"threshold parameter {key}={v!r} must be a finite number "
+                                      f"{'> 0.0' if positive else '>= 0.0'}")
             object.__setattr__(self, key, float(v))
         if self.q > 100:
             raise RemovalNetError(f"threshold parameter q={self.q!r} must be <= 100")
@@ -83,9 +86,11 @@ class ThresholdRule:
             if unknown:
                 raise RemovalNetError(f"unknown threshold rule key {unknown[0]!r}; known: {', '.join(sorted(known))}")
             rule = cls(**value)
+            _check_used(rule.name, [k for k in value if k != "name"])
         else:
             raise RemovalNetError(f"a threshold rule is a name or a mapping with a name, got {value!r}")
         given = {k: v for k, v in overrides.items() if v is not None}
+        _check_used(rule.name, given)
         return dataclasses.replace(rule, **given) if given else rule
 
     def params(self) -> dict[str, float]:
@@ -108,6 +113,14 @@ class ThresholdRule:
                   metrics: Mapping[str, Metric] | Iterable[Metric | str], *,
                   min_references: int = MIN_REFERENCES) -> dict[str, float]:
         return calibrate(values_by_metric, metrics, self, min_references=min_references)
+
+
+def _check_used(name: str, keys: Iterable[str]) -> None:
+    """A parameter given for a rule that does not use it is an error (it would be ignored silently)."""
+    for key in keys:
+        if key not in RULE_PARAMS.get(name, ()):
+            takes = ", ".join(f"{r}: {' and '.join(p) or 'none'}" for r, p in RULE_PARAMS.items())
+            raise RemovalNetError(f"the {name} rule takes no parameter {key} (rules and their parameters: {takes})")
 
 
 def resolve_metric(metric: Metric | str, metrics: Mapping[str, Metric] | Iterable[Metric] | None = None) -> Metric:

@@ -50,9 +50,9 @@ from skimage.segmentation import quickshift
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..params import Param
 from ..utils import RemovalNetError
-from .base import Fingerprint, Metric, Verifier, check_bool, check_choice, check_float, check_int, \
-    dataset_tensors, input_normalization, register_verifier
+from .base import Fingerprint, Metric, Verifier, dataset_tensors, input_normalization, register_verifier
 
 __all__ = ["ZEST", "segment_images", "random_masks", "masked_inputs", "lime_pinv", "lime_signature",
            "zest_distances"]
@@ -185,27 +185,22 @@ def zest_distances(sig_a: torch.Tensor, sig_b: torch.Tensor) -> tuple[float, flo
 class ZEST(Verifier):
     """ZEST (paper 2.3): LIME signatures on reference images; metrics ZEST-L2 and ZEST-Cos (distances).
 
-    Parameters: ``num_images`` (128, reference), ``num_masks`` (1000, reference; mask 0 is all ones),
-    ``kernel_size``/``ratio``/``max_dist`` (quickshift, 4 / 0.2 / 200, reference), ``image_range``
-    (255, see the module docstring), ``intercept`` (False, reference), ``output`` ("logits", reference),
-    ``batch_size`` (500, inputs per forward pass; does not change the result).
+    Parameters: ``PARAMS`` (defaults: the ZEST reference's; ``removalnet verify --list`` prints them).
     """
 
     name = "zest"
     metrics = (Metric("ZEST-L2", "distance"), Metric("ZEST-Cos", "distance"))
-    defaults = {"num_images": 128, "num_masks": 1000, "kernel_size": 4, "ratio": 0.2, "max_dist": 200,
-                "image_range": 255, "intercept": False, "output": "logits", "batch_size": 500}
-
-    def _check_params(self) -> None:
-        p = self.params
-        check_int(p, "num_images", minimum=1)
-        check_int(p, "num_masks", minimum=2)
-        check_float(p, "kernel_size", minimum=0.0, min_exclusive=True)
-        check_float(p, "ratio", minimum=0.0, maximum=1.0)
-        check_float(p, "max_dist", minimum=0.0, min_exclusive=True)
-        check_float(p, "image_range", minimum=0.0, min_exclusive=True)
-        check_bool(p, "intercept")
-        check_choice(p, "output", OUTPUTS)
+    PARAMS = {
+        "num_images": Param(128, int, low=1, doc="reference images drawn from the verifier's data (reference: 128)"),
+        "num_masks": Param(1000, int, low=2, doc="random segment masks per image, the first all ones (reference 1000)"),
+        "kernel_size": Param(4, float, low=0.0, low_open=True, doc="quickshift kernel size (reference: 4)"),
+        "ratio": Param(0.2, float, low=0.0, high=1.0, doc="quickshift colour/space ratio (reference: 0.2)"),
+        "max_dist": Param(200, float, low=0.0, low_open=True, doc="quickshift maximum distance (reference: 200)"),
+        "image_range": Param(255, float, low=0.0, low_open=True, doc="value range of the images quickshift sees"),
+        "intercept": Param(False, bool, doc="fit the OLS with a constant column (reference: no)"),
+        "output": Param("logits", str, choices=OUTPUTS, doc="outputs the explanation regresses (reference: logits)"),
+        "batch_size": Param(500, int, low=1, doc="inputs per forward pass (speed only: not part of the fingerprint)"),
+    }
 
     def _signature(self, model: nn.Module, t: dict[str, torch.Tensor], device: torch.device):
         return lime_signature(model, t["images"], t["segments"].long(), t["masks"], t["fill"],
