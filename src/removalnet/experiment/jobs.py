@@ -120,7 +120,8 @@ def _fingerprint(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]
     fp = FingerprintCache(fingerprint_dir(run_dir)).get_or_extract(
         verifier, victim, verifier_data(cfg), seed=cfg["seed"], device=cfg["device"],
         train_data=verifier_train_data(verifier, cfg))
-    return {"time_s": time.perf_counter() - t0, "key": fp.key}
+    # metrics the fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without an adversarial example)
+    return {"time_s": time.perf_counter() - t0, "key": fp.key, "degenerate": list(fp.meta.get("degenerate", []))}
 
 
 def _score(job: dict[str, Any], run_dir: Path, fp_jobs: dict[str, dict[str, Any]] | None = None,
