@@ -93,9 +93,17 @@ def test_audit_card_matches_the_database(audited, tmp_path, capsys, monkeypatch)
         if v.startswith("Relied on alone"):
             assert not any(f"evaded by {c} " in v for c in collapsed)
     assert card.recommendation in out
-    # resumable: a rerun runs nothing and prints the same card numbers
+    # resumable: a rerun runs nothing and prints the same card
     assert main(argv) == 0
-    assert "0 ran" in capsys.readouterr().err
+    cap = capsys.readouterr()
+    assert "0 ran" in cap.err and cap.out == out
+    # report --format html writes a page (a file, never stdout) with the collapsed rows marked
+    assert main(["report", str(run), "--format", "html", "--collapse-margin", "5"]) == 0
+    cap = capsys.readouterr()
+    page = (run / "report.html").read_text()
+    assert "<html" not in cap.out and "report.html" in cap.out
+    assert "Settings" in page and "reference accuracies" in page
+    assert page.count("collapsed (&gt; 5 points lost)") == sum(a["collapsed"] for a in card.attacks)
 
 
 def test_audit_with_given_references(audited, tmp_path, capsys, monkeypatch):

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_rule_parameters(p)
     p.add_argument("--out", default=None, help="write to this file instead of printing (html: always a file, "
                                                  "default RUN_DIR/report.html)")
-    p.add_argument("--margin-points", type=float, default=None, dest="collapse_margin",
+    p.add_argument("--collapse-margin", type=float, default=None,
                    help="accuracy points a row may lose before it is marked collapsed (default 10)")
     p.add_argument("--figures", default=None,
                    help="folder for a study's figures and tables (default: RUN_DIR/report)")
