@@ -143,3 +143,59 @@ def test_sizes_the_data_cannot_serve_are_refused_before_any_job(user, tmp_path, 
 def test_spec_errors_of_the_new_keys_name_the_key(user, over, fragment):
     with pytest.raises(RemovalNetError, match="spec: " + fragment.replace("[", r"\[").replace("]", r"\]")):
         spec_from_dict(_raw(user, **over))
+
+
+TRAIN_FN = '''
+import torch
+
+def train(model, train_set, test_set, seed):
+    """The user's own trainer: a few plain SGD steps; records what it was given."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    idx = torch.randperm(len(train_set), generator=g)[:32].tolist()
+    x = torch.stack([train_set[i][0] for i in idx])
+    y = torch.tensor([int(train_set[i][1]) for i in idx])
+    model.train()
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.seen = (len(train_set), len(test_set), seed)
+
+def wrong(model, train_set, test_set, seed):
+    return "a model"
+'''
+
+
+def test_references_trained_by_the_users_own_function(user, tmp_path):
+    (tmp_path / "mytrain.py").write_text(TRAIN_FN)
+    raw = _raw(user, references={"count": 1, "train_fn": f"{tmp_path / 'mytrain.py'}:train"})
+    spec = spec_from_dict(raw)
+    jobs = {j.name: j for j in plan_jobs(spec)}
+    assert jobs["models/reference-0"].config["train_fn"].endswith("mytrain.py:train")
+    assert "train_fn" not in jobs["models/victim"].config
+    s = run_experiment(spec, tmp_path / "run", progress=False, max_jobs=2)
+    assert s.ran == 2 and not s.failed
+    with ResultStore(tmp_path / "run" / "results.db") as st:
+        rows = {r["name"]: r for r in st.rows()}
+    ref = rows["models/reference-0"]["metrics"]
+    assert ref["train_fn"].endswith("mytrain.py:train") and "iterations" not in ref
+    # the function really trained it: replaying it on the same fresh model gives the same weights
+    from removalnet.attacks.independent import build_from_config
+    from removalnet.data import get_dataset_info, load_dataset
+    from removalnet.experiment.jobs import load_factory
+    from removalnet.utils import seed_everything
+    info = get_dataset_info(spec.dataset)
+    seed_everything(1000)
+    fresh = build_from_config(dict(arch=spec.victim.arch, num_classes=10, in_chans=1, input_size=28,
+                                   mean=list(info.mean), std=list(info.std), kwargs={}))
+    load_factory(f"{tmp_path / 'mytrain.py'}:train")(fresh, load_dataset(spec.dataset, "train"),
+                                                       load_dataset(spec.dataset, "test"), seed=1000)
+    got, _ = load_checkpoint(model_path(tmp_path / "run", "models/reference-0"))
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(got.state_dict()[k], v)
+    bad = spec_from_dict(_raw(user, references={"count": 1, "train_fn": f"{tmp_path / 'mytrain.py'}:wrong"}))
+    s = run_experiment(bad, tmp_path / "bad", progress=False, max_jobs=2)
+    assert s.failed == ["models/reference-0"]
+    with pytest.raises(RemovalNetError, match="spec: references.train_fn"):
+        spec_from_dict(_raw(user, references={"count": 1, "train_fn": f"{tmp_path / 'mytrain.py'}:nope"}))

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from ..attacks import build_substitute, create_attack
-from ..attacks.independent import train_independent
+from ..attacks.independent import build_from_config, train_independent
 from ..attacks.run import run_attack
 from ..checkpoint import build_model, is_checkpoint, load_checkpoint, save_checkpoint
 from ..data import get_dataset_info
 from ..guards import require_finite
 from ..models import create_model
-from ..models.refs import PRETRAINED
+from ..models.refs import PRETRAINED, load_factory
 from ..train import TrainConfig, evaluate, train_model
-from ..utils import package_versions, seed_everything
+from ..utils import RemovalNetError, package_versions, seed_everything
 from ..verify import FingerprintCache, create_verifier, score_model
 from .artifacts import (VICTIM, checkpoint_path, dataset, fingerprint_dir, model_path, substitute_count,
                         substitute_source, training_split, verifier_data, verifier_train_data)
@@ -76,10 +76,22 @@ def _train(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
             init = cfg["init"]
             start = (user_model({**cfg, "arch": init, "kwargs": {}, "normalize": "data"}, info, PRETRAINED)
                      if init.startswith("timm:") else user_model({**cfg, "normalize": "data"}, info, init))
-        model, ti = train_independent(arch_config, train, test, seed=cfg["seed"], base_config=base,
-                                      jitter=cfg["jitter"], device=cfg["device"], start=start)
-        extra = {"iterations": ti["iterations"], "lr": ti["lr"]}
-        acc = ti["test_accuracy"]
+        if cfg.get("train_fn"):   # the user's own training function trains the fresh (or init) model in place
+            seed_everything(cfg["seed"])
+            model = start if start is not None else build_from_config(arch_config)
+            returned = load_factory(cfg["train_fn"])(model, train, test, seed=cfg["seed"])
+            if returned is not None and returned is not model:
+                raise RemovalNetError(f"{cfg['train_fn']} must train the model it is given in place and return "
+                                      f"None (or that model), not a {type(returned).__name__}")
+            model.eval()
+            require_finite(model, test, f"the {cfg['role']} model trained by {cfg['train_fn']}")
+            acc = evaluate(model, test)
+            extra = {"train_fn": cfg["train_fn"]}
+        else:
+            model, ti = train_independent(arch_config, train, test, seed=cfg["seed"], base_config=base,
+                                          jitter=cfg["jitter"], device=cfg["device"], start=start)
+            extra = {"iterations": ti["iterations"], "lr": ti["lr"]}
+            acc = ti["test_accuracy"]
     save_checkpoint(model_path(run_dir, job["name"]), model, {
         "role": cfg["role"], "dataset": cfg["dataset"], "seed": cfg["seed"], "test_accuracy": acc, **extra})
     return {"accuracy": acc, **extra}

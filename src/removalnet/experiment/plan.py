@@ -82,6 +82,8 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
                     cfg["arch"], cfg["kwargs"] = group.model, {}
                 if group.train is not None:
                     cfg["train"] = group.train
+                if group.train_fn is not None:
+                    cfg["train_fn"] = group.train_fn
                 if group.init is not None:
                     cfg["init"] = group.init
                     if not group.init.startswith("timm:"):

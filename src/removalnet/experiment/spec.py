@@ -58,7 +58,9 @@ class GroupSpec:
     checkpoints); ``count`` is then their number. ``model``/``train``: the architecture (any model reference)
     and recipe of the trained ones (default: the victim's). ``init``: fine-tune from a pretrained start instead
     of a fresh initialisation: ``timm:NAME`` (timm's pretrained weights of that model) or a weights file of
-    the model."""
+    the model. ``train_fn``: your own training function (``file.py:train`` or ``package.module:train``) instead
+    of the built-in trainer: called as ``fn(model, train_set, test_set, seed=SEED)``, it trains the fresh
+    (or ``init``) model in place."""
     count: int = 5
     seed_offset: int = 1000
     jitter: float = 0.1
@@ -66,6 +68,7 @@ class GroupSpec:
     init: str | None = None
     model: str | None = None
     train: dict[str, Any] | None = None
+    train_fn: str | None = None
 
 
 @dataclass
@@ -204,7 +207,7 @@ def _check_group(g: GroupSpec, gname: str, victim: ModelSpec) -> None:
     if g.checkpoints is not None:
         if not isinstance(g.checkpoints, list) or not g.checkpoints:
             _fail(f"{gname}.checkpoints", "must be a non-empty list of weight files")
-        if g.init is not None or g.train is not None or g.model is not None:
+        if g.init is not None or g.train is not None or g.model is not None or g.train_fn is not None:
             _fail(f"{gname}.checkpoints", "given models are used as they are: no init, model or train")
         g.checkpoints = [_check_file(c, f"{gname}.checkpoints[{i}]") for i, c in enumerate(g.checkpoints)]
         g.count = len(g.checkpoints)
@@ -216,6 +219,14 @@ def _check_group(g: GroupSpec, gname: str, victim: ModelSpec) -> None:
             TrainConfig.from_dict(g.train)
         except RemovalNetError as e:
             _fail(f"{gname}.train", str(e))
+    if g.train_fn is not None:
+        if not isinstance(g.train_fn, str) or ":" not in g.train_fn or g.train_fn.startswith(("timm:", "torchvision:")):
+            _fail(f"{gname}.train_fn", "must be file.py:function or package.module:function")
+        g.train_fn = canonical_ref(g.train_fn)
+        try:
+            load_factory(g.train_fn)
+        except RemovalNetError as e:
+            _fail(f"{gname}.train_fn", str(e))
     if g.init is not None:
         if isinstance(g.init, str) and g.init.startswith("timm:"):
             if g.model is not None and g.model != g.init:

@@ -194,7 +194,12 @@ def tradeoff_figure(td: TableData):
             ts = sorted(by_t)
             xs = [np.mean(by_t[t][m]) / tau for t in ts if m in by_t[t]]
             ys = [np.mean(by_t[t]["accuracy"]) * 100 for t in ts if m in by_t[t]]
-            ax.plot(xs, ys, "-o", ms=3, label=f"{label} (t=0..{ts[-1]})")
+            line, = ax.plot(xs, ys, "-o", ms=3, label=f"{label} (t=0..{ts[-1]})")
+            tt = [t for t in ts if m in by_t[t]]
+            for t, x, y in zip(tt, xs, ys):   # each checkpoint labelled by its iteration (first, last, every 2nd)
+                if t in (tt[0], tt[-1]) or tt.index(t) % 2 == 0:
+                    ax.annotate(f"t={t}", (x, y), fontsize=5, color=line.get_color(), xytext=(2, 2),
+                                textcoords="offset points")
         for row in td.rows:
             if row["label"] in td.checkpoints or not row["values"].get(m):
                 continue
