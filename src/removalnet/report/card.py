@@ -96,8 +96,10 @@ def build_card(run_dir: str | Path, margin: float = COLLAPSE_MARGIN, settings: d
         acc = _mean(row["accuracy"])
         cost = 100 * (va - acc) if va is not None and not math.isnan(acc) else math.nan
         det = {m: float(np.mean(row["copies"][m])) if row["copies"].get(m) else None for m in metrics}
+        sizes = sorted({r["metrics"].get("substitute_size") for r in rows if r["kind"] == "attack"
+                        and r["status"] == "done" and r["config"]["label"] == row["label"]} - {None})
         attacks.append({"label": row["label"], "n": row["n"], "accuracy": acc, "cost": cost,
-                        "collapsed": row["collapsed"], "detection": det})
+                        "collapsed": row["collapsed"], "detection": det, "substitute_size": sizes})
     live = [a for a in attacks if not a["collapsed"] and a["n"]]
     verdicts = []
     for m in metrics:
@@ -153,6 +155,10 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.0f}%"
 
 
+def _acc(v: float | None) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.1f}%"
+
+
 def _cells(card: ReportCard) -> tuple[list[str], list[list[str]]]:
     head = ["Metric", f"FPR ({card.fpr_source})"] + [a["label"] + (" (collapsed)" if a["collapsed"] else "")
                                                      for a in card.attacks]
@@ -165,15 +171,16 @@ def _cells(card: ReportCard) -> tuple[list[str], list[list[str]]]:
 
 
 def _attack_cells(card: ReportCard) -> tuple[list[str], list[list[str]]]:
-    head = ["Attack", "seeds", "accuracy", "cost (points)", "status"]
-    rows = [[a["label"], str(a["n"]), _pct(a["accuracy"]), f"{a['cost']:.1f}",
+    head = ["Attack", "seeds", "substitute samples", "accuracy", "cost (points)", "status"]
+    rows = [[a["label"], str(a["n"]), "/".join(map(str, a["substitute_size"])) or "-", _acc(a["accuracy"]),
+             f"{a['cost']:.1f}",
              "collapsed (never an evasion)" if a["collapsed"] else "ok"] for a in card.attacks]
     return head, rows
 
 
 def card_markdown(card: ReportCard) -> str:
-    va = _pct(card.victim_accuracy)
-    refs = ", ".join(_pct(a) for a in card.references) or "none"
+    va = _acc(card.victim_accuracy)
+    refs = ", ".join(_acc(a) for a in card.references) or "none"
     out = [f"# Report card: {card.name}", "",
            f"Victim accuracy {va}. Reference models ({len(card.references)}): {refs}. Threshold rule: "
            f"{card.rule.spec_value()}. An attack losing more than {card.margin:g} accuracy points is collapsed.", "",
@@ -209,8 +216,8 @@ def card_html(card: ReportCard) -> str:
     head, rows = _cells(card)
     ahead, arows = _attack_cells(card)
     notes = "".join(f"<li><b>{esc(m)}</b>: {esc(METRIC_NOTES.get(m, ''))}</li>" for m in card.metrics + list(card.degenerate))
-    settings = {**card.settings, "victim accuracy": _pct(card.victim_accuracy),
-                "reference accuracies": ", ".join(_pct(a) for a in card.references),
+    settings = {**card.settings, "victim accuracy": _acc(card.victim_accuracy),
+                "reference accuracies": ", ".join(_acc(a) for a in card.references),
                 "collapse margin (points)": card.margin, **provenance()}
     srows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in settings.items())
     verdicts = "".join(f"<li>{esc(v)}</li>" for v in card.verdicts)
