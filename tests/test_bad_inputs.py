@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from removalnet import RemovalNetError, create_model
 from removalnet.attacks import list_attacks
@@ -29,6 +30,7 @@ from removalnet.checkpoint import save_checkpoint, sidecar_path
 from removalnet.cli import main
 from removalnet.experiment.store import ResultStore
 from removalnet.guards import RunLock
+from helpers import LENET, user_lenet
 
 from helpers import LENET, user_lenet
 
@@ -104,6 +106,20 @@ def files(tmp_path_factory):
         np.savez(fh, x=np.zeros((4, 8, 8), dtype=np.uint8))
     f["a_file"] = d / "a_file"
     f["a_file"].write_text("not a folder")
+    # a user's own model file, plain state dicts (good, a key missing, a key extra), image folders
+    (d / "mymodel.py").write_text(LENET)
+    f["mymodel"] = d / "mymodel.py"
+    state = user_lenet(d / "mymodel.py").state_dict()
+    torch.save(state, d / "lenet.pt")
+    torch.save({k: v for k, v in state.items() if k != "fc3.bias"}, d / "lenet_missing.pt")
+    torch.save({**state, "fc4.weight": torch.zeros(2, 2)}, d / "lenet_extra.pt")
+    rng = np.random.default_rng(0)
+    for folder, classes in (("imgs", tuple("abcdefghij")), ("oneclass", ("a",))):   # 10 classes, as LeNet(10)
+        for split in ("train", "test"):
+            for c in classes:
+                (d / folder / split / c).mkdir(parents=True)
+                for i in range(3):
+                    Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(d / folder / split / c / f"{i}.png")
     f["empty_dir"] = d / "empty"
     f["empty_dir"].mkdir()
     f["spec"] = d / "tiny.yaml"
@@ -340,7 +356,28 @@ CASES = [
     ("report-q-for-normal", lambda f, o: ["report", o, "--rule", "normal", "--q", "10"], 2,
      "the normal rule takes no parameter q"),
     ("report-rule", lambda f, o: ["report", o, "--rule", "median"], 2, "--rule: invalid choice"),
+    # audit: the user's model, weights and data
+    ("audit-factory-raises", lambda f, o: [*_audit(f, "broken"), "--out", o], 2, "raised ValueError"),
+    ("audit-missing-keys", lambda f, o: [*_audit(f, weights="lenet_missing.pt"), "--out", o], 2,
+     "missing 1 tensor(s), e.g. 'fc3.bias'"),
+    ("audit-extra-keys", lambda f, o: [*_audit(f, weights="lenet_extra.pt"), "--out", o], 2,
+     "1 unexpected tensor(s), e.g. 'fc4.weight'"),
+    ("audit-one-class", lambda f, o: [*_audit(f, data="oneclass"), "--out", o], 2, "1 class(es) found"),
+    ("audit-pickle-weights", lambda f, o: [*_audit(f, weights="evil.pth"), "--out", o], 2, "refusing to load"),
+    ("audit-weights-missing", lambda f, o: [*_audit(f, weights="nope.pt"), "--out", o], 2, "does not exist"),
+    ("audit-one-reference", lambda f, o: [*_audit(f), "--references", str(f["dir"] / "lenet.pt"), "--out", o], 2,
+     "at least 2"),
+    ("audit-train-references-1", lambda f, o: [*_audit(f), "--train-references", "1", "--out", o], 2, "at least 2"),
+    ("audit-reference-missing-keys", lambda f, o: [*_audit(f), "--references", str(f["dir"] / "lenet.pt"),
+                                                   str(f["dir"] / "lenet_missing.pt"), "--out", o], 2,
+     "spec: references.checkpoints[1]"),
+    ("audit-budget", lambda f, o: [*_audit(f), "--budget", "huge", "--out", o], 2, "--budget: invalid choice"),
 ]
+
+
+def _audit(f, factory="LeNet", weights="lenet.pt", data="imgs"):
+    return ["audit", "--model", f"{f['mymodel']}:{factory}", "--weights", str(f["dir"] / weights),
+            "--data", f"folder:{f['dir'] / data}", "-q"]
 
 
 @pytest.mark.parametrize("case,argv,code,fragment", CASES, ids=[c[0] for c in CASES])

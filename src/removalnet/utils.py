@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "seed_everything", "resolve_device", "weights_hash", "package_versions",
+    "seed_everything", "resolve_device", "weights_hash", "file_hash", "package_versions",
     "atomic_write_bytes", "atomic_write_json", "atomic_path", "RemovalNetError",
 ]
 
@@ -61,6 +61,15 @@ def weights_hash(model: nn.Module | dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (a given weights file joins its job's id: another file, another job)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()
 
 

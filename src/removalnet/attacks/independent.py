@@ -116,8 +116,11 @@ def fresh_like(model: SplitModel) -> SplitModel:
 def train_independent(arch_config: dict[str, Any] | SplitModel, train_set: Dataset,
                       test_set: Dataset | None = None, *, seed: int,
                       base_config: TrainConfig | None = None, jitter: float = 0.1,
-                      device=None, progress: bool = False) -> tuple[SplitModel, dict[str, Any]]:
+                      device=None, progress: bool = False,
+                      start: SplitModel | None = None) -> tuple[SplitModel, dict[str, Any]]:
     """Train one negative or reference model: fresh initialisation, jittered iterations and lr.
+
+    ``start``: fine-tune this model (a pretrained start, trained in place) instead of a fresh initialisation.
 
     The iterations (``base_config.iterations``, or ``epochs x ceil(len(train_set) / batch_size)``) and the
     learning rate are each multiplied by a factor drawn from U[1 - jitter, 1 + jitter] with
@@ -137,7 +140,10 @@ def train_independent(arch_config: dict[str, Any] | SplitModel, train_set: Datas
     if len(train_set) == 0:
         raise RemovalNetError("train_set is empty")
     seed_everything(seed)  # validates the seed and fixes the initialisation below
-    model = fresh_like(arch_config) if isinstance(arch_config, SplitModel) else build_from_config(arch_config)
+    if start is not None:
+        model = start
+    else:
+        model = fresh_like(arch_config) if isinstance(arch_config, SplitModel) else build_from_config(arch_config)
     rng = np.random.default_rng(seed)
     lr_factor, it_factor = (float(v) for v in rng.uniform(1.0 - jitter, 1.0 + jitter, size=2))
     base_iters = base_config.iterations or base_config.epochs * math.ceil(len(train_set) / base_config.batch_size)

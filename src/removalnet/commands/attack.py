@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", choices=("ltd", "lsd"), default="ltd",
                    help="ltd: part of the training set; lsd: another source (--source) or a disjoint partition")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--fraction", type=float, default=None, help="substitute set fraction (default 0.1)")
+    size.add_argument("--fraction", type=float, default=None, help="substitute set size as a fraction of the victim's training set, also "
+                                                               "when drawn from --source (default 0.1)")
     size.add_argument("--count", type=int, default=None, help="substitute set size")
     p.add_argument("--source", default=None, metavar="DATASET", help="S_LSD source dataset (e.g. cinic10)")
     p.add_argument("--labels", choices=("victim", "true"), default="victim",
@@ -170,7 +171,13 @@ def run(args: argparse.Namespace) -> int:
     test = load_dataset(args.data, "test", args.data_root, **kw)
     source = load_dataset(args.source, "train", args.data_root, **kw) if args.source else None
     fraction = args.fraction if (args.fraction is not None or args.count is not None) else 0.1
-    substitute = build_substitute(victim, train, scenario=args.scenario, fraction=fraction, count=args.count,
+    count = args.count
+    if source is not None and count is None:   # a fraction is always of the victim's training set
+        count, fraction = max(1, int(round(fraction * len(train)))), None
+        if count > len(source):
+            raise RemovalNetError(f"--fraction {args.fraction or 0.1} of the training set is {count} samples; "
+                                  f"--source {args.source} holds {len(source)}")
+    substitute = build_substitute(victim, train, scenario=args.scenario, fraction=fraction, count=count,
                                   source=source, labels=args.labels, exclude=exclude, seed=args.seed,
                                   device=device)
     if source is not None:

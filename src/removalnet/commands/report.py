@@ -20,7 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rule", default=None, choices=RULES,
                    help="threshold rule (default: the spec's; minmax, normal, percentile)")
     add_rule_parameters(p)
-    p.add_argument("--out", default=None, help="write to this file instead of printing")
+    p.add_argument("--out", default=None, help="write to this file instead of printing (html: always a file, "
+                                                 "default RUN_DIR/report.html)")
+    p.add_argument("--collapse-margin", type=float, default=None,
+                   help="accuracy points a row may lose before it is marked collapsed (default 10)")
     p.add_argument("--figures", default=None,
                    help="folder for a study's figures and tables (default: RUN_DIR/report)")
 
@@ -42,10 +45,10 @@ def rule_from_args(args: argparse.Namespace, default=None) -> ThresholdRule | No
 
 
 def report_run(run_dir: str | Path, fmts: tuple[str, ...] = ("md",), rule=None,
-               figures: str | Path | None = None, echo=print) -> dict[str, str]:
+               figures: str | Path | None = None, echo=print, margin: float | None = None) -> dict[str, str]:
     """The report of a run in each of ``fmts``, built once; a study's files are written to ``figures``
     (default RUN_DIR/report). ``rule``: a threshold rule replacing the spec's."""
-    td = build_table(run_dir, rule=rule)
+    td = build_table(run_dir, rule=rule, **({"margin": margin} if margin is not None else {}))
     sec = build_study_report(run_dir, td=td)
     if sec is None:
         return {fmt: render(td, fmt) for fmt in fmts}
@@ -65,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         rule = rule_from_args(args)   # checked before the run folder is read
     text = report_run(args.run_dir, (args.format,), rule, args.figures,
-                      echo=lambda m: print(m, file=sys.stderr))[args.format]
+                      echo=lambda m: print(m, file=sys.stderr), margin=args.collapse_margin)[args.format]
+    if args.format == "html" and not args.out:   # a page is a file, never a stream on the terminal
+        args.out = str(Path(args.run_dir) / "report.html")
     if args.out:
         atomic_write_bytes(Path(args.out), text.encode())
         print(f"wrote {args.out}")

@@ -18,7 +18,8 @@ from ..data import balanced_subset, disjoint_split, load_dataset
 from .smoke import smoke_subset
 
 __all__ = ["VICTIM", "slug", "model_job", "attack_job", "fingerprint_job", "score_job", "study_job", "model_path",
-           "checkpoint_path", "fingerprint_dir", "dataset", "training_split", "verifier_data", "verifier_train_data"]
+           "checkpoint_path", "fingerprint_dir", "dataset", "training_split", "substitute_source", "substitute_count",
+           "verifier_data", "verifier_train_data"]
 
 #: the victim's train job
 VICTIM = "models/victim"
@@ -96,6 +97,27 @@ def training_split(cfg: dict[str, Any]):
         return full, None
     holdout, rest = disjoint_split(full, [frac, 1.0 - frac], seed=0)
     return rest, holdout
+
+
+def substitute_source(cfg: dict[str, Any], holdout=None):
+    """The dataset an attack job's S_LSD substitute set is drawn from (None for S_LTD: the training split)."""
+    source = cfg.get("source")
+    if cfg["scenario"] == "lsd" and source == "partition":
+        return holdout
+    return dataset(source, "train", cfg.get("data_root")) if source else None
+
+
+def substitute_count(cfg: dict[str, Any], n_train: int, holdout=None) -> int:
+    """An attack job's substitute-set size in samples: ``count``, or ``fraction`` of the victim's whole
+    training set (``n_train`` samples) whatever the source (fraction 0.1 of Fashion-MNIST = 6000 samples,
+    also when drawn from another dataset or the S_LSD partition; the stratified partition can be a few
+    samples short of fraction x N, so it is capped at its size)."""
+    if cfg.get("count") is not None:
+        return int(cfg["count"])
+    count = max(1, int(round(cfg["fraction"] * n_train)))
+    if cfg["scenario"] == "lsd" and cfg.get("source") == "partition" and holdout is not None:
+        count = min(count, len(holdout))
+    return count
 
 
 def verifier_data(cfg: dict[str, Any]):

@@ -13,21 +13,42 @@ from typing import Any
 import torch
 
 from ..attacks import build_substitute, create_attack
-from ..attacks.independent import train_independent
+from ..attacks.independent import build_from_config, train_independent
 from ..attacks.run import run_attack
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import build_model, is_checkpoint, load_checkpoint, save_checkpoint
 from ..data import get_dataset_info
 from ..guards import require_finite
 from ..models import create_model
+from ..models.refs import PRETRAINED, load_factory
 from ..train import TrainConfig, evaluate, train_model
-from ..utils import package_versions, seed_everything
+from ..utils import RemovalNetError, package_versions, seed_everything
 from ..verify import FingerprintCache, create_verifier, score_model
-from .artifacts import (SMOKE, VICTIM, checkpoint_path, dataset, fingerprint_dir, model_path, training_split,
-                        verifier_data, verifier_train_data)
+from .artifacts import (SMOKE, VICTIM, checkpoint_path, dataset, fingerprint_dir, model_path, substitute_count,
+                        substitute_source, training_split, verifier_data, verifier_train_data)
 from .hooks import job_kind, register_job_kind
 from .runtime import job_runtime, loader_options
 
 __all__ = ["execute", "model_path", "verifier_data", "training_split", "verifier_train_data"]
+
+
+def _normalization(cfg: dict[str, Any], info) -> tuple[Any, Any]:
+    """The input normalisation of a user's model (spec ``normalize``; default ``none`` with given weights)."""
+    norm = cfg.get("normalize") or ("none" if cfg.get("weights") else "data")
+    if norm == "data":
+        return list(info.mean), list(info.std)
+    if norm == "none":
+        return None, None
+    return list(norm["mean"]), list(norm["std"])
+
+
+def user_model(cfg: dict[str, Any], info, weights: str | None = None) -> Any:
+    """The model of a train job's ``arch`` with ``weights`` (a weights file, ``pretrained``; a removalnet
+    checkpoint with its sidecar keeps its own architecture)."""
+    if weights and is_checkpoint(weights):
+        return load_checkpoint(weights)[0]
+    mean, std = _normalization(cfg, info)
+    return build_model(cfg["arch"], info.num_classes, info.in_chans, info.input_size, weights=weights,
+                       split_after=(cfg.get("kwargs") or {}).get("split_after"), mean=mean, std=std)
 
 
 def _train(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
@@ -38,21 +59,45 @@ def _train(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
     base = TrainConfig.from_dict(cfg["train"])
     arch_config = dict(arch=cfg["arch"], num_classes=info.num_classes, in_chans=info.in_chans,
                        input_size=info.input_size, mean=list(info.mean), std=list(info.std), kwargs=cfg["kwargs"])
-    if cfg["role"] == "victim":
+    if cfg.get("weights"):   # a trained model used as it is: imported into the run folder
+        model = user_model(cfg, info, cfg["weights"])
+        require_finite(model, test, f"the {cfg['role']} model {cfg['weights']}")
+        acc = evaluate(model, test)
+        extra = {"imported": cfg["weights"]}
+    elif cfg["role"] == "victim":
         seed_everything(cfg["seed"])
+        mean, std = _normalization(cfg, info)
         model = create_model(cfg["arch"], info.num_classes, info.in_chans, info.input_size,
-                             mean=info.mean, std=info.std, **cfg["kwargs"])
+                             mean=mean, std=std, **cfg["kwargs"])
         with job_runtime(cfg, model):
             hist = train_model(model, train, test, base, seed=cfg["seed"], device=cfg["device"], progress=False,
                                loader=loader_options(cfg.get("runtime"), cfg["device"]))
         extra = {"iterations": hist["iterations"], "lr": base.lr}
         acc = hist["final_test_accuracy"]
     else:
-        with job_runtime(cfg):
-            model, ti = train_independent(arch_config, train, test, seed=cfg["seed"], base_config=base,
-                                          jitter=cfg["jitter"], device=cfg["device"])
-        extra = {"iterations": ti["iterations"], "lr": ti["lr"]}
-        acc = ti["test_accuracy"]
+        start = None
+        if cfg.get("init"):   # fine-tuned from a pretrained start (timm:NAME, or a weights file of arch)
+            seed_everything(cfg["seed"])
+            init = cfg["init"]
+            start = (user_model({**cfg, "arch": init, "kwargs": {}, "normalize": "data"}, info, PRETRAINED)
+                     if init.startswith("timm:") else user_model({**cfg, "normalize": "data"}, info, init))
+        if cfg.get("train_fn"):   # the user's own training function trains the fresh (or init) model in place
+            seed_everything(cfg["seed"])
+            model = start if start is not None else build_from_config(arch_config)
+            returned = load_factory(cfg["train_fn"])(model, train, test, seed=cfg["seed"])
+            if returned is not None and returned is not model:
+                raise RemovalNetError(f"{cfg['train_fn']} must train the model it is given in place and return "
+                                      f"None (or that model), not a {type(returned).__name__}")
+            model.eval()
+            require_finite(model, test, f"the {cfg['role']} model trained by {cfg['train_fn']}")
+            acc = evaluate(model, test)
+            extra = {"train_fn": cfg["train_fn"]}
+        else:
+            with job_runtime(cfg):
+                model, ti = train_independent(arch_config, train, test, seed=cfg["seed"], base_config=base,
+                                              jitter=cfg["jitter"], device=cfg["device"], start=start)
+            extra = {"iterations": ti["iterations"], "lr": ti["lr"]}
+            acc = ti["test_accuracy"]
     save_checkpoint(model_path(run_dir, job["name"]), model, {
         "role": cfg["role"], "dataset": cfg["dataset"], "seed": cfg["seed"], "test_accuracy": acc, **extra})
     return {"accuracy": acc, **extra}
@@ -63,18 +108,8 @@ def _attack(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
     victim, _ = load_checkpoint(model_path(run_dir, VICTIM), device=cfg["device"])
     full = dataset(cfg["dataset"], "train", cfg.get("data_root"))
     train, holdout = training_split(cfg)
-    source, fraction, count = cfg.get("source"), cfg.get("fraction"), cfg.get("count")
-    if cfg["scenario"] == "lsd" and source == "partition":
-        # the attacker's own natural data: drawn from the holdout the victim never saw, sized against the
-        # whole training set (fraction 0.01 of Fashion-MNIST = 600 samples)
-        source = holdout
-        if fraction is not None:  # the stratified holdout can be a few samples short of fraction x N
-            count, fraction = min(int(round(fraction * len(full))), len(holdout)), None
-    elif source:
-        source = dataset(source, "train", cfg.get("data_root"))
-    elif fraction is not None:
-        count, fraction = int(round(fraction * len(full))), None
-    sub = build_substitute(victim, train, scenario=cfg["scenario"], fraction=fraction, count=count,
+    source, count = substitute_source(cfg, holdout), substitute_count(cfg, len(full), holdout)
+    sub = build_substitute(victim, train, scenario=cfg["scenario"], count=count,
                            source=source, labels=cfg.get("labels", "victim"), seed=cfg["seed"],
                            device=cfg["device"])
     attack = create_attack(cfg["attack"], **cfg["params"])
@@ -104,7 +139,8 @@ def _fingerprint(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]
     fp = FingerprintCache(fingerprint_dir(run_dir)).get_or_extract(
         verifier, victim, verifier_data(cfg), seed=cfg["seed"], device=cfg["device"],
         train_data=verifier_train_data(verifier, cfg))
-    return {"time_s": time.perf_counter() - t0, "key": fp.key}
+    # metrics the fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without an adversarial example)
+    return {"time_s": time.perf_counter() - t0, "key": fp.key, "degenerate": list(fp.meta.get("degenerate", []))}
 
 
 def _score(job: dict[str, Any], run_dir: Path, fp_jobs: dict[str, dict[str, Any]] | None = None,

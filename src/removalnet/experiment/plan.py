@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..attacks import create_attack
+from ..models.refs import PRETRAINED
+from ..utils import file_hash
 from ..verify import create_verifier
 from .artifacts import VICTIM, attack_job, fingerprint_job, model_job, score_job, slug
 from .hooks import spec_section
@@ -57,17 +59,40 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
         data["smoke"] = True
     if spec.runtime:  # likewise: only the options that differ from the defaults (runtime.py)
         data["runtime"] = spec.runtime
-    arch = {"arch": spec.victim.arch, "kwargs": spec.victim.kwargs, "train": spec.victim.train}
-    victim = _job("train", VICTIM, {**data, **arch, "role": "victim", "seed": spec.victim.seed,
-                                              "jitter": 0.0, "device": spec.device}, seed=spec.victim.seed, gpu=gpu)
+    v = spec.victim
+    kwargs = {**v.kwargs, "split_after": v.split_after} if v.split_after else v.kwargs
+    arch = {"arch": v.arch, "kwargs": kwargs, "train": v.train}
+    user = {}  # keys of a user's model, only when set (the ids of existing specs stay as they were)
+    if v.normalize is not None:
+        user["normalize"] = v.normalize
+    vcfg = dict(user)
+    if v.weights is not None:
+        vcfg["weights"] = v.weights
+        if v.weights != PRETRAINED:
+            vcfg["weights_sha256"] = file_hash(v.weights)
+    victim = _job("train", VICTIM, {**data, **arch, "role": "victim", "seed": v.seed, **vcfg,
+                                              "jitter": 0.0, "device": spec.device}, seed=v.seed, gpu=gpu)
     jobs = [victim]
     models: list[tuple[Job, dict[str, Any]]] = []
     for role, group in (("reference", spec.references), ("negative", spec.negatives)):
         for i in range(group.count):
             seed = group.seed_offset + i
-            j = _job("train", model_job(role, i), {**data, **arch, "role": role, "seed": seed,
-                                                      "jitter": group.jitter, "device": spec.device},
-                     seed=seed, gpu=gpu)
+            if group.checkpoints:   # a given model, imported as it is (built as the victim's model)
+                cfg = {**data, **arch, **user, "role": role, "seed": seed, "jitter": 0.0, "device": spec.device,
+                       "weights": group.checkpoints[i], "weights_sha256": file_hash(group.checkpoints[i])}
+            else:
+                cfg = {**data, **arch, "role": role, "seed": seed, "jitter": group.jitter, "device": spec.device}
+                if group.model is not None:
+                    cfg["arch"], cfg["kwargs"] = group.model, {}
+                if group.train is not None:
+                    cfg["train"] = group.train
+                if group.train_fn is not None:
+                    cfg["train_fn"] = group.train_fn
+                if group.init is not None:
+                    cfg["init"] = group.init
+                    if not group.init.startswith("timm:"):
+                        cfg["init_sha256"] = file_hash(group.init)
+            j = _job("train", model_job(role, i), cfg, seed=seed, gpu=gpu)
             jobs.append(j)
             models.append((j, {"role": role, "label": role, "index": i}))
     for a in spec.attacks:

@@ -17,6 +17,7 @@ from ..guards import RunLock, check_output_dir
 from ..utils import RemovalNetError, atomic_write_json, package_versions
 from .jobs import execute
 from .plan import Job, plan_jobs
+from .preflight import check_spec_data
 from .spec import ExperimentSpec
 from .store import ResultStore
 
@@ -109,9 +110,12 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RemovalNetError(f"run folder {str(run_dir)!r} exists and is not a directory")
+    notes = check_spec_data(spec)   # sizes the data cannot serve fail here, before any job
     jobs = plan_jobs(spec)
     by_id = {j.id: j for j in jobs}
     if dry_run:
+        for n in notes:
+            echo(f"note: {n}")
         store_status: dict[str, str] = {}
         db = run_dir / "results.db"
         if db.exists():

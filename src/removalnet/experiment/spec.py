@@ -16,8 +16,10 @@ from typing import Any
 import yaml
 
 from ..attacks import attack_class, create_attack, list_attacks
-from ..data import list_datasets
-from ..models import check_model_kwargs, list_models
+from ..data import get_dataset_info, list_datasets
+from ..data.refs import canonical_data_ref, is_data_ref
+from ..models import check_model_kwargs, is_model_ref, list_models
+from ..models.refs import PRETRAINED, canonical_ref, load_factory
 from ..train import TrainConfig
 from ..utils import RemovalNetError
 from ..verify import ThresholdRule, create_verifier, list_verifiers
@@ -30,20 +32,45 @@ __all__ = ["ExperimentSpec", "AttackSpec", "ModelSpec", "GroupSpec", "load_spec"
 
 @dataclass
 class ModelSpec:
-    """The victim: architecture, its keyword arguments, training recipe (``TrainConfig`` keys) and seed."""
+    """The victim: architecture, its keyword arguments, training recipe (``TrainConfig`` keys) and seed.
+
+    ``model`` names the architecture by any model reference (a registered name, ``file.py:Factory``,
+    ``package.module:factory``, ``torchvision:NAME``, ``timm:NAME``; it replaces ``arch``), ``split_after``
+    its split points. ``weights`` (a state dict ``.pt``/``.pth``, ``.safetensors``, a removalnet checkpoint, or
+    ``pretrained`` for ``timm:``) is a trained victim used as it is: its train job only imports the weights into
+    the run folder. ``normalize``: ``data`` (the dataset's mean/std; default when the toolkit trains the
+    model), ``none`` (default with ``weights``: the model sees images in [0, 1]) or ``{mean: [..], std: [..]}``.
+    """
     arch: str = "vgg_small"
     kwargs: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    model: str | None = None
+    split_after: list[str] | None = None
+    weights: str | None = None
+    normalize: Any = None
 
 
 @dataclass
 class GroupSpec:
     """Independently trained models: ``count`` seeds from ``seed_offset`` on, with the paper's jitter of
-    iterations and learning rate (``jitter`` = relative half-width)."""
+    iterations and learning rate (``jitter`` = relative half-width).
+
+    ``checkpoints``: the models are given as files instead (weights of the victim's model, or removalnet
+    checkpoints); ``count`` is then their number. ``model``/``train``: the architecture (any model reference)
+    and recipe of the trained ones (default: the victim's). ``init``: fine-tune from a pretrained start instead
+    of a fresh initialisation: ``timm:NAME`` (timm's pretrained weights of that model) or a weights file of
+    the model. ``train_fn``: your own training function (``file.py:train`` or ``package.module:train``) instead
+    of the built-in trainer: called as ``fn(model, train_set, test_set, seed=SEED)``, it trains the fresh
+    (or ``init``) model in place."""
     count: int = 5
     seed_offset: int = 1000
     jitter: float = 0.1
+    checkpoints: list[str] | None = None
+    init: str | None = None
+    model: str | None = None
+    train: dict[str, Any] | None = None
+    train_fn: str | None = None
 
 
 @dataclass
@@ -53,7 +80,8 @@ class AttackSpec:
     ``scenario`` ltd (a class-balanced ``fraction``/``count`` of the training set) or lsd (``source``: another
     dataset of the same task, or ``partition``: the spec's ``lsd_holdout`` part of the training set, which the
     victim, reference and negative models never see, as the paper's disjoint GTSRB partition). ``fraction`` is
-    always relative to the whole training set.
+    always relative to the whole training set (also with a named ``source``: 0.1 = 10% of the victim's
+    training set, drawn from the source).
     ``score_checkpoints``: also score the checkpoints saved every ``checkpoint_every`` iterations (trade-off plot);
     ``keep_checkpoints``: save them without scoring (for a study that reads them). ``eval_count``: evaluate the
     model during the attack on this many class-balanced test samples (learning curves, e.g. KnockoffNets').
@@ -124,6 +152,93 @@ def _int(v, key, low=None):
     return v
 
 
+def _check_ref(ref: Any, key: str) -> str:
+    """A model reference: a registered name, or a reference whose module file/package can be imported."""
+    if not isinstance(ref, str) or not ref:
+        _fail(key, f"must be a model name or reference, got {ref!r}")
+    if not is_model_ref(ref):
+        if ref not in list_models():
+            _fail(key, f"unknown architecture {ref!r} (a registered name, file.py:Factory, package.module:factory, "
+                       "torchvision:NAME or timm:NAME)")
+        return ref
+    ref = canonical_ref(ref)
+    if not ref.startswith(("timm:", "torchvision:")):
+        try:
+            load_factory(ref)
+        except RemovalNetError as e:
+            _fail(key, str(e))
+    return ref
+
+
+def _check_file(path: Any, key: str) -> str:
+    if not isinstance(path, str) or not path:
+        _fail(key, f"must be a file path, got {path!r}")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        _fail(key, f"file {path!r} does not exist")
+    return str(p.resolve())
+
+
+def _check_victim(victim: ModelSpec) -> None:
+    if victim.model is not None:
+        victim.model = _check_ref(victim.model, "victim.model")
+        victim.arch = victim.model
+    elif victim.arch not in list_models():
+        _fail("victim.arch", f"unknown architecture {victim.arch!r}")
+    if victim.split_after is not None:
+        if not is_model_ref(victim.arch):
+            _fail("victim.split_after", f"{victim.arch} is a registered model with fixed blocks")
+        if not isinstance(victim.split_after, list) or not all(isinstance(n, str) and n for n in victim.split_after):
+            _fail("victim.split_after", "must be a list of submodule or fx node names")
+    try:
+        check_model_kwargs(victim.arch, victim.kwargs)
+    except RemovalNetError as e:
+        _fail("victim.kwargs", str(e))
+    if victim.weights is not None:
+        if victim.weights == PRETRAINED:
+            if not victim.arch.startswith("timm:"):
+                _fail("victim.weights", f"{PRETRAINED} is only available for timm:NAME models")
+        else:
+            victim.weights = _check_file(victim.weights, "victim.weights")
+    n = victim.normalize
+    if n is not None and n not in ("data", "none"):
+        if not (isinstance(n, dict) and set(n) == {"mean", "std"}
+                and all(isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v) for v in n.values())):
+            _fail("victim.normalize", "must be data, none or {mean: [..], std: [..]}")
+
+
+def _check_group(g: GroupSpec, gname: str, victim: ModelSpec) -> None:
+    if g.checkpoints is not None:
+        if not isinstance(g.checkpoints, list) or not g.checkpoints:
+            _fail(f"{gname}.checkpoints", "must be a non-empty list of weight files")
+        if g.init is not None or g.train is not None or g.model is not None or g.train_fn is not None:
+            _fail(f"{gname}.checkpoints", "given models are used as they are: no init, model or train")
+        g.checkpoints = [_check_file(c, f"{gname}.checkpoints[{i}]") for i, c in enumerate(g.checkpoints)]
+        g.count = len(g.checkpoints)
+        return
+    if g.model is not None:
+        g.model = _check_ref(g.model, f"{gname}.model")
+    if g.train is not None:
+        try:
+            TrainConfig.from_dict(g.train)
+        except RemovalNetError as e:
+            _fail(f"{gname}.train", str(e))
+    if g.train_fn is not None:
+        if not isinstance(g.train_fn, str) or ":" not in g.train_fn or g.train_fn.startswith(("timm:", "torchvision:")):
+            _fail(f"{gname}.train_fn", "must be file.py:function or package.module:function")
+        g.train_fn = canonical_ref(g.train_fn)
+        try:
+            load_factory(g.train_fn)
+        except RemovalNetError as e:
+            _fail(f"{gname}.train_fn", str(e))
+    if g.init is not None:
+        if isinstance(g.init, str) and g.init.startswith("timm:"):
+            if g.model is not None and g.model != g.init:
+                _fail(f"{gname}.init", "a timm:NAME start is the model itself: leave out model")
+        else:
+            g.init = _check_file(g.init, f"{gname}.init")
+
+
 def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
     """Validate a parsed spec; every error names its key."""
     raw = copy.deepcopy(raw)
@@ -136,15 +251,17 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
         _fail("name", "is required")
     if not isinstance(raw["name"], str) or not _NAME_RE.match(raw["name"]):
         _fail("name", "must be letters, digits, '_', '-' or '.'")
-    if raw.get("dataset", "fashion-mnist") not in list_datasets():
-        _fail("dataset", f"unknown dataset {raw.get('dataset')!r} (known: {', '.join(list_datasets())})")
+    if is_data_ref(raw.get("dataset")):
+        raw["dataset"] = canonical_data_ref(raw["dataset"])
+        try:
+            get_dataset_info(raw["dataset"])
+        except RemovalNetError as e:
+            _fail("dataset", str(e))
+    elif raw.get("dataset", "fashion-mnist") not in list_datasets():
+        _fail("dataset", f"unknown dataset {raw.get('dataset')!r} (known: {', '.join(list_datasets())}; "
+                         "or folder:PATH, npz:PATH)")
     victim = ModelSpec(**_take(raw.pop("victim", {}), ModelSpec, "victim"))
-    if victim.arch not in list_models():
-        _fail("victim.arch", f"unknown architecture {victim.arch!r}")
-    try:
-        check_model_kwargs(victim.arch, victim.kwargs)
-    except RemovalNetError as e:
-        _fail("victim.kwargs", str(e))
+    _check_victim(victim)
     _int(victim.seed, "victim.seed", 0)
     try:
         TrainConfig.from_dict(victim.train)
@@ -157,6 +274,7 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
         _int(g.seed_offset, f"{gname}.seed_offset", 0)
         if not isinstance(g.jitter, (int, float)) or not 0 <= g.jitter < 1:
             _fail(f"{gname}.jitter", "must be a number in [0, 1)")
+        _check_group(g, gname, victim)
         groups[gname] = g
     r, n = groups["references"], groups["negatives"]
     if set(range(r.seed_offset, r.seed_offset + r.count)) & set(range(n.seed_offset, n.seed_offset + n.count)):

@@ -9,21 +9,42 @@ import csv
 import html
 import io
 import math
+import os
+import platform
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..utils import atomic_path, atomic_write_bytes
+from ..utils import atomic_path, atomic_write_bytes, package_versions
 from ..verify import all_metrics
 from .section import Section
 from .table import TableData
 
 __all__ = ["table_cells", "copy_count_cells", "to_markdown", "to_csv", "to_latex", "to_html", "render",
            "tradeoff_figure", "md_table", "csv_table", "tex_table", "html_table", "section_markdown",
-           "section_html", "save_figure", "write_sections", "close_figures"]
+           "section_html", "save_figure", "write_sections", "close_figures", "METRIC_NOTES", "provenance"]
 
 FORMATS = ("md", "csv", "tex", "html")
+
+#: what each metric compares, in one line (direction: which way means "copy")
+METRIC_NOTES = {
+    "DJ-LOD": "DeepJudge: L2 distance of output probabilities on adversarial test cases; low = copy",
+    "DJ-LAD": "DeepJudge: distance of a layer's activations on adversarial test cases; low = copy",
+    "DJ-NOD": "DeepJudge: distance of neuron outputs on the test seeds; low = copy",
+    "DJ-NAD": "DeepJudge: distance of neuron activation patterns; low = copy",
+    "DJ-RobD": "DeepJudge: accuracy gap on the victim's adversarial examples; low = copy",
+    "DJ-JSD": "DeepJudge: Jensen-Shannon distance of outputs on adversarial examples; low = copy",
+    "DJA-LOD": "DeepJudge LOD after matching the suspect's channels to the victim's; low = copy",
+    "DJA-LAD": "DeepJudge LAD after matching the suspect's channels to the victim's; low = copy",
+    "IPG-MR": "IPGuard: share of near-boundary points labelled as the victim labels them; high = copy",
+    "MD-DDV": "ModelDiff: cosine similarity of decision-distance vectors; high = copy",
+    "MD-PGD-DDV": "ModelDiff variant on PGD pairs: similarity of decision-distance vectors; high = copy",
+    "SAC": "SAC: distance of the models' output-correlation matrices; low = copy",
+    "ZEST-L2": "ZEST: L2 distance of LIME signatures on reference images; low = copy",
+    "ZEST-Cos": "ZEST: cosine distance of LIME signatures; low = copy",
+}
 
 
 def _fmt(v: float, digits: int = 3) -> str:
@@ -45,6 +66,7 @@ def table_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
     known = all_metrics()
     head = ["Attack", "Fidelity (%)", "Drop"]
     head += [f"{m} ({'↑' if known[m].direction == 'distance' else '↓'})" for m in td.metrics]
+    head += [f"{m} (degenerate: excluded)" for m in td.degenerate]
     head += ["Ownership?"]
     out = []
     for row in td.rows:
@@ -52,31 +74,39 @@ def table_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
         drop = (td.victim_accuracy - float(np.mean(acc))) * 100 if acc and td.victim_accuracy is not None else None
         cells = [row["label"], _ms(acc, 100, 2), _fmt(drop, 2)]
         cells += [_ms(row["values"][m]) for m in td.metrics]
+        cells += ["degenerate" for _ in td.degenerate]
         k, n = sum(row["owned"]), len(row["owned"])
-        cells.append(f"{'Yes' if n and k > n / 2 else 'No'} ({k}/{n})" if td.taus and n else "-")
+        own = f"{'Yes' if n and k > n / 2 else 'No'} ({k}/{n})" if td.taus and n else "-"
+        if row.get("collapsed"):   # a useless surrogate is no successful evasion
+            own += f", collapsed (> {td.margin:g} points lost)"
+        cells.append(own)
         out.append(cells)
-    out.append(["τ", "-", "-"] + [_fmt(td.taus.get(m)) for m in td.metrics] + ["-"])
+    out.append(["τ", "-", "-"] + [_fmt(td.taus.get(m)) for m in td.metrics] + ["degenerate" for _ in td.degenerate]
+               + ["-"])
     return head, out
 
 
 def copy_count_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
     """How many seeds each metric calls a copy, per row."""
-    head = ["Attack"] + td.metrics
+    head = ["Attack"] + td.metrics + [f"{m} (degenerate: excluded)" for m in td.degenerate]
     rows = []
     for row in td.rows:
-        rows.append([row["label"]] + [f"{sum(row['copies'].get(m, []))}/{len(row['copies'].get(m, []))}"
-                                      for m in td.metrics])
+        rows.append([row["label"] + (" (collapsed)" if row.get("collapsed") else "")]
+                    + [f"{sum(row['copies'].get(m, []))}/{len(row['copies'].get(m, []))}" for m in td.metrics]
+                    + ["degenerate" for _ in td.degenerate])
     return head, rows
 
 
 def rule_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
-    head = ["Rule", "Quantity"] + td.metrics
+    head = ["Rule", "Quantity"] + td.metrics + [f"{m} (degenerate: excluded)" for m in td.degenerate]
     rows = []
+    flags = ["degenerate" for _ in td.degenerate]
     for rule, d in td.rules.items():
-        rows.append([rule, "τ"] + [_fmt(d["taus"][m]) for m in td.metrics])
-        rows.append([rule, "false-positive rate (negatives)"] + [_fmt(d["false_positive_rate"][m], 2) for m in td.metrics])
+        rows.append([rule, "τ"] + [_fmt(d["taus"][m]) for m in td.metrics] + flags)
+        rows.append([rule, "false-positive rate (negatives)"] + [_fmt(d["false_positive_rate"][m], 2) for m in td.metrics]
+                    + flags)
         rows.append([rule, "detection rate (FT/WP/Distill)"] + [_fmt(d["baseline_detection_rate"][m], 2)
-                                                                 for m in td.metrics])
+                                                                 for m in td.metrics] + flags)
     return head, rows
 
 
@@ -88,9 +118,16 @@ def md_table(head: list[str], rows: list[list[str]]) -> str:
 
 def _intro(td: TableData) -> str:
     acc = f"{td.victim_accuracy * 100:.2f}%" if td.victim_accuracy is not None else "n/a"
-    return (f"Experiment `{td.name}`; victim accuracy {acc}; thresholds: rule `{td.rule.describe()}` over "
+    text = (f"Experiment `{td.name}`; victim accuracy {acc}; thresholds: rule `{td.rule.describe()}` over "
             f"{min((len(v) for v in td.references.values()), default=0)} reference models. "
             f"Ownership: a seed counts when the majority of {', '.join(td.pool)} say copy.")
+    if td.degenerate:
+        text += (" Degenerate metrics, flagged and excluded from the votes: "
+                 + "; ".join(f"{m} ({w})" for m, w in td.degenerate_why.items()) + ".")
+    if any(r.get("collapsed") for r in td.rows):
+        text += (f" A row marked collapsed lost more than {td.margin:g} accuracy points: it never counts as an "
+                 "evasion.")
+    return text
 
 
 def to_markdown(td: TableData) -> str:
@@ -157,7 +194,12 @@ def tradeoff_figure(td: TableData):
             ts = sorted(by_t)
             xs = [np.mean(by_t[t][m]) / tau for t in ts if m in by_t[t]]
             ys = [np.mean(by_t[t]["accuracy"]) * 100 for t in ts if m in by_t[t]]
-            ax.plot(xs, ys, "-o", ms=3, label=f"{label} (t=0..{ts[-1]})")
+            line, = ax.plot(xs, ys, "-o", ms=3, label=f"{label} (t=0..{ts[-1]})")
+            tt = [t for t in ts if m in by_t[t]]
+            for t, x, y in zip(tt, xs, ys):   # each checkpoint labelled by its iteration (first, last, every 2nd)
+                if t in (tt[0], tt[-1]) or tt.index(t) % 2 == 0:
+                    ax.annotate(f"t={t}", (x, y), fontsize=5, color=line.get_color(), xytext=(2, 2),
+                                textcoords="offset points")
         for row in td.rows:
             if row["label"] in td.checkpoints or not row["values"].get(m):
                 continue
@@ -175,10 +217,48 @@ def tradeoff_figure(td: TableData):
     return fig
 
 
+def _cell_class(c: str) -> str:
+    """'copy' for a cell that says copy (Ownership Yes, k/n with k > n/2), 'degenerate' for a flagged one."""
+    if c.startswith("Yes ("):
+        return ' class="copy"'
+    k, sep, n = c.partition("/")
+    if sep and k.isdigit() and n.isdigit() and int(n) and int(k) > int(n) / 2:
+        return ' class="copy"'
+    return ' class="degenerate"' if c == "degenerate" else ""
+
+
 def html_table(head: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    trs = "".join("<tr>" + "".join(f"<td{_cell_class(c)}>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def provenance() -> dict[str, str]:
+    """Package versions, machine and date, as a report records them."""
+    return {"versions": ", ".join(f"{k} {v}" for k, v in package_versions().items()),
+            "machine": f"{platform.node()} ({platform.machine()}, {platform.system()} {platform.release()}, "
+                       f"{os.cpu_count()} CPUs)",
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _settings_html(td: TableData) -> str:
+    """The metrics explained, and the run's settings, data sizes, reference accuracies, versions, machine, date."""
+    spec = td.spec or {}
+    notes = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(METRIC_NOTES.get(m, 'see docs/verifiers.md'))}</li>"
+                    for m in td.metrics + td.degenerate)
+    sizes = ", ".join(f"{a.get('label')}: " + (f"{a['count']} samples" if a.get("count") is not None
+                                               else f"{a.get('fraction')} of the training set")
+                      for a in spec.get("attacks", []))
+    items = {"dataset": spec.get("dataset"), "victim": (spec.get("victim") or {}).get("arch"),
+             "seeds": spec.get("seeds"), "verifier test samples": spec.get("verifier_count") or "the whole test split",
+             "substitute sets": sizes, "threshold rule": td.rule.describe(),
+             "reference accuracies": ", ".join(f"{100 * a:.2f}%" for a in td.references_accuracy),
+             "collapse margin": f"{td.margin:g} accuracy points",
+             "verifiers": ", ".join(f"{k} {v}" for k, v in (spec.get("verifiers") or {}).items()),
+             **provenance()}
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items.items())
+    return (f"<h2>Metrics</h2><p>Red cells say copy.</p><ul>{notes}</ul>"
+            f"<h2>Settings</h2><table class='settings'>{rows}</table>")
 
 
 def to_html(td: TableData, extra_sections: list[tuple[str, str]] = ()) -> str:
@@ -200,13 +280,15 @@ def to_html(td: TableData, extra_sections: list[tuple[str, str]] = ()) -> str:
     body.append(img)
     for title, content in extra_sections:
         body += [f"<h2>{html.escape(title)}</h2>", content]
+    body.append(_settings_html(td))
     if td.failed:
         body += ["<h2>Jobs not done</h2><ul>"] + [
             f"<li><code>{html.escape(f['name'])}</code>: {html.escape(f['status'])} {html.escape(f['error'] or '')}</li>"
             for f in td.failed] + ["</ul>"]
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}td.copy{background:#f8c9c4}"
+             "td.degenerate{color:#888;font-style:italic}table.settings td{text-align:left}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(td.name)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 

@@ -21,7 +21,8 @@ from ..experiment.store import ResultStore
 from ..utils import RemovalNetError
 from ..verify import RULES, ThresholdRule, all_metrics, calibrate, false_positive_rate, verdict
 
-__all__ = ["TableData", "load_results", "build_table", "is_baseline", "POOL_METRICS"]
+__all__ = ["TableData", "load_results", "build_table", "is_baseline", "degenerate_metrics", "POOL_METRICS",
+           "COLLAPSE_MARGIN"]
 
 #: the metrics of the paper's Table 1 (plus SAC) that vote on ownership; others are reported beside them
 POOL_METRICS = ("DJ-LOD", "DJ-LAD", "ZEST-L2", "ZEST-Cos", "MD-DDV", "IPG-MR", "SAC")
@@ -41,6 +42,10 @@ class TableData:
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: list[dict[str, Any]] = field(default_factory=list)
     degenerate: list[str] = field(default_factory=list)
+    degenerate_why: dict[str, str] = field(default_factory=dict)
+    margin: float = 10.0
+    references_accuracy: list[float] = field(default_factory=list)
+    spec: dict[str, Any] = field(default_factory=dict)
 
 
 def load_results(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -72,17 +77,49 @@ def is_baseline(attack_row: dict[str, Any]) -> bool:
     return name in list_attacks() and attack_class(name).baseline
 
 
-def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = None) -> TableData:
-    """Table 1 of a run; ``rule`` (a rule, its name or mapping) replaces the spec's threshold rule."""
+#: accuracy points a surrogate may lose against the victim before its row counts as collapsed
+COLLAPSE_MARGIN = 10.0
+
+
+def degenerate_metrics(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Metrics that carry no evidence in a run, with why: NaN values, declared degenerate by their fingerprint
+    (no test case reached, no adversarial example kept), or every value 0 (then tau is 0 too)."""
+    known = all_metrics()
+    scores = [r for r in rows if r["kind"] == "score" and r["status"] == "done"]
+    why = {m: "no value (NaN)" for r in scores for m, v in r["metrics"].items()
+           if m in known and isinstance(v, float) and math.isnan(v)}
+    for r in rows:
+        if r["kind"] == "fingerprint" and r["status"] == "done":
+            for m in (r["metrics"] or {}).get("degenerate", []):
+                why.setdefault(m, f"degenerate fingerprint of {r['config']['verifier']} (no test case or "
+                                  "adversarial example)")
+    values: dict[str, list[float]] = {}
+    for r in scores:
+        if r["config"]["role"] != "checkpoint":
+            for m, v in r["metrics"].items():
+                if m in known:
+                    values.setdefault(m, []).append(v)
+    for m, vals in values.items():
+        if vals and all(v == 0 for v in vals):
+            why.setdefault(m, "every value is 0")
+    return dict(sorted(why.items()))
+
+
+def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = None,
+                margin: float = COLLAPSE_MARGIN) -> TableData:
+    """Table 1 of a run; ``rule`` (a rule, its name or mapping) replaces the spec's threshold rule. A row whose
+    mean accuracy lost more than ``margin`` points against the victim is marked ``collapsed``: its seeds never
+    count as an evasion (``owned`` says nothing about a useless model). Degenerate metrics
+    (:func:`degenerate_metrics`) are flagged and left out of the votes."""
     spec, rows = load_results(run_dir)
     rule = ThresholdRule.parse(rule if rule is not None else spec.get("threshold_rule"))
     known = all_metrics()
     scores = [r for r in rows if r["kind"] == "score" and r["status"] == "done"]
     victim = next((r for r in rows if r["kind"] == "train" and r["config"]["role"] == "victim"
                    and r["status"] == "done"), None)
-    # a metric a verifier marked degenerate (NaN, e.g. DeepJudge's RobD/JSD without a fooling example) is left out
-    degenerate = sorted({m for r in scores for m, v in r["metrics"].items()
-                         if m in known and isinstance(v, float) and math.isnan(v)})
+    # a metric without evidence (NaN, declared degenerate by its fingerprint, all zeros) is left out
+    degenerate_why = degenerate_metrics(rows)
+    degenerate = sorted(degenerate_why)
     measured = sorted({m for r in scores for m in r["metrics"] if m in known} - set(degenerate))
     pool = [m for m in POOL_METRICS if m in measured]
     metrics = pool + [m for m in measured if m not in pool]
@@ -106,8 +143,10 @@ def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = N
         for r in sel:
             votes = [verdict(known[m], r["metrics"][m], taus[m]) for m in pool if m in taus and m in r["metrics"]]
             owned.append(bool(votes) and sum(votes) > len(votes) / 2)
+        collapsed = bool(label != "Negative" and acc and victim is not None
+                         and 100 * (victim["metrics"]["accuracy"] - float(np.mean(acc))) > margin)
         table_rows.append({"label": label, "n": len(sel), "accuracy": acc, "values": values, "copies": copies,
-                           "owned": owned})
+                           "owned": owned, "collapsed": collapsed})
     checkpoints: dict[str, dict[int, dict[str, list[float]]]] = {}
     for r in scores:
         if r["config"]["role"] == "checkpoint":
@@ -134,4 +173,7 @@ def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = N
     failed = [{"name": r["name"], "status": r["status"], "error": r["error"]} for r in rows if r["status"] != "done"]
     return TableData(name=spec["name"], victim_accuracy=victim["metrics"]["accuracy"] if victim else None,
                      metrics=metrics, pool=pool, rule=rule, taus=taus, rows=table_rows, references=refs,
-                     checkpoints=checkpoints, rules=rules, failed=failed, degenerate=degenerate)
+                     checkpoints=checkpoints, rules=rules, failed=failed, degenerate=degenerate,
+                     degenerate_why=degenerate_why, margin=float(margin), spec=spec,
+                     references_accuracy=[r["metrics"]["accuracy"] for r in scores
+                                          if r["config"]["role"] == "reference"])
