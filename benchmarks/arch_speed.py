@@ -36,7 +36,8 @@ def paper_rows() -> list[tuple[str, str, int, int]]:
     for path in sorted(PAPER.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
         info = get_dataset_info(raw["dataset"])
-        key = (raw["victim"]["arch"], info.num_classes, info.input_size)
+        victim = raw["victim"]
+        key = (victim.get("arch") or victim.get("model"), info.num_classes, info.input_size)
         if key not in seen:
             seen.add(key)
             rows.append((key[0], path.stem, info.num_classes, info.input_size))

@@ -45,7 +45,8 @@ def test_gpu_table1_smoke_on_cpu(paper_data_root, monkeypatch, tmp_path, capsys)
 def test_arch_speed_rows():
     rows = _module("arch_speed").paper_rows()
     assert {(a, s) for a, _, _, s in rows} == {("vgg19_bn", 32), ("inception_v3", 32), ("resnet50", 32),
-                                               ("densenet121", 32), ("vit_b_32", 224), ("inception_v3", 299)}
+                                               ("densenet121", 32), ("timm:vit_base_patch32_224.augreg_in21k_ft_in1k", 224),
+                                               ("inception_v3", 299)}
 
 
 @pytest.mark.paper
