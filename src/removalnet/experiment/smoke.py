@@ -6,7 +6,8 @@ real, at a size that proves the code path on a CPU in minutes (``removalnet run 
 their input sizes), attacks, scenarios, verifiers and study, and shrinks their sizes: one seed, two
 reference and one negative model, a two-step training, two-iteration attacks with checkpoints at t = 0
 and 2 (still saved and scored), verifiers and studies at minimal sizes. The run folder gets the suffix
-``-smoke`` so a smoke run never mixes with a real one. The job configs carry ``smoke: true`` (only then:
+``-smoke`` so a smoke run never mixes with a real one. timm's pretrained weights (a download) are replaced by
+random initialisation, so a smoke run never needs a network. The job configs carry ``smoke: true`` (only then:
 the ids of real runs do not change) and every job reads its data through :func:`smoke_subset`: the first
 ``per_class`` samples of each of the first 16 classes of each split (round robin, at most ``max_images``).
 """
@@ -88,6 +89,11 @@ def smoke_dict(raw: dict[str, Any]) -> dict[str, Any]:
     seeds = s.get("seeds", 10)
     s["seeds"] = [seeds[0]] if isinstance(seeds, list) and seeds else 1
     victim = dict(s.get("victim") or {})
+    # timm's pretrained weights are a download: at the smoke scale the victim and the fine-tuned reference and
+    # negative models start from random weights instead (importing weights and fine-tuning from a start are
+    # tested on local files: tests/test_byo_spec.py)
+    if victim.get("weights") == "pretrained":
+        victim.pop("weights")
     victim["train"] = {**(victim.get("train") or {}), **SMOKE_TRAIN}
     victim["train"]["batch_size"] = min(SMOKE_TRAIN["batch_size"], (raw.get("victim") or {}).get("train", {})
                                         .get("batch_size", SMOKE_TRAIN["batch_size"]))
@@ -95,6 +101,10 @@ def smoke_dict(raw: dict[str, Any]) -> dict[str, Any]:
     for group, most in (("references", 2), ("negatives", 1)):
         g = dict(s.get(group) or {})
         g["count"] = min(g.get("count", 5 if group == "references" else 10), most)
+        if str(g.get("init", "")).startswith("timm:"):
+            g.pop("init")
+        if isinstance(g.get("train"), dict):  # a group's own recipe: the same two steps as the victim's
+            g["train"] = {**g["train"], **SMOKE_TRAIN}
         s[group] = g
     s["attacks"] = [{**a, "params": smoke_attack_params(a["name"], a.get("params") or {})}
                     if isinstance(a, dict) and "name" in a else a for a in (s.get("attacks") or [])]
