@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from ..checkpoint import save_checkpoint
 from ..data import get_dataset_info, load_dataset

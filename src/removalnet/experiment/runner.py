@@ -5,7 +5,6 @@ job records its error; jobs that depend on it are recorded as skipped; every oth
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from tqdm.auto import tqdm
 from ..guards import RunLock, check_output_dir
 from ..utils import RemovalNetError, atomic_write_json, package_versions
 from .jobs import execute
-from .plan import Job, plan_jobs
+from .plan import plan_jobs
 from .preflight import check_spec_data
 from .spec import ExperimentSpec
 from .store import ResultStore
