@@ -24,6 +24,17 @@ def calibrated_vgg(seed: int, x: torch.Tensor) -> SplitModel:
     return m.eval()
 
 
+def digits_vgg(seed: int = 0, iterations: int = 40) -> SplitModel:
+    """A tiny vgg_small trained a few steps on digits (8 px), in eval mode."""
+    from removalnet.data import load_dataset
+    from removalnet.train import TrainConfig, train_model
+    torch.manual_seed(seed)
+    m = create_model("vgg_small", 10, 1, 8, width=4)
+    train_model(m, load_dataset("digits", "train"), None, TrainConfig(iterations=iterations, batch_size=64, lr=0.05),
+                seed=seed, progress=False)
+    return m.eval()
+
+
 def permuted_copy(model: SplitModel, seed: int = 0) -> SplitModel:
     """The same function with the channels of the last conv layer permuted (a function-preserving change)."""
     m = copy.deepcopy(model)

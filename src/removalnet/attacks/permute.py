@@ -12,6 +12,9 @@ opens a space, per-channel modules and shape-preserving ops keep it, ``add`` mer
 inputs. The network's input and output spaces are fixed, and so is any space touched by an operation this
 analysis does not understand (it is then left alone: correct, if less thorough). :func:`permute_model`
 applies one permutation per space; outputs are unchanged up to float rounding (tested to 1e-5).
+A space also records whether every op in it is positively homogeneous (``homogeneous``: no GELU, SiLU,
+Tanh, ReLU6, ...; BatchNorm with affine parameters and running statistics), which
+:mod:`removalnet.attacks.rescale` needs and permutation does not.
 
 :func:`farthest_permutations` chooses each space's permutation by linear assignment (Hungarian, scipy) to
 maximise the summed squared distance between every new channel's activations and the victim's activations of
@@ -36,6 +39,10 @@ _PER_CHANNEL = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _PASS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
          nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
          nn.AdaptiveMaxPool2d)
+#: the pass-through ops that commute with a positive per-channel scale (f(s x) = s f(x), s > 0): a space holding
+#: any other op (GELU, SiLU, Tanh, ReLU6, ...) can be permuted but not rescaled (``ChannelSpace.homogeneous``)
+_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
+                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _PASS_FN = {torch.relu, torch.nn.functional.relu, torch.nn.functional.dropout, torch.nn.functional.max_pool2d,
             torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d}
 
@@ -50,6 +57,8 @@ class ChannelSpace:
     members: list[str] = field(default_factory=list)     # per-channel modules (BatchNorm)
     consumers: list[str] = field(default_factory=list)   # conv/linear modules reading these as input channels
     probe: str | None = None                             # the last graph node in this space (its activations)
+    homogeneous: bool = True     # every op in the space is positively homogeneous, BatchNorm with affine
+    #                              parameters and running statistics included (what rescaling needs)
 
     @property
     def permutable(self) -> bool:
@@ -100,6 +109,7 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
     members: dict[int, list[str]] = {}
     channels: dict[int, int] = {}
     last: dict[int, str] = {}
+    inhomogeneous: set[int] = set()
 
     def shape(n):
         meta = n.meta.get("tensor_meta") if isinstance(n, torch.fx.Node) else None
@@ -138,8 +148,12 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
                 space_of[node.name] = s
             elif isinstance(mod, _PER_CHANNEL) and s_in is not None:
                 members.setdefault(s_in, []).append(node.target)
+                if not (mod.affine and mod.track_running_stats):
+                    inhomogeneous.add(s_in)
                 space_of[node.name] = s_in
             elif isinstance(mod, _PASS) and s_in is not None:
+                if not isinstance(mod, _HOMOGENEOUS):
+                    inhomogeneous.add(s_in)
                 space_of[node.name] = s_in
             elif isinstance(mod, nn.Flatten) and s_in is not None and shape(src) is not None \
                     and len(shape(src)) == 4 and shape(src)[2:] == (1, 1) and mod.start_dim == 1:
@@ -170,6 +184,7 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
         sp.producers += producers.get(s, [])
         sp.consumers += consumers.get(s, [])
         sp.members += members.get(s, [])
+        sp.homogeneous = sp.homogeneous and s not in inhomogeneous
         if s in channels:
             if sp.channels is not None and sp.channels != channels[s]:
                 sp.fixed = True

@@ -6,6 +6,9 @@ The components, each a parameter (``0``/``"none"`` switches it off):
    surrogate starts as the victim with its hidden channels reordered, chosen by linear assignment to move
    every layer's activations as far from the victim's as a permutation can, on the attacker's data. Free:
    the function is unchanged; it defeats channel-aligned white-box metrics (DeepJudge LOD/LAD).
+   Then, optionally, **channel rescaling** (``rescale``: farthest | random | none, default none;
+   ``rescale_spread``; :mod:`removalnet.attacks.rescale`): positive per-channel scales, also
+   function-preserving, against the alignment-aware DeepJudge (DJA-LOD/LAD) that undoes the permutation.
 2. **Distillation** on the attacker's data: ``alpha`` x CE(F_S(x), y_hat) + (1 - alpha) x T^2 x
    KL(softmax(target / T) || softmax(F_S(x) / T)), the target being the victim's logits, or RemovalNet's
    logit level (``logit_level: ilbs``, Algorithm 2: interpolated towards the farthest logit of the batch);
@@ -43,6 +46,7 @@ from ..verify.base import batched_apply
 from .base import Attack, AttackContext, Param, register_attack
 from .permute import channel_spaces, farthest_permutations, permute_model, random_permutations
 from .removalnet import feature_loss, ilbs, reverse_latent
+from .rescale import channel_scales, rescale_model
 
 __all__ = ["RemovalNetPlus"]
 
@@ -65,6 +69,10 @@ class RemovalNetPlus(Attack):
         "permute": Param("farthest", str, choices=("farthest", "random", "none"), doc="channel permutation"),
         "permute_features": Param("patterns", str, choices=("maps", "channel_means", "patterns"),
                                   doc="what the farthest permutation pulls apart (attacks.permute.farthest_permutations)"),
+        "rescale": Param("none", str, choices=("none", "farthest", "random"),
+                         doc="function-preserving channel rescaling after the permutation (attacks.rescale)"),
+        "rescale_spread": Param(4.0, float, low=1.0, low_open=True,
+                                doc="largest channel scale; the smallest is 1 / rescale_spread"),
         "alpha": Param(0.0, float, low=0.0, high=1.0, doc="CE weight; 1 - alpha weighs the KL term"),
         "temperature": Param(1.0, float, low=0.0, low_open=True, doc="KL temperature"),
         "logit_level": Param("none", str, choices=("none", "ilbs"), doc="KL target: victim logits or ILBS (Alg. 2)"),
@@ -115,6 +123,11 @@ class RemovalNetPlus(Attack):
                 perms = random_permutations(spaces, gen)
             permuted = permute_model(ctx.surrogate, spaces, perms)
             ctx.surrogate.load_state_dict(permuted.state_dict())
+        if p["rescale"] != "none":  # 1b. rescaling (function-preserving), on the permuted channels
+            spaces = channel_spaces(ctx.surrogate, x_tr[:2])
+            scales = channel_scales(ctx.surrogate, x_tr, spaces, mode=p["rescale"], spread=p["rescale_spread"],
+                                    generator=gen)
+            ctx.surrogate.load_state_dict(rescale_model(ctx.surrogate, spaces, scales).state_dict())
 
         # 3. boundary-shifting examples (victim frozen, data fixed: made once)
         def boundary_examples(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

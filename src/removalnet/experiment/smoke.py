@@ -45,6 +45,7 @@ SMOKE_ATTACK = {"iterations": 2, "batch_size": 8, "checkpoint_every": 2, "latent
 SMOKE_VERIFIERS = {
     "deepjudge": {"num_seeds": 4, "max_iters": 4, "max_tests": 4, "pgd_steps": 2},
     "deepjudge_aligned": {"num_seeds": 4, "max_iters": 4, "max_tests": 4, "pgd_steps": 2},
+    "deepjudge_scaled": {"num_seeds": 4, "max_iters": 4, "max_tests": 4, "pgd_steps": 2},
     "zest": {"num_images": 4, "num_masks": 8},
     "modeldiff": {"num_pairs": 4, "iterations": 20},
     "modeldiff_pgd": {"num_pairs": 4, "steps": 2},

@@ -53,13 +53,16 @@ class DeepJudgeAligned(DeepJudge):
                                               device=device)
         return tensors, meta
 
-    def _score(self, fp: Fingerprint, victim, suspect, *, device: torch.device) -> dict[str, float]:
-        P, T, bs = fp.params, fp.tensors, self.params["batch_size"]
-        layer = int(fp.meta["layer"])
+    def _suspect_align(self, fp: Fingerprint, suspect, device: torch.device) -> torch.Tensor:
+        """The suspect's neuron values on the seeds and the test cases (N x C, the alignment data)."""
+        T, layer = fp.tensors, int(fp.meta["layer"])
         _require_split(suspect, "suspect", layer)
+        return layer_means(suspect, layer, torch.cat([T["seeds_x"], T["tests_x"]]),
+                           batch_size=self.params["batch_size"], device=device, victim_means=T["victim_align"])
 
-        s_align = layer_means(suspect, layer, torch.cat([T["seeds_x"], T["tests_x"]]), batch_size=bs, device=device,
-                              victim_means=T["victim_align"])
+    def _score(self, fp: Fingerprint, victim, suspect, *, device: torch.device) -> dict[str, float]:
+        P, T = fp.params, fp.tensors
+        s_align = self._suspect_align(fp, suspect, device)
         perm = match_channels(T["victim_align"], s_align)
         s_layer = s_align[len(T["seeds_x"]):][:, perm]
         return {"DJA-LOD": lod(T["victim_layer"], s_layer, P["p"]),
