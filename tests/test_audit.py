@@ -117,3 +117,34 @@ def test_audit_with_given_references(audited, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "models/reference-1" in out and "models/reference-2" not in out
     assert not (tmp_path / "run").exists()
+
+
+def test_audit_on_ray_matches_local(audited, tmp_path, capsys, monkeypatch):
+    """``audit --executor ray`` runs the same jobs as the local executor and reaches the same numbers."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setitem(audit.BUDGETS, "quick", {**TINY_BUDGET, "seeds": 1})
+    monkeypatch.chdir(audited)
+    base = ["audit", "--model", "mymodel.py:LeNet", "--weights", "model.pt", "--data", "folder:digits", "-q"]
+    assert main(base + ["--out", str(tmp_path / "local")]) == 0
+    local_card = capsys.readouterr().out
+    try:
+        assert main(base + ["--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    finally:
+        ray.shutdown()
+    ray_card = capsys.readouterr().out
+
+    def metrics(run):
+        with ResultStore(run / "results.db") as st:
+            return {r["id"]: (r["name"], r["status"], {k: v for k, v in (r["metrics"] or {}).items()
+                                                        if "time" not in k and k != "history"}) for r in st.rows()}
+
+    local, on_ray = metrics(tmp_path / "local"), metrics(tmp_path / "ray")
+    assert local.keys() == on_ray.keys() and len(local) > 10
+    for job, (name, status, m) in local.items():
+        assert on_ray[job][:2] == (name, "done") and status == "done"
+        assert on_ray[job][2].keys() == m.keys(), name
+        for k, v in m.items():
+            if isinstance(v, float):
+                assert on_ray[job][2][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (name, k)
+    # the cards differ only in the run folder named in them
+    assert local_card.replace(str(tmp_path / "local"), "RUN") == ray_card.replace(str(tmp_path / "ray"), "RUN")
