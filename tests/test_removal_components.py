@@ -200,3 +200,62 @@ def test_removalnet_plus_latent_level_runs_in_the_permuted_channel_order():
     assert all("feat" in row and row["feat"] >= 0 for row in a.trace)
     # at t = 1 the reversed latent starts next to the permuted start's own latent: the loss is finite
     assert all(torch.isfinite(v).all() for v in s.state_dict().values() if v.is_floating_point())
+
+
+class _FlatHead(nn.Module):
+    """LeNet-style: a conv space flattened spatially into a linear layer, functional and module flatten."""
+
+    def __init__(self, module_flatten: bool, bn1d: bool = False):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 5, 3)
+        self.flat = nn.Flatten() if module_flatten else None
+        self.drop = nn.Dropout(0.5)
+        self.bn = nn.BatchNorm1d(5 * 2 * 2) if bn1d else None
+        self.fc1, self.fc2 = nn.Linear(5 * 2 * 2, 7), nn.Linear(7, 3)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.relu(self.conv2(x))
+        x = self.flat(x) if self.flat is not None else torch.flatten(x, 1)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.fc2(torch.relu(self.fc1(self.drop(x))))
+
+
+@pytest.mark.parametrize("module_flatten", [False, True])
+def test_a_spatial_flatten_into_a_linear_layer_is_permuted_and_rescaled_in_blocks(module_flatten):
+    """(N, C, H, W) -> (N, C*H*W) -> Linear: the linear layer's input columns move in blocks of H*W per channel,
+    so the last conv space is permuted and rescaled too (a LeNet's conv2), and the function stays exact."""
+    from removalnet.attacks.rescale import channel_scales, rescale_model
+
+    torch.manual_seed(0)
+    net = _FlatHead(module_flatten).eval()
+    x = torch.rand(16, 1, 8, 8)
+    spaces = channel_spaces(net, x[:2])
+    by_producer = {p: sp for sp in spaces for p in sp.producers}
+    assert by_producer["conv2"].permutable and by_producer["conv2"].consumers == ["fc1"]
+    assert by_producer["conv2"].probe is not None and "flatten" not in by_producer["conv2"].probe
+    perms = random_permutations(spaces, torch.Generator().manual_seed(1))
+    assert by_producer["conv2"].id in perms
+    permuted = permute_model(net, spaces, perms)
+    p = perms[by_producer["conv2"].id]
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(x), net(x), atol=1e-5, rtol=1e-5)
+        # block j of the new fc1 input columns is old channel p[j]'s block of 2 x 2 features
+        w_old, w_new = net.fc1.weight.reshape(7, 5, 4), permuted.fc1.weight.reshape(7, 5, 4)
+        rows = perms.get(by_producer["fc1"].id, torch.arange(7))   # fc1's own outputs are permuted too
+        torch.testing.assert_close(w_new, w_old[rows][:, p], atol=0, rtol=0)
+    scales = channel_scales(net, x, spaces, mode="random", generator=torch.Generator().manual_seed(2))
+    assert by_producer["conv2"].id in scales
+    with torch.no_grad():
+        torch.testing.assert_close(rescale_model(net, spaces, scales)(x), net(x), atol=1e-5, rtol=1e-5)
+    _, dist = farthest_permutations(net, x, spaces)   # the probes are (N, C, H, W) activations
+    assert by_producer["conv2"].id in dist
+
+
+def test_a_flattened_space_read_by_anything_but_a_linear_layer_is_left_alone():
+    net = _FlatHead(module_flatten=True, bn1d=True).eval()   # BatchNorm1d over C*H*W features: not per channel
+    spaces = channel_spaces(net, torch.rand(2, 1, 8, 8))
+    by_producer = {p: sp for sp in spaces for p in sp.producers}
+    assert by_producer["conv2"].fixed and not by_producer["conv2"].permutable
+    assert by_producer["conv1"].permutable

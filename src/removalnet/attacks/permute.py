@@ -9,7 +9,8 @@ of the stream.
 
 :func:`channel_spaces` finds these spaces by tracing the model (torch.fx): every convolution or linear layer
 opens a space, per-channel modules and shape-preserving ops keep it, ``add`` merges the spaces of its two
-inputs. The network's input and output spaces are fixed, and so is any space touched by an operation this
+inputs; a spatial flatten into a linear layer (a LeNet's conv -> flatten -> fc) keeps the space, the linear
+layer reading it in channel-major blocks of H x W columns. The network's input and output spaces are fixed, and so is any space touched by an operation this
 analysis does not understand (it is then left alone: correct, if less thorough). :func:`permute_model`
 applies one permutation per space; outputs are unchanged up to float rounding (tested to 1e-5).
 A space also records whether every op in it is positively homogeneous (``homogeneous``: no GELU, SiLU,
@@ -115,8 +116,16 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
         meta = n.meta.get("tensor_meta") if isinstance(n, torch.fx.Node) else None
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
+    #: nodes holding a spatially flattened space ((N, C, H, W) -> (N, C*H*W), channel-major blocks of H*W
+    #: features): only a linear layer (its input columns in blocks) and elementwise ops may read them
+    blocked: set[str] = set()
+
     def in_space(n) -> int | None:
         return space_of.get(n.name) if isinstance(n, torch.fx.Node) else None
+
+    def flattens_channels(src, start_dim) -> bool:
+        shp = shape(src)
+        return shp is not None and len(shp) == 4 and start_dim == 1
 
     def opaque(node) -> None:
         for a in node.all_input_nodes:
@@ -135,6 +144,34 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
                 s = in_space(a)
                 if s is not None:
                     uf.fix(s)
+        elif node.op == "call_module" and node.args and isinstance(node.args[0], torch.fx.Node) \
+                and node.args[0].name in blocked:   # a flattened space: a linear layer or an elementwise op
+            mod, s_in = modules[node.target], in_space(node.args[0])
+            if isinstance(mod, nn.Linear):
+                consumers.setdefault(s_in, []).append(node.target)
+                s = uf.new()
+                producers.setdefault(s, []).append(node.target)
+                channels[s] = mod.out_features
+                space_of[node.name] = s
+            elif isinstance(mod, _PASS) and not isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                                                                  nn.AdaptiveMaxPool2d)):
+                if not isinstance(mod, _HOMOGENEOUS):
+                    inhomogeneous.add(s_in)
+                space_of[node.name] = s_in
+                blocked.add(node.name)
+            else:
+                opaque(node)
+        elif node.op == "call_function" and any(isinstance(a, torch.fx.Node) and a.name in blocked
+                                                for a in node.all_input_nodes):
+            if node.target in (torch.relu, torch.nn.functional.relu, torch.nn.functional.dropout) \
+                    and node.args[0].name in blocked and len(node.all_input_nodes) == 1:
+                space_of[node.name] = in_space(node.args[0])
+                blocked.add(node.name)
+            else:
+                opaque(node)
+        elif node.op == "call_method" and any(isinstance(a, torch.fx.Node) and a.name in blocked
+                                              for a in node.all_input_nodes):
+            opaque(node)
         elif node.op == "call_module":
             mod = modules[node.target]
             src = node.args[0] if node.args else None
@@ -158,6 +195,10 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
             elif isinstance(mod, nn.Flatten) and s_in is not None and shape(src) is not None \
                     and len(shape(src)) == 4 and shape(src)[2:] == (1, 1) and mod.start_dim == 1:
                 space_of[node.name] = s_in   # (N, C, 1, 1) -> (N, C): same channel order
+            elif isinstance(mod, nn.Flatten) and s_in is not None and mod.end_dim == -1 \
+                    and flattens_channels(src, mod.start_dim):
+                space_of[node.name] = s_in   # (N, C, H, W) -> (N, C*H*W): channel-major blocks
+                blocked.add(node.name)
             else:
                 opaque(node)
         elif node.op == "call_function" and node.target in (operator.add, torch.add) and len(node.args) == 2 \
@@ -171,6 +212,11 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
                 and shape(node.args[0]) is not None and len(shape(node.args[0])) == 4 \
                 and shape(node.args[0])[2:] == (1, 1):
             space_of[node.name] = in_space(node.args[0])
+        elif node.op == "call_function" and node.target is torch.flatten and in_space(node.args[0]) is not None \
+                and len(node.args) == 2 and not node.kwargs and node.args[1] == 1 \
+                and flattens_channels(node.args[0], 1):
+            space_of[node.name] = in_space(node.args[0])   # (N, C, H, W) -> (N, C*H*W): channel-major blocks
+            blocked.add(node.name)
         else:
             opaque(node)
         if node.name in space_of:
@@ -191,6 +237,8 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
             sp.channels = channels[s]
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     for name, s in space_of.items():
+        if name in blocked:   # probes are (N, C, ...) activations, never the flattened blocks
+            continue
         sp = out[uf.find(s)]
         if sp.probe is None or order[name] > order[sp.probe]:
             sp.probe = name
@@ -223,8 +271,20 @@ def permute_model(model: nn.Module, spaces: list[ChannelSpace], perms: dict[int,
                         t.copy_(t[p.to(t.device)])
             for name in sp.consumers:
                 m = mods[name]
-                m.weight.copy_(m.weight[:, p.to(m.weight.device)])
+                m.weight.copy_(m.weight[:, _columns(m, p, sp.channels).to(m.weight.device)])
     return model
+
+
+def _columns(m: nn.Module, p: torch.Tensor, channels: int) -> torch.Tensor:
+    """The input columns of consumer ``m`` in the order of permutation ``p``: per channel, or per block of
+    features of a linear layer after a spatial flatten (channel-major, as ``torch.flatten`` orders them)."""
+    n_in = m.weight.shape[1]
+    if n_in == channels:
+        return p
+    if isinstance(m, nn.Linear) and n_in % channels == 0:
+        k = n_in // channels
+        return (p[:, None] * k + torch.arange(k)).reshape(-1)
+    raise RemovalNetError(f"{type(m).__name__} reads {n_in} inputs, not a multiple of {channels} channels")
 
 
 def _probe_activations(gm: torch.fx.GraphModule, x: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
