@@ -224,3 +224,28 @@ def test_substitute_errors(digits):
         build_substitute(victim, digits, count=10, exclude=[len(digits)])
     with pytest.raises(RemovalNetError, match="available"):
         build_substitute(victim, digits, count=len(digits), exclude=[0])
+
+
+def test_parameters_added_later_leave_job_ids_unchanged_at_their_defaults():
+    """``Param(omit_default=True)``: at its default the parameter is not part of the job id (run folders made
+    before it existed resume); set to anything else it is, and the job runs with the defaults filled in."""
+    from removalnet.experiment import spec_from_dict
+    from removalnet.experiment.plan import plan_jobs
+    from removalnet.params import identity_params
+
+    spec = {"a": Param(1, int), "b": Param("none", str, choices=("none", "x"), omit_default=True)}
+    assert identity_params(spec, {"a": 1, "b": "none"}) == {"a": 1}
+    assert identity_params(spec, {"a": 1, "b": "x"}) == {"a": 1, "b": "x"}
+
+    def attack_jobs(params):
+        raw = {"name": "x", "dataset": "digits", "seeds": 1, "victim": {"arch": "vgg_small", "kwargs": {"width": 4}},
+               "attacks": [{"name": "removalnet-plus", "scenario": "ltd", "fraction": 0.1, "params": params}],
+               "verifiers": {"deepjudge": {}}}
+        return [j for j in plan_jobs(spec_from_dict(raw)) if j.kind == "attack"]
+
+    plain, default, on = attack_jobs({}), attack_jobs({"rescale": "none"}), attack_jobs({"rescale": "farthest"})
+    assert "rescale" not in plain[0].config["params"] and "rescale_spread" not in plain[0].config["params"]
+    assert plain[0].id == default[0].id != on[0].id
+    assert on[0].config["params"]["rescale"] == "farthest"
+    # the job's parameters rebuild the same attack, defaults filled in
+    assert create_attack("removalnet-plus", **plain[0].config["params"]).params == create_attack("removalnet-plus").params

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .utils import RemovalNetError
 
-__all__ = ["Param", "validate_params", "describe_params", "class_params"]
+__all__ = ["Param", "validate_params", "describe_params", "class_params", "identity_params"]
 
 @dataclass(frozen=True)
 class Param:
@@ -35,6 +35,9 @@ class Param:
     choices: tuple | None = None
     nullable: bool = False
     doc: str = ""
+    #: a parameter added after experiments were run: left out of job ids while at its default, so run folders
+    #: made before it existed keep their ids and resume (see :meth:`identity`)
+    omit_default: bool = False
 
     def validate(self, name: str, value: Any) -> Any:
         """Return ``value`` converted to the parameter's type, or raise ``RemovalNetError``."""
@@ -147,3 +150,10 @@ def describe_params(spec: Mapping[str, Any]) -> list[str]:
     for key, p in spec.items():
         out.append(f"{key}: {p.describe()}" if isinstance(p, Param) else f"{key}: default {p!r}")
     return out
+
+
+def identity_params(spec: Mapping[str, Param], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` as they enter a job id: every parameter, except one declared ``omit_default`` that is at its
+    default (adding such a parameter leaves the ids of existing experiments unchanged)."""
+    return {k: v for k, v in values.items()
+            if not (k in spec and spec[k].omit_default and v == spec[k].default)}

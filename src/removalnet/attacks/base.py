@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.split import SplitModel
-from ..params import Param, class_params, validate_params
+from ..params import Param, class_params, identity_params, validate_params
 from ..registry import Registry
 from ..train import evaluate
 from ..utils import RemovalNetError, resolve_device, seed_everything
@@ -200,6 +200,11 @@ class Attack(abc.ABC):
         self.validate_params(values)
         self.trace: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
+
+    def identity_params(self) -> dict[str, Any]:
+        """The parameters that identify a job of this attack: all of them, less those added later
+        (``Param(omit_default=True)``) while at their defaults (:func:`removalnet.params.identity_params`)."""
+        return identity_params(self.param_spec(), self.params)
 
     # -- declaration helpers ------------------------------------------------------------------------
     @classmethod
