@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     head = "| architecture | grid | classes | input | " + " | ".join(
         f"train img/s ({t} thr) | infer img/s ({t} thr)" for t in args.threads) + " |"
     lines = [head, "|" + "---|" * (4 + 2 * len(args.threads))]
+    loads = [os.getloadavg()[0]]   # other work on the machine slows every number: say how much there was
     for arch, what, classes, size in rows:
         cells = []
         for t in args.threads:
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             cells += [f"{tr:.1f}", f"{inf:.1f}"]
             print(f"{arch} {size}px threads={t}: train {tr:.1f} img/s, inference {inf:.1f} img/s", file=sys.stderr)
         lines.append(f"| {arch} | {what} | {classes} | {size} | " + " | ".join(cells) + " |")
+        loads.append(os.getloadavg()[0])
     date = dt.datetime.now(dt.timezone.utc)
     text = "\n".join([
         "# Throughput of the paper's architectures",
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up step(s), random inputs "
         "(network only, no data loading); training = forward + backward + SGD step",
         f"- command: `python benchmarks/arch_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- 1-minute load average before and after each row: {', '.join(f'{v:.1f}' for v in loads)} "
+        f"(on {os.cpu_count()} cores; a load above the thread count means other processes shared the cores)",
         "",
         *lines,
     ]) + "\n"
