@@ -210,6 +210,12 @@ class Attack(abc.ABC):
     def validate_params(self, params: dict[str, Any]) -> None:
         """Cross-parameter checks (override; raise RemovalNetError)."""
 
+    def id_params(self) -> dict[str, Any]:
+        """The parameters a job id hashes: all of them, but those declared ``omit_default`` while at their
+        default (parameters added later: the ids of existing runs stay)."""
+        spec = self.param_spec()
+        return {k: v for k, v in self.params.items() if not (spec[k].omit_default and v == spec[k].default)}
+
     def validate_inputs(self, victim: SplitModel, substitute: Dataset) -> None:
         """Checks that need the victim (e.g. ``victim.check_layer(l)``); override and call super()."""
 

@@ -96,7 +96,7 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
             jobs.append(j)
             models.append((j, {"role": role, "label": role, "index": i}))
     for a in spec.attacks:
-        params = create_attack(a.name, **a.params).params
+        params = create_attack(a.name, **a.params).id_params()   # new parameters at their defaults: ids stay
         for s in spec.seeds:
             cfg = {**data, "attack": a.name, "label": a.label, "params": params, "scenario": a.scenario,
                    "fraction": a.fraction, "count": a.count, "source": a.source, "labels": a.labels,
