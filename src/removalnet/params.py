@@ -23,7 +23,9 @@ class Param:
     ``kind`` is ``int``, ``float``, ``bool``, ``str``, ``dict`` (a mapping, e.g. another component's
     parameters) or ``list`` (a non-empty list of numbers, each checked against ``low``/``high``, or of
     strings from ``choices``). ``choices`` restricts a value to a set; ``nullable`` allows
-    ``None``; ``low``/``high`` are inclusive unless ``low_open``/``high_open``.
+    ``None``; ``low``/``high`` are inclusive unless ``low_open``/``high_open``. ``omit_default``: a parameter
+    added after job ids were published; at its default it is left out of the parameters that ids hash
+    (:func:`identity_params`, ``Attack.identity_params``), so the ids of existing runs stay.
     """
 
     default: Any
@@ -35,8 +37,6 @@ class Param:
     choices: tuple | None = None
     nullable: bool = False
     doc: str = ""
-    #: a parameter added after experiments were run: left out of job ids while at its default, so run folders
-    #: made before it existed keep their ids and resume (see :meth:`identity`)
     omit_default: bool = False
 
     def validate(self, name: str, value: Any) -> Any:

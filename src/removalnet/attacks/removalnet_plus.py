@@ -27,6 +27,17 @@ The components, each a parameter (``0``/``"none"`` switches it off):
    returned surrogate is the checked state with the lowest boundary agreement among those whose agreement
    is at least ``min_agreement``; training stops early once boundary agreement is at most
    ``target_boundary_agreement``. Never the verifier's data, never tau.
+5. **Masking consistency** (``mask_mix`` > 0, against ZEST; :mod:`removalnet.attacks.adaptive_losses`): the
+   training images are cut into segments once with ZEST's quickshift settings; ``mask_mix`` of every batch
+   is those images with one random ZEST mask each (masked segments set to ZEST's fill), distilled with
+   ``mask_weight`` x T^2 x KL towards ``mask_target`` (``clean``: the victim's output on the unmasked image;
+   ``uniform``). ZEST's signature, the response of the outputs to masked segments, moves away from the
+   victim's while the clean term keeps the clean outputs.
+6. **CutMix targets** (``cutmix_mix`` > 0, against SAC-m): ``cutmix_mix`` of every batch is CutMix variants
+   of the training images made with SAC's own patch sampler (``cutmix_ratio``: SAC's patch side), distilled
+   with ``cutmix_weight`` x T^2 x KL towards ``cutmix_target`` (``area``: the victim's outputs on the two
+   source images mixed by the patch's share of the pixels; ``uniform``), so the outputs' correlations on
+   CutMix samples stop following the victim's.
 
 The victim's outputs on the fixed substitute set are computed once. The preset defaults come from the
 measurements in docs/findings.md; the paper-faithful attack stays ``removalnet``.
@@ -43,6 +54,7 @@ from ..data.subsets import dataset_labels
 from ..utils import RemovalNetError
 from ..verify.adversarial import pgd
 from ..verify.base import batched_apply
+from . import adaptive_losses as adaptive
 from .base import Attack, AttackContext, Param, register_attack
 from .permute import channel_spaces, farthest_permutations, permute_model, random_permutations
 from .removalnet import feature_loss, ilbs, reverse_latent
@@ -93,7 +105,26 @@ class RemovalNetPlus(Attack):
                                doc="least top-1 agreement with the victim on the holdout a kept state needs"),
         "target_boundary_agreement": Param(0.0, float, low=0.0, high=1.0,
                                            doc="stop once the holdout boundary agreement is at most this"),
+        # 5./6. verifier-aimed terms (adaptive_losses); added later: at their defaults job ids leave them out
+        "mask_mix": Param(0.0, float, low=0.0, high=1.0, high_open=True, omit_default=True,
+                          doc="fraction of each batch that is ZEST-masked training images (0: off)"),
+        "mask_weight": Param(1.0, float, low=0.0, omit_default=True, doc="weight of their KL term"),
+        "mask_target": Param("clean", str, choices=adaptive.MASK_TARGETS, omit_default=True,
+                             doc="their target: the victim's output on the unmasked image, or uniform"),
+        "cutmix_mix": Param(0.0, float, low=0.0, high=1.0, high_open=True, omit_default=True,
+                            doc="fraction of each batch that is SAC-style CutMix images (0: off)"),
+        "cutmix_weight": Param(1.0, float, low=0.0, omit_default=True, doc="weight of their KL term"),
+        "cutmix_target": Param("area", str, choices=adaptive.CUTMIX_TARGETS, omit_default=True,
+                               doc="their target: the victim's outputs on both sources mixed by patch area, or uniform"),
+        "cutmix_ratio": Param(adaptive.SAC_CUT_RATIO, float, low=0.0, low_open=True, high=1.0, omit_default=True,
+                              doc="CutMix patch side as a fraction of the image side (SAC's default)"),
     }
+
+    def validate_params(self, params: dict[str, Any]) -> None:
+        total = params["boundary_mix"] + params["mask_mix"] + params["cutmix_mix"]
+        if total >= 1.0:
+            raise RemovalNetError(f"attack 'removalnet-plus': boundary_mix + mask_mix + cutmix_mix must be < 1 "
+                                  f"(clean samples are needed), got {total:g}")
 
     def run(self, ctx: AttackContext) -> None:
         p = self.params
@@ -149,7 +180,13 @@ class RemovalNetPlus(Attack):
 
         b = min(p["batch_size"], len(x_tr))
         b_adv = int(round(b * mix)) if mix > 0 else 0
-        b_clean = max(1, b - b_adv)
+        # 5./6. verifier-aimed parts of the batch, drawn in step() (segments once, here)
+        b_mask = max(1, int(round(b * p["mask_mix"]))) if p["mask_mix"] > 0 else 0
+        b_cut = max(2, int(round(b * p["cutmix_mix"]))) if p["cutmix_mix"] > 0 else 0
+        b_clean = max(1, b - b_adv - b_mask - b_cut)
+        if b_mask:
+            segments, num_segments = adaptive.zest_segments(x_tr.cpu(), seed=ctx.seed)
+            fill = adaptive.zest_fill(victim, x_tr.shape[1])
         T, alpha = p["temperature"], p["alpha"]
 
         def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -164,16 +201,35 @@ class RemovalNetPlus(Attack):
         layer = p["layer"] if p["layer"] is not None else victim.default_layer
         start = copy.deepcopy(ctx.surrogate).eval().requires_grad_(False) if p["beta"] > 0 else None
 
+        def verifier_aimed_inputs() -> list[tuple[torch.Tensor, str, torch.Tensor, float]]:
+            """(inputs, log key, target distribution, weight) of the masking and CutMix terms of one step."""
+            out = []
+            if b_mask:
+                im = torch.randint(0, len(x_tr), (b_mask,), generator=gen)
+                xm, _ = adaptive.masked_batch(x_tr[im.to(dev)], segments[im], num_segments[im], fill, gen)
+                target = adaptive.mask_targets(p["mask_target"], v_logits[im.to(dev)], T)
+                out.append((xm, "mask", target, p["mask_weight"]))
+            if b_cut:
+                iu = torch.randint(0, len(x_tr), (b_cut,), generator=gen).to(dev)
+                xc, partner, lam = adaptive.cutmix_batch(x_tr[iu], gen, p["cutmix_ratio"])
+                target = adaptive.cutmix_targets(p["cutmix_target"], v_logits[iu], partner, lam, T)
+                out.append((xc, "cutmix", target, p["cutmix_weight"]))
+            return out
+
         def step(x: torch.Tensor, idx: torch.Tensor, t: int):
             if p["bn_mode"] == "frozen":  # keep the victim's statistics: a few hundred samples, half of them
                 for m in bns:              # adversarial, would shift them
                     m.eval()
+            n_base = len(x)
+            extra = verifier_aimed_inputs()
+            if extra:  # the masked / CutMix images join the same forward pass
+                x = torch.cat([x, *(e[0] for e in extra)])
             if start is not None:   # latent level: z_s from the same pass as the logits
                 z_s = ctx.surrogate.head(x, layer)
                 logits = ctx.surrogate.tail(z_s, layer)
             else:
                 logits = ctx.surrogate(x)
-            lc, la = logits[:b_clean], logits[b_clean:]
+            lc, la = logits[:b_clean], logits[b_clean:n_base]
             ic, ia = idx[:b_clean], idx[b_clean:]
             target = v_logits[ic]
             if p["logit_level"] == "ilbs":
@@ -200,6 +256,12 @@ class RemovalNetPlus(Attack):
                 shift = F.cross_entropy(la, y_hat[ia])
                 loss = loss + p["boundary_weight"] * shift
                 logs["boundary"] = shift
+            lo = n_base
+            for xe, key, goal, weight in extra:
+                term = adaptive.tempered_kl(logits[lo:lo + len(xe)], goal, T)
+                lo += len(xe)
+                loss = loss + weight * term
+                logs[key] = term
             logs["loss"] = loss
             return loss, logs
 

@@ -27,7 +27,7 @@ from ..params import Param
 from ..utils import RemovalNetError
 from .base import Fingerprint, Metric, Verifier, batched_logits, dataset_tensors, register_verifier
 
-__all__ = ["SAC", "correlation_matrix", "sac_distance", "cutmix"]
+__all__ = ["SAC", "correlation_matrix", "sac_distance", "cutmix", "cutmix_boxes", "paste_patches"]
 
 SOURCES = ("wrong", "cutmix")
 OUTPUTS = ("logits", "softmax")
@@ -46,13 +46,14 @@ def sac_distance(c_v: torch.Tensor, c_s: torch.Tensor) -> float:
     return float((c_s.double() - c_v.double()).abs().mean())
 
 
-def cutmix(x: torch.Tensor, generator: torch.Generator | None = None, cut_ratio: float = 0.2) -> torch.Tensor:
-    """CutMix variants of ``x`` (N x C x H x W, N >= 2): a corner-region patch from another sample each."""
-    n, _, h, w = x.shape
+def cutmix_boxes(n: int, h: int, w: int, generator: torch.Generator | None = None, cut_ratio: float = 0.2
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random choices of :func:`cutmix` for ``n`` samples of ``h`` x ``w`` pixels: ``partner`` (n, the
+    sample each patch comes from, never the sample itself) and ``boxes`` (n x 4: y0, y1, x0, x1, the patch
+    rows y0:y1 and columns x0:x1, clipped to the image)."""
     if n < 2:
         raise RemovalNetError("cutmix needs at least 2 samples")
     partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n   # never the sample itself
-    out = x.clone()
     half_h, half_w = int(h * cut_ratio) // 2, int(w * cut_ratio) // 2
 
     def corner_centres(size: int) -> torch.Tensor:
@@ -61,11 +62,25 @@ def cutmix(x: torch.Tensor, generator: torch.Generator | None = None, cut_ratio:
         return allowed[torch.randint(0, len(allowed), (n,), generator=generator)]
 
     cy, cx = corner_centres(h), corner_centres(w)
-    for a in range(n):
-        y0, y1 = max(0, int(cy[a]) - half_h), min(h, int(cy[a]) + half_h)
-        x0, x1 = max(0, int(cx[a]) - half_w), min(w, int(cx[a]) + half_w)
-        out[a, :, y0:y1, x0:x1] = x[partner[a], :, y0:y1, x0:x1]
+    boxes = torch.stack([(cy - half_h).clamp(min=0), (cy + half_h).clamp(max=h),
+                         (cx - half_w).clamp(min=0), (cx + half_w).clamp(max=w)], dim=1)
+    return partner, boxes
+
+
+def paste_patches(x: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``x`` with sample a's box ``boxes[a]`` (y0, y1, x0, x1) replaced by the same pixels of ``x[partner[a]]``."""
+    out = x.clone()
+    for a, (y0, y1, x0, x1) in enumerate(boxes.tolist()):
+        out[a, :, y0:y1, x0:x1] = x[int(partner[a]), :, y0:y1, x0:x1]
     return out
+
+
+def cutmix(x: torch.Tensor, generator: torch.Generator | None = None, cut_ratio: float = 0.2) -> torch.Tensor:
+    """CutMix variants of ``x`` (N x C x H x W, N >= 2): a corner-region patch from another sample each
+    (:func:`cutmix_boxes` draws the partners and patches)."""
+    n, _, h, w = x.shape
+    partner, boxes = cutmix_boxes(n, h, w, generator, cut_ratio)
+    return paste_patches(x, partner, boxes)
 
 
 @register_verifier
