@@ -46,8 +46,9 @@ VARIANTS = {
     "rescale-only": {"iterations": 0, "boundary_mix": 0.0, "holdout": 0.0, "rescale": "farthest"},
     "plus+rescale": {"rescale": "farthest"},
     "plus+mask": {"mask_mix": 0.25},
-    "plus+cutmix": {"cutmix_mix": 0.25},
-    "plus-adaptive": {"rescale": "farthest", "mask_mix": 0.25, "cutmix_mix": 0.25},
+    "plus+cutmix": {"cutmix_mix": 0.25, "cutmix_target": "uniform"},
+    "plus-adaptive": {"rescale": "farthest", "boundary_mix": 0.3, "mask_mix": 0.2, "cutmix_mix": 0.2,
+                      "cutmix_target": "uniform"},
 }
 #: the variants run by default (the others stay selectable with --variants)
 DEFAULT_VARIANTS = ("permute-only", "plus", "plus-strong", "rescale-only", "plus+rescale", "plus+mask", "plus+cutmix",
