@@ -6,9 +6,14 @@ paper's RemovalNet and the baselines, on the Table 1 benchmark's models.
 Reads the finished Table 1 run (runs/bench/table1-<arch>: victim, 5 reference and 5 negative models, the
 baselines' and RemovalNet's surrogates, their scores), runs every removal variant per seed on the same
 substitute sets as the table (S_LTD, 1% of the training data, the table's seeds), scores every model with every
-verifier of the table plus the alignment-aware DeepJudge (thresholds: min/max over the 5 reference models), and
+verifier of the table plus the alignment-aware and the scale-invariant DeepJudge, and
 writes benchmarks/results/removal-<arch>.md and .png (Pareto: accuracy drop against the number of metrics
 evaded). Results are stored per model in runs/bench/removal-<arch>/results.json, so a rerun resumes.
+
+Verdicts are judged at tau = the closest of the 10 independent models (5 references + 5 negatives): the most
+verifier-friendly threshold that calls none of them a copy. The per-rule table gives each references-only rule's
+false-positive rate on the negatives. ``--no-summary`` runs variants only (before the Table 1 run has finished,
+or split over processes by ``--variants``); ``--no-knockoff`` skips the KnockoffNets curves.
 """
 from __future__ import annotations
 
@@ -87,9 +92,15 @@ class Bench:
         self.attack_times = attacks
 
     def save(self) -> None:
-        tmp = self.results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1, sort_keys=True))
-        os.replace(tmp, self.results_path)
+        """Merge this process's results into the file (several processes may run disjoint --variants at once)."""
+        import fcntl
+        with open(self.out / "results.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            on_disk = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+            self.results = {**on_disk, **self.results}
+            tmp = self.results_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.results, indent=1, sort_keys=True))
+            os.replace(tmp, self.results_path)
 
     def score(self, model, names=None) -> dict[str, float]:
         out = {}
@@ -294,6 +305,9 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/bench")
     ap.add_argument("--no-knockoff", dest="knockoff", action="store_false",
                     help="skip the KnockoffNets learning curves (the last column)")
+    ap.add_argument("--no-summary", dest="summary", action="store_false",
+                    help="only run the variants (the Table 1 run need not be finished; several processes with "
+                         "disjoint --variants may share one results file); a later call writes the tables")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("REMOVALNET_THREADS", "1")))
     for arch in args.arch:
@@ -304,6 +318,8 @@ def main() -> None:
             for s in seeds:
                 m = b.variant(v, VARIANTS[v], s)
                 print(f"{arch} {v} seed {s}: accuracy {m['accuracy']:.4f}", flush=True)
+        if not args.summary:
+            continue
         table, data = summarise(b, seeds, args.variants, args.knockoff)
         png = HERE / "results" / f"removal-{arch}.png"
         pareto_plot(data["summary"], len(data["metrics"]), png, f"{arch} (width 8), Fashion-MNIST, S_LTD 1%")
