@@ -219,8 +219,19 @@ def test_removalnet_plus_with_rescaling():
     s1 = create_attack("removalnet-plus", **params)(victim, sub, seed=4)
     s2 = create_attack("removalnet-plus", **params)(victim, sub, seed=4)
     assert all(torch.equal(a, b) for a, b in zip(s1.state_dict().values(), s2.state_dict().values()))
+    # rescale_when: end (default) rescales the trained surrogate: the same function as training without rescaling
+    # (the same seed draws the same batches), other weights; start trains the rescaled network: another function
+    train = dict(iterations=3, batch_size=16, holdout=0.0, boundary_steps=2)
+    unscaled = create_attack("removalnet-plus", **train)(victim, sub, seed=4)
+    at_end = create_attack("removalnet-plus", **train, rescale="farthest")(victim, sub, seed=4)
+    at_start = create_attack("removalnet-plus", **train, rescale="farthest", rescale_when="start")(victim, sub, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(at_end(x), unscaled(x), **TIGHT)
+        assert not torch.allclose(at_end.head(x, 1), unscaled.head(x, 1), atol=1e-3)
+        assert not torch.allclose(at_start(x), unscaled(x), atol=1e-4)
     assert create_attack("removalnet-plus").params["rescale"] == "none"
-    for bad, msg in [({"rescale": "all"}, "rescale"), ({"rescale_spread": 1.0}, "rescale_spread")]:
+    for bad, msg in [({"rescale": "all"}, "rescale"), ({"rescale_spread": 1.0}, "rescale_spread"),
+                     ({"rescale_when": "middle"}, "rescale_when")]:
         with pytest.raises(RemovalNetError, match=msg):
             create_attack("removalnet-plus", **bad)
 

@@ -6,9 +6,12 @@ The components, each a parameter (``0``/``"none"`` switches it off):
    surrogate starts as the victim with its hidden channels reordered, chosen by linear assignment to move
    every layer's activations as far from the victim's as a permutation can, on the attacker's data. Free:
    the function is unchanged; it defeats channel-aligned white-box metrics (DeepJudge LOD/LAD).
-   Then, optionally, **channel rescaling** (``rescale``: farthest | random | none, default none;
+   Optionally, **channel rescaling** (``rescale``: farthest | random | none, default none;
    ``rescale_spread``; :mod:`removalnet.attacks.rescale`): positive per-channel scales, also
-   function-preserving, against the alignment-aware DeepJudge (DJA-LOD/LAD) that undoes the permutation.
+   function-preserving, against the alignment-aware DeepJudge (DJA-LOD/LAD) that undoes the permutation;
+   applied to the returned surrogate (``rescale_when: end``, the default: free, and training never sees the
+   scales; checkpoints scored during training are unscaled) or to the permuted start (``start``: training
+   then runs on the rescaled network, whose badly conditioned layers drift further from the victim).
 2. **Distillation** on the attacker's data: ``alpha`` x CE(F_S(x), y_hat) + (1 - alpha) x T^2 x
    KL(softmax(target / T) || softmax(F_S(x) / T)), the target being the victim's logits, or RemovalNet's
    logit level (``logit_level: ilbs``, Algorithm 2: interpolated towards the farthest logit of the batch);
@@ -86,6 +89,9 @@ class RemovalNetPlus(Attack):
                          omit_default=True),
         "rescale_spread": Param(4.0, float, low=1.0, low_open=True,
                                 doc="largest channel scale; the smallest is 1 / rescale_spread", omit_default=True),
+        "rescale_when": Param("end", str, choices=("end", "start"),
+                              doc="rescale the returned surrogate (end: free, training unaffected) or the "
+                                  "permuted start before training", omit_default=True),
         "alpha": Param(0.0, float, low=0.0, high=1.0, doc="CE weight; 1 - alpha weighs the KL term"),
         "temperature": Param(1.0, float, low=0.0, low_open=True, doc="KL temperature"),
         "logit_level": Param("none", str, choices=("none", "ilbs"), doc="KL target: victim logits or ILBS (Alg. 2)"),
@@ -155,11 +161,15 @@ class RemovalNetPlus(Attack):
                 perms = random_permutations(spaces, gen)
             permuted = permute_model(ctx.surrogate, spaces, perms)
             ctx.surrogate.load_state_dict(permuted.state_dict())
-        if p["rescale"] != "none":  # 1b. rescaling (function-preserving), on the permuted channels
+        def rescale() -> None:   # 1b. rescaling (function-preserving in eval mode)
+            ctx.surrogate.eval()
             spaces = channel_spaces(ctx.surrogate, x_tr[:2])
             scales = channel_scales(ctx.surrogate, x_tr, spaces, mode=p["rescale"], spread=p["rescale_spread"],
                                     generator=gen)
             ctx.surrogate.load_state_dict(rescale_model(ctx.surrogate, spaces, scales).state_dict())
+
+        if p["rescale"] != "none" and p["rescale_when"] == "start":
+            rescale()
 
         # 3. boundary-shifting examples (victim frozen, data fixed: made once)
         def boundary_examples(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -296,4 +306,6 @@ class RemovalNetPlus(Attack):
         if best["state"] is not None:
             ctx.surrogate.load_state_dict(best["state"])
         self.selected_t = best["t"] if best["state"] is not None else None
+        if p["rescale"] != "none" and p["rescale_when"] == "end":
+            rescale()   # on the returned surrogate: free, and its training never sees the scales
         self.history.append({"t": self.selected_t, "selected": True, "selection": self.selection})
