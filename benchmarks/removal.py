@@ -50,14 +50,19 @@ VARIANTS = {
     # adaptive components, one per surviving verifier, alone (on top of plus) and combined
     "rescale-only": {"iterations": 0, "boundary_mix": 0.0, "holdout": 0.0, "rescale": "farthest"},
     "plus+rescale": {"rescale": "farthest"},
+    "plus+rescale-start": {"rescale": "farthest", "rescale_when": "start"},
     "plus+mask": {"mask_mix": 0.25},
     "plus+cutmix": {"cutmix_mix": 0.25, "cutmix_target": "uniform"},
     "plus-adaptive": {"rescale": "farthest", "boundary_mix": 0.3, "mask_mix": 0.2, "cutmix_mix": 0.2,
                       "cutmix_target": "uniform"},
+    "plus-adaptive-start": {"rescale": "farthest", "rescale_when": "start", "boundary_mix": 0.3, "mask_mix": 0.2,
+                            "cutmix_mix": 0.2, "cutmix_target": "uniform"},
+    "adaptive-0.95": {"rescale": "farthest", "boundary_mix": 0.3, "mask_mix": 0.2, "cutmix_mix": 0.2,
+                      "cutmix_target": "uniform", "min_agreement": 0.95},
 }
 #: the variants run by default (the others stay selectable with --variants)
-DEFAULT_VARIANTS = ("permute-only", "plus", "plus-strong", "rescale-only", "plus+rescale", "plus+mask", "plus+cutmix",
-                    "plus-adaptive")
+DEFAULT_VARIANTS = ("permute-only", "plus", "plus-strong", "rescale-only", "plus+rescale", "plus+rescale-start",
+                    "plus+mask", "plus+cutmix", "plus-adaptive", "plus-adaptive-start", "adaptive-0.95")
 #: the metrics an attack must evade: the paper's six, SAC, RobD, DeepJudge's neuron-level metrics and the
 #: alignment-aware and scale-invariant DeepJudge (those a run does not produce are left out)
 EVADE = ("DJ-LOD", "DJ-LAD", "ZEST-L2", "ZEST-Cos", "MD-DDV", "IPG-MR", "SAC", "DJ-RobD", "DJ-JSD", "DJ-NOD",
