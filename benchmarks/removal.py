@@ -176,6 +176,12 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
     taus = calibrate({m: [r[m] for r in refs + negs] for m in metrics}, [known[m] for m in metrics], "minmax",
                      min_references=2)
     taus_ref = calibrate({m: [r[m] for r in refs] for m in metrics}, [known[m] for m in metrics], "minmax")
+    # a threshold that does not even call the victim itself a copy carries no evidence: flagged, and not counted
+    if "victim" not in b.results:
+        b.results["victim"] = b.score(b.victim)
+        b.save()
+    degenerate = [m for m in metrics if not verdict(known[m], b.results["victim"][m], taus[m])]
+    counted = [m for m in metrics if m not in degenerate]
     with ResultStore(b.run_dir / "results.db") as store:
         victim_acc = next(r["metrics"]["accuracy"] for r in store.rows(kind="train") if r["name"] == VICTIM)
     groups: dict[str, list[dict]] = {"Negative": negs}
@@ -198,7 +204,8 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
     if knockoff:
         kts, kacc, ktime = mean_curve([knockoff_curve(b, s) for s in seeds])
     rows, summary = [], {}
-    head = (["Model", "n", "Acc drop (pts)", "Metrics evaded (mean)", "Evades all"] + metrics
+    head = (["Model", "n", "Acc drop (pts)", f"Metrics evaded (mean, of {len(counted)})", "Evades all"]
+            + [f"{m} (degenerate τ)" if m in degenerate else m for m in metrics]
             + ["s/iteration", "x FT", "Time (s)"] + (["KnockoffNets to this accuracy (it / s)"] if knockoff else []))
     ft_per_it = None
     for label, ms in groups.items():   # the cost unit: FT's seconds per iteration (its first row)
@@ -207,7 +214,7 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
             ft_per_it = float(np.mean(vals)) if vals else None
     for label, ms in groups.items():
         drops = [(victim_acc - m["accuracy"]) * 100 for m in ms]
-        evaded = [[not verdict(known[k], m[k], taus[k]) for k in metrics] for m in ms]
+        evaded = [[not verdict(known[k], m[k], taus[k]) for k in counted] for m in ms]
         n_ev = [sum(e) for e in evaded]
         per_metric = [sum(1 for m in ms if verdict(known[k], m[k], taus[k])) for k in metrics]
         its = [m.get("trained_iterations", m.get("iterations")) for m in ms]
@@ -219,7 +226,7 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
                           "copies": dict(zip(metrics, per_metric)),
                           "per_iteration_s": float(np.mean(per_it)) if per_it else None, "cost_vs_ft": ratio}
         cells = [label, str(len(ms)), f"{np.mean(drops):.2f}±{np.std(drops, ddof=1) if len(ms) > 1 else 0:.2f}",
-                 f"{np.mean(n_ev):.1f}/{len(metrics)}", f"{summary[label]['evades_all']}/{len(ms)}"]
+                 f"{np.mean(n_ev):.1f}/{len(counted)}", f"{summary[label]['evades_all']}/{len(ms)}"]
         cells += [f"{c}/{len(ms)} copy" for c in per_metric]
         cells += [f"{np.mean(per_it):.3f}" if per_it else "-", f"{ratio:.1f}" if ratio else "-",
                   f"{np.mean([t for t in times if t is not None]):.1f}" if any(t is not None for t in times) else "-"]
@@ -255,8 +262,12 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
         rules[rule] = {"taus": t, "false_positive_rate": fpr, "baseline_detection_rate": det}
         lines.append(f"| {rule} | false-positive rate (negatives) | " + " | ".join(f"{fpr[m]:.2f}" for m in metrics) + " |")
         lines.append(f"| {rule} | detection rate (FT/WP/Distill) | " + " | ".join(f"{det[m]:.2f}" for m in metrics) + " |")
-    lines += ["", "### Aims", ""] + aims(summary, metrics, len(seeds), variants)
-    return "\n".join(lines), {"summary": summary, "taus": taus, "taus_references": taus_ref, "metrics": metrics,
+    lines += ["", "### Aims", ""] + aims(summary, counted, len(seeds), variants)
+    if degenerate:
+        lines += ["", f"Degenerate thresholds (the victim itself is not called a copy at τ; not counted in "
+                      f"'Metrics evaded', 'Evades all' or the aims): {', '.join(degenerate)}."]
+    return "\n".join(lines), {"summary": summary, "taus": taus, "taus_references": taus_ref, "metrics": counted,
+                              "degenerate": degenerate, "all_metrics": metrics,
                               "victim_accuracy": victim_acc, "rules": rules}
 
 
