@@ -114,3 +114,22 @@ def test_report_rule_parameters_alone_apply_to_the_spec_rule(run_dir, capsys):
     assert main(["report", str(run_dir), "--q", "10"]) == 2
     assert capsys.readouterr().err == ("error: the minmax rule takes no parameter q (rules and their parameters: "
                                        "minmax: none, normal: k, percentile: q and margin)\n")
+
+
+def test_a_distance_threshold_at_zero_is_flagged_degenerate(run_dir):
+    """A reference reaching distance 0 puts the min/max tau at 0: no distance is below it, nothing can be called
+    a copy. The metric is flagged (with why), left out of tau and of the votes, never scored silently."""
+    with ResultStore(run_dir / "results.db") as s:
+        plan = s.get_meta("plan")
+        for row in s.rows(kind="score"):
+            if row["id"] in plan:
+                m = dict(row["metrics"])
+                m["SAC"] = 0.0 if row["config"]["role"] == "reference" and row["config"]["index"] == 1 else m["SAC"]
+                s.record({"id": row["id"], "kind": "score", "name": row["name"], "seed": row["seed"],
+                          "config": row["config"]}, "done", metrics=m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        td = build_table(run_dir)
+    assert "SAC" in td.degenerate and "threshold 0" in td.degenerate_why["SAC"]
+    assert "SAC" not in td.taus and td.pool == ["IPG-MR"] and "SAC" not in td.metrics
+    assert "Degenerate metrics" in to_markdown(td) and "SAC (threshold 0" in to_markdown(td)

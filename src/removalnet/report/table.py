@@ -127,6 +127,12 @@ def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = N
             for m in metrics}
     have_refs = all(refs[m] for m in metrics) and metrics
     taus = rule.calibrate(refs, [known[m] for m in metrics]) if have_refs else {}
+    # a distance threshold at or below 0 calls nothing a copy (a reference reached 0): no evidence either
+    for m in [m for m in metrics if known[m].direction == "distance" and m in taus and taus[m] <= 0]:
+        degenerate_why[m] = f"threshold {taus.pop(m):.3g}: no distance is below it (a reference model reached 0)"
+    degenerate = sorted(degenerate_why)
+    pool = [m for m in pool if m not in degenerate_why]
+    metrics = [m for m in metrics if m not in degenerate_why]
     labels = [a["label"] for a in spec.get("attacks", [])] + ["Negative"]
     table_rows = []
     for label in labels:
