@@ -34,6 +34,7 @@ from removalnet.experiment.artifacts import (VICTIM, attack_job, dataset, finger
                                              score_job, slug, training_split, verifier_data)
 from removalnet.experiment.store import ResultStore
 from removalnet.train import evaluate
+from removalnet.utils import RemovalNetError
 from removalnet.verify import FingerprintCache, all_metrics, calibrate, create_verifier, verdict
 
 HERE = Path(__file__).resolve().parent
@@ -136,7 +137,12 @@ class Bench:
         sub = build_substitute(self.victim, train, scenario="ltd", count=int(round(0.01 * len(full))), seed=seed)
         attack = create_attack("removalnet-plus", **params)
         t0 = time.perf_counter()
-        surrogate = attack(self.victim, sub, seed=seed)
+        try:
+            surrogate = attack(self.victim, sub, seed=seed)
+        except RemovalNetError as e:   # e.g. a loss became non-finite: recorded, reported, never scored
+            self.results[key] = {"failed": str(e)}
+            self.save()
+            return self.results[key]
         wall = time.perf_counter() - t0
         save_checkpoint(self.out / slug(name) / f"seed-{seed}.safetensors", surrogate, {"variant": name, "seed": seed,
                                                                                          "params": attack.params})
@@ -197,9 +203,14 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
                     m["time_s"] = at["metrics"]["time_s"]
                     m["iterations"] = at["metrics"]["iterations"]
                 groups.setdefault(a.label, []).append(m)
+    failed = {}
     for v in variants:
         for s in seeds:
-            groups.setdefault(v, []).append(b.results[f"variant/{v}/seed-{s}"])
+            r = b.results[f"variant/{v}/seed-{s}"]
+            if "failed" in r:
+                failed[f"{v} seed {s}"] = r["failed"]
+            else:
+                groups.setdefault(v, []).append(r)
     from removalnet.studies.efficiency import iterations_to_reach, mean_curve
     if knockoff:
         kts, kacc, ktime = mean_curve([knockoff_curve(b, s) for s in seeds])
@@ -263,6 +274,9 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
         lines.append(f"| {rule} | false-positive rate (negatives) | " + " | ".join(f"{fpr[m]:.2f}" for m in metrics) + " |")
         lines.append(f"| {rule} | detection rate (FT/WP/Distill) | " + " | ".join(f"{det[m]:.2f}" for m in metrics) + " |")
     lines += ["", "### Aims", ""] + aims(summary, counted, len(seeds), variants)
+    if failed:
+        lines += ["", "Failed runs (left out of their row's n): "
+                  + "; ".join(f"{k}: {msg}" for k, msg in failed.items()) + "."]
     if degenerate:
         lines += ["", f"Degenerate thresholds (the victim itself is not called a copy at τ; not counted in "
                       f"'Metrics evaded', 'Evades all' or the aims): {', '.join(degenerate)}."]
@@ -280,6 +294,7 @@ def aims(summary: dict, metrics: list[str], n_seeds: int, variants: list[str], m
     """Per surviving metric, the variants that evade it in >= min_seeds seeds at <= max_drop points; and the
     variants judged not a copy by every metric in >= min_seeds seeds at <= max_drop points and <= max_cost x FT."""
     out = []
+    variants = [v for v in variants if v in summary]   # a variant whose every run failed has no row
     for m in [m for m in SURVIVORS if m in metrics] + [m for m in metrics if m.startswith("DJS")]:
         ok = [v for v in variants if summary[v]["n"] - summary[v]["copies"][m] >= min_seeds
               and summary[v]["drop"] <= max_drop]
@@ -333,7 +348,8 @@ def main() -> None:
         for v in args.variants:
             for s in seeds:
                 m = b.variant(v, VARIANTS[v], s)
-                print(f"{arch} {v} seed {s}: accuracy {m['accuracy']:.4f}", flush=True)
+                print(f"{arch} {v} seed {s}: " + (f"failed: {m['failed']}" if "failed" in m
+                                                     else f"accuracy {m['accuracy']:.4f}"), flush=True)
         if not args.summary:
             continue
         table, data = summarise(b, seeds, args.variants, args.knockoff)
