@@ -164,7 +164,8 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
         elif node.op == "call_function" and any(isinstance(a, torch.fx.Node) and a.name in blocked
                                                 for a in node.all_input_nodes):
             if node.target in (torch.relu, torch.nn.functional.relu, torch.nn.functional.dropout) \
-                    and node.args[0].name in blocked and len(node.all_input_nodes) == 1:
+                    and isinstance(node.args[0], torch.fx.Node) and node.args[0].name in blocked \
+                    and len(node.all_input_nodes) == 1:
                 space_of[node.name] = in_space(node.args[0])
                 blocked.add(node.name)
             else:
