@@ -117,8 +117,9 @@ class Bench:
 
     def existing(self, key: str, model_job_name: str) -> dict[str, float]:
         """Scores of a model of the table run: its stored metrics plus the alignment-aware and scale-invariant
-        DeepJudge."""
-        if key not in self.results:
+        DeepJudge (re-scored when a stored row lacks one of their metrics, e.g. a verifier added since)."""
+        want = {m.name for n in EXTRA for m in create_verifier(n, **self.verifiers[n]).metrics}
+        if key not in self.results or not want <= set(self.results[key]):
             row = self.db[score_job(model_job_name)]
             model, _ = load_checkpoint(model_path(self.run_dir, model_job_name))
             m = dict(row["metrics"])
@@ -246,7 +247,7 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
             summary[label]["knockoff_to_reach"] = reach
             cells.append(f"{reach} / {ktime[kts.index(reach)]:.0f}" if reach is not None else f"> {kts[-1]} (not reached)")
         rows.append(cells)
-    pad = " |" * (len(head) - 5 - len(metrics))
+    pad = " |" * (len(head) - 5 - len(metrics) + 1)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["| τ (closest of the 10 independent models) | | | | | " + " | ".join(f"{taus[m]:.3f}" for m in metrics) + pad]
     lines += ["| τ (min/max, 5 references) | | | | | " + " | ".join(f"{taus_ref[m]:.3f}" for m in metrics) + pad]

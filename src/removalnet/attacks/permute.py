@@ -210,6 +210,7 @@ def channel_spaces(model: nn.Module, example: torch.Tensor) -> list[ChannelSpace
         elif node.op == "call_function" and node.target in _PASS_FN and node.args and in_space(node.args[0]) is not None:
             space_of[node.name] = in_space(node.args[0])
         elif node.op == "call_function" and node.target is torch.flatten and in_space(node.args[0]) is not None \
+                and len(node.args) == 2 and not node.kwargs and node.args[1] == 1 \
                 and shape(node.args[0]) is not None and len(shape(node.args[0])) == 4 \
                 and shape(node.args[0])[2:] == (1, 1):
             space_of[node.name] = in_space(node.args[0])

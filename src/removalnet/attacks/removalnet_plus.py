@@ -161,6 +161,7 @@ class RemovalNetPlus(Attack):
                 perms = random_permutations(spaces, gen)
             permuted = permute_model(ctx.surrogate, spaces, perms)
             ctx.surrogate.load_state_dict(permuted.state_dict())
+
         def rescale() -> None:   # 1b. rescaling (function-preserving in eval mode)
             ctx.surrogate.eval()
             spaces = channel_spaces(ctx.surrogate, x_tr[:2])

@@ -94,7 +94,7 @@ def channel_scales(model: nn.Module, x: torch.Tensor, spaces: list[ChannelSpace]
     for sp in todo:
         c = sp.channels
         rank = torch.empty(c, dtype=torch.float64)
-        rank[torch.sort(sums[sp.id], stable=True).indices] = torch.arange(c, dtype=torch.float64)
+        rank[torch.sort(sums[sp.id].cpu(), stable=True).indices] = torch.arange(c, dtype=torch.float64)
         frac = rank / (c - 1) if c > 1 else torch.full((c,), 0.5, dtype=torch.float64)
         out[sp.id] = torch.exp((1 - 2 * frac) * log_s)
     return out

@@ -12,7 +12,8 @@ uses) on the fingerprint's inputs, the seeds and the white-box test cases, are s
 neuron's own mean and standard deviation over those inputs (population std; the victim with the victim's
 statistics, the suspect with the suspect's) BEFORE the channels are matched and before LOD and LAD are taken
 on the test-case rows (metrics ``DJS-LOD``, ``DJS-LAD``; DJS-LAD reduces over neurons as ``lad_reduction``
-says). The result is exactly invariant to any positive per-neuron affine map ``a -> s a + t`` (``s > 0``),
+says). The result is invariant to any positive per-neuron affine map ``a -> s a + t`` (``s > 0``; exactly,
+but for a neuron at the ``CONSTANT_TOL`` border, whose constant test depends on ``t``),
 so to rescaling, and, by the matching, to permutation: a permuted and rescaled copy gets the metrics of the
 plain copy (0 for the victim itself). A neuron that is constant over the fingerprint inputs (standard
 deviation at most ``CONSTANT_TOL`` times its largest magnitude, float32 rounding included, or all zeros: a
