@@ -6,12 +6,16 @@ The components, each a parameter (``0``/``"none"`` switches it off):
    surrogate starts as the victim with its hidden channels reordered, chosen by linear assignment to move
    every layer's activations as far from the victim's as a permutation can, on the attacker's data. Free:
    the function is unchanged; it defeats channel-aligned white-box metrics (DeepJudge LOD/LAD).
-   Optionally, **channel rescaling** (``rescale``: farthest | random | none, default none;
+   Optionally, **channel rescaling** (``rescale``: farthest | lad | random | none, default none;
    ``rescale_spread``; :mod:`removalnet.attacks.rescale`): positive per-channel scales, also
    function-preserving, against the alignment-aware DeepJudge (DJA-LOD/LAD) that undoes the permutation;
    applied to the returned surrogate (``rescale_when: end``, the default: free, and training never sees the
    scales; checkpoints scored during training are unscaled) or to the permuted start (``start``: training
    then runs on the rescaled network, whose badly conditioned layers drift further from the victim).
+   ``rescale: lad`` chooses the scales that flip the most DeepJudge activation patterns (LAD) on
+   ``rescale_inputs``: the attacker's data, or (``deepjudge``) the test cases DeepJudge's public generation
+   algorithm makes from the attacker's data at the victim's ``default_layer``, the kind of input LAD is measured
+   on (the verifier's own inputs stay secret).
 2. **Distillation** on the attacker's data: ``alpha`` x CE(F_S(x), y_hat) + (1 - alpha) x T^2 x
    KL(softmax(target / T) || softmax(F_S(x) / T)), the target being the victim's logits, or RemovalNet's
    logit level (``logit_level: ilbs``, Algorithm 2: interpolated towards the farthest logit of the batch);
@@ -57,6 +61,7 @@ from ..data.subsets import dataset_labels
 from ..utils import RemovalNetError
 from ..verify.adversarial import pgd
 from ..verify.base import batched_apply
+from ..verify.deepjudge import generate_tests, neuron_max, select_seeds
 from . import adaptive_losses as adaptive
 from .base import Attack, AttackContext, Param, register_attack
 from .permute import channel_spaces, farthest_permutations, permute_model, random_permutations
@@ -84,11 +89,14 @@ class RemovalNetPlus(Attack):
         "permute": Param("farthest", str, choices=("farthest", "random", "none"), doc="channel permutation"),
         "permute_features": Param("patterns", str, choices=("maps", "channel_means", "patterns"),
                                   doc="what the farthest permutation pulls apart (attacks.permute.farthest_permutations)"),
-        "rescale": Param("none", str, choices=("none", "farthest", "random"),
+        "rescale": Param("none", str, choices=("none", "farthest", "lad", "random"),
                          doc="function-preserving channel rescaling after the permutation (attacks.rescale)",
                          omit_default=True),
         "rescale_spread": Param(4.0, float, low=1.0, low_open=True,
                                 doc="largest channel scale; the smallest is 1 / rescale_spread", omit_default=True),
+        "rescale_inputs": Param("data", str, choices=("data", "deepjudge"), omit_default=True,
+                                doc="inputs the lad scales are chosen on: the attacker's data, or DeepJudge's public "
+                                    "test generation run on it at the victim's default_layer"),
         "rescale_when": Param("end", str, choices=("end", "start"),
                               doc="rescale the returned surrogate (end: free, training unaffected) or the "
                                   "permuted start before training", omit_default=True),
@@ -135,6 +143,7 @@ class RemovalNetPlus(Attack):
     def run(self, ctx: AttackContext) -> None:
         p = self.params
         victim, dev, gen = ctx.victim, ctx.device, ctx.generator
+        self.rescale_tests: dict[str, int] | None = None
         labels = torch.as_tensor(dataset_labels(ctx.substitute))
         n = len(labels)
         order = torch.randperm(n, generator=gen)
@@ -162,11 +171,29 @@ class RemovalNetPlus(Attack):
             permuted = permute_model(ctx.surrogate, spaces, perms)
             ctx.surrogate.load_state_dict(permuted.state_dict())
 
+        def scale_inputs() -> torch.Tensor:
+            """The attacker's data, or DeepJudge's white-box tests generated from it (its public algorithm and
+            defaults: the 100 seeds the victim is most confident on, k = 3 x each neuron's maximum on the
+            attacker's data, up to 256 (seed, neuron) pairs of 1000 Adam steps of 0.01)."""
+            if p["rescale_inputs"] == "data" or p["rescale"] != "lad":
+                return x_tr
+            layer = victim.default_layer
+            if getattr(victim, "unsplit_reason", None):
+                raise RemovalNetError(f"removalnet-plus: rescale_inputs=deepjudge needs split layers, and the victim "
+                                      f"has none ({victim.unsplit_reason}); give --split-after or use "
+                                      "rescale_inputs=data")
+            seeds = x_tr[select_seeds(v_logits.cpu(), y_hat.cpu(), 100).to(dev)]
+            maxima = neuron_max(victim, layer, x_tr, device=dev)
+            tests = generate_tests(victim, layer, seeds, neuron_maxima=maxima, device=dev)
+            x = tests["x"][tests["reached"]] if bool(tests["reached"].any()) else tests["x"]
+            self.rescale_tests = {"tried": int(len(tests["reached"])), "reached": int(tests["reached"].sum())}
+            return x.to(dev)
+
         def rescale() -> None:   # 1b. rescaling (function-preserving in eval mode)
             ctx.surrogate.eval()
             spaces = channel_spaces(ctx.surrogate, x_tr[:2])
-            scales = channel_scales(ctx.surrogate, x_tr, spaces, mode=p["rescale"], spread=p["rescale_spread"],
-                                    generator=gen)
+            scales = channel_scales(ctx.surrogate, scale_inputs(), spaces, mode=p["rescale"],
+                                    spread=p["rescale_spread"], generator=gen)
             ctx.surrogate.load_state_dict(rescale_model(ctx.surrogate, spaces, scales).state_dict())
 
         if p["rescale"] != "none" and p["rescale_when"] == "start":
@@ -309,4 +336,5 @@ class RemovalNetPlus(Attack):
         self.selected_t = best["t"] if best["state"] is not None else None
         if p["rescale"] != "none" and p["rescale_when"] == "end":
             rescale()   # on the returned surrogate: free, and its training never sees the scales
-        self.history.append({"t": self.selected_t, "selected": True, "selection": self.selection})
+        self.history.append({"t": self.selected_t, "selected": True, "selection": self.selection,
+                             **({"rescale_tests": self.rescale_tests} if self.rescale_tests else {})})

@@ -36,9 +36,9 @@ from torch import nn
 from ..utils import RemovalNetError
 from .permute import ChannelSpace, _features, _probe_activations, channel_spaces
 
-__all__ = ["SCALE_MODES", "scalable", "channel_scales", "rescale_model"]
+__all__ = ["SCALE_MODES", "scalable", "channel_scales", "lad_flips", "rescale_model"]
 
-SCALE_MODES = ("farthest", "random")
+SCALE_MODES = ("farthest", "lad", "random")
 
 
 def scalable(sp: ChannelSpace) -> bool:
@@ -55,7 +55,7 @@ def _check_spread(spread: float) -> float:
 
 def channel_scales(model: nn.Module, x: torch.Tensor, spaces: list[ChannelSpace] | None = None,
                    mode: str = "farthest", spread: float = 4.0, generator: torch.Generator | None = None,
-                   batch_size: int = 256) -> dict[int, torch.Tensor]:
+                   batch_size: int = 256, threshold: float = 0.5, sweeps: int = 3) -> dict[int, torch.Tensor]:
     """One positive scale vector (float64, one entry per channel) per scalable space of ``model``.
 
     ``"random"``: log-uniform in ``[1 / spread, spread]`` (``generator`` seeds it).
@@ -70,6 +70,14 @@ def channel_scales(model: nn.Module, x: torch.Tensor, spaces: list[ChannelSpace]
     patterns. LOD compares raw magnitudes: a strong channel moves by ``(1 - 1 / spread)`` of its value, a weak
     one by ``(spread - 1)`` times its value, so every neuron moves. Positive scales keep signs and ReLU
     patterns, so the function is unchanged (:func:`rescale_model`).
+
+    ``"lad"``: aimed at DeepJudge's LAD (eq. 2, official form: per input, min-max normalise the channel means
+    over the channels, active = above ``threshold``). On the attacker's inputs ``x`` (their channel means at the
+    space's last node), from the better of no scaling and the ``farthest`` scales, coordinate ascent over the
+    channels (at most ``sweeps`` passes; each channel's scale
+    chosen from nine log-spaced values in ``[1 / spread, spread]``) maximises the mean number of channels whose
+    active state differs between the network and its rescaled copy (:func:`lad_flips`): the LAD the copy
+    would score on these inputs. The fingerprint's own inputs are never used.
     """
     if mode not in SCALE_MODES:
         raise RemovalNetError(f"rescale mode must be one of {', '.join(SCALE_MODES)}, got {mode!r}")
@@ -87,17 +95,63 @@ def channel_scales(model: nn.Module, x: torch.Tensor, spaces: list[ChannelSpace]
     for start in range(0, len(x), batch_size):
         acts = _probe_activations(gm, x[start:start + batch_size], {sp.probe for sp in todo})
         for sp in todo:
-            m = _features(acts[sp.probe].double(), "channel_means").sum(1)   # C: summed over the inputs
-            sums[sp.id] = sums[sp.id] + m if sp.id in sums else m
+            m = _features(acts[sp.probe].double(), "channel_means")   # (C, N)
+            if mode == "lad":                                          # keep every input's (N, C) means
+                sums[sp.id] = torch.cat([sums[sp.id], m.t()]) if sp.id in sums else m.t()
+            else:                                                      # C: summed over the inputs
+                sums[sp.id] = sums[sp.id] + m.sum(1) if sp.id in sums else m.sum(1)
     model.train(was)
-    out = {}
-    for sp in todo:
-        c = sp.channels
-        rank = torch.empty(c, dtype=torch.float64)
-        rank[torch.sort(sums[sp.id].cpu(), stable=True).indices] = torch.arange(c, dtype=torch.float64)
-        frac = rank / (c - 1) if c > 1 else torch.full((c,), 0.5, dtype=torch.float64)
-        out[sp.id] = torch.exp((1 - 2 * frac) * log_s)
-    return out
+    if mode == "lad":
+        return {sp.id: _lad_scales(sums[sp.id].cpu(), spread, threshold, sweeps) for sp in todo}
+    return {sp.id: _rank_scales(sums[sp.id].cpu(), spread) for sp in todo}
+
+
+def _rank_scales(sums: torch.Tensor, spread: float) -> torch.Tensor:
+    """The ``farthest`` rule: the weakest channel (smallest summed mean) ``spread``, the strongest
+    ``1 / spread``, log-linear by rank between them."""
+    c = len(sums)
+    rank = torch.empty(c, dtype=torch.float64)
+    rank[torch.sort(sums, stable=True).indices] = torch.arange(c, dtype=torch.float64)
+    frac = rank / (c - 1) if c > 1 else torch.full((c,), 0.5, dtype=torch.float64)
+    return torch.exp((1 - 2 * frac) * math.log(spread))
+
+
+def _active(means: torch.Tensor, threshold: float) -> torch.Tensor:
+    """DeepJudge's activation pattern (official ``normalize`` then ``> theta``) over the last axis of ``means``."""
+    lo, hi = means.min(-1, keepdim=True).values, means.max(-1, keepdim=True).values
+    return (means - lo) / (hi - lo + 1e-6) > threshold
+
+
+def lad_flips(means: torch.Tensor, scales: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per input, how many channels change their active state when the channel means (N, C) are multiplied by
+    ``scales``: DeepJudge's LAD (sum over neurons) between a network and its rescaled copy on these inputs."""
+    return (_active(means, threshold) != _active(means * scales, threshold)).sum(-1).double()
+
+
+def _lad_scales(means: torch.Tensor, spread: float, threshold: float, sweeps: int) -> torch.Tensor:
+    """Coordinate ascent of the mean :func:`lad_flips` over log-spaced scales (``channel_scales(mode="lad")``)."""
+    c = means.shape[1]
+    grid = torch.tensor([spread ** (k / 4) for k in range(-4, 5)], dtype=torch.float64)
+    scales = torch.ones(c, dtype=torch.float64)
+    if c < 2 or len(means) == 0:
+        return scales
+    base = _active(means, threshold)
+    best = float(lad_flips(means, scales, threshold).mean())
+    ranked = _rank_scales(means.sum(0), spread)   # start from the better of no scaling and the farthest rule
+    if float(lad_flips(means, ranked, threshold).mean()) > best:
+        scales, best = ranked, float(lad_flips(means, ranked, threshold).mean())
+    for _ in range(max(1, int(sweeps))):
+        changed = False
+        for ch in range(c):
+            trial = scales.repeat(len(grid), 1)       # (G, C): every grid value for this channel at once
+            trial[:, ch] = grid
+            flips = (_active(means.unsqueeze(0) * trial.unsqueeze(1), threshold) != base).sum(2).double().mean(1)
+            g = int(torch.argmax(flips))
+            if float(flips[g]) > best + 1e-9:
+                best, scales, changed = float(flips[g]), trial[g].clone(), True
+        if not changed:
+            break
+    return scales
 
 
 def _consumer_scale(m: nn.Module, inv: torch.Tensor, channels: int) -> torch.Tensor:
