@@ -31,7 +31,7 @@ from removalnet.attacks import build_substitute, create_attack
 from removalnet.checkpoint import load_checkpoint, save_checkpoint
 from removalnet.experiment import load_spec
 from removalnet.experiment.artifacts import (VICTIM, attack_job, dataset, fingerprint_dir, model_job, model_path,
-                                             score_job, slug, training_split, verifier_data)
+                                             score_job, slug, training_split, verifier_data, verifier_train_data)
 from removalnet.experiment.store import ResultStore
 from removalnet.train import evaluate
 from removalnet.utils import RemovalNetError
@@ -103,25 +103,63 @@ class Bench:
         for name in EXTRA:
             self.verifiers[name] = dict(self.spec.verifiers.get("deepjudge", {}))
         self.cache = FingerprintCache(fingerprint_dir(self.run_dir))
-        self.fps = {name: self.cache.get_or_extract(create_verifier(name, **params), self.victim,
-                                                    verifier_data(self.cfg), seed=0)
-                    for name, params in self.verifiers.items()}
+        # exactly the table run's fingerprints: DeepJudge's k from the victim's training data, as the experiment
+        self.fps = {}
+        self.legacy_keys = {}   # the keys rows scored before DeepJudge's k came from the training data carry
+        for name, params in self.verifiers.items():
+            v = create_verifier(name, **params)
+            self.fps[name] = self.cache.get_or_extract(v, self.victim, verifier_data(self.cfg), seed=0,
+                                                       train_data=verifier_train_data(v, self.cfg))
+            self.legacy_keys[name] = v.key(self.victim, verifier_data(self.cfg), seed=0)
+        self.fp_keys = {name: fp.key for name, fp in self.fps.items()}
         with ResultStore(self.run_dir / "results.db") as store:
             plan = set(store.get_meta("plan"))
             self.db = {r["name"]: r for r in store.rows(kind="score") if r["id"] in plan and r["status"] == "done"}
             attacks = {r["name"]: r for r in store.rows(kind="attack") if r["id"] in plan and r["status"] == "done"}
         self.attack_times = attacks
 
-    def save(self) -> None:
-        """Merge this process's results into the file (several processes may run disjoint --variants at once)."""
+    def save(self, *keys: str) -> None:
+        """Write ``keys`` of this process's results into the file, merged with what is on disk (several processes
+        may run disjoint --variants at once; a process never writes back rows it did not change)."""
         import fcntl
         with open(self.out / "results.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             on_disk = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
-            self.results = {**on_disk, **self.results}
+            on_disk.update({k: self.results[k] for k in keys})
+            self.results = {**self.results, **on_disk}
             tmp = self.results_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.results, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps(on_disk, indent=1, sort_keys=True))
             os.replace(tmp, self.results_path)
+
+    def refresh(self) -> int:
+        """Re-score every stored row with the verifiers whose fingerprint changed since it was scored (its
+        ``fingerprints`` keys; rows without them used ``legacy_keys``). Variants are re-scored from their saved
+        surrogates; the table's rows lose the changed extra metrics, which :meth:`existing` then re-scores.
+        Returns how many rows changed."""
+        n = 0
+        for key, row in sorted(self.results.items()):
+            if key.startswith("knockoff/") or not isinstance(row, dict) or "failed" in row:
+                continue
+            had = row.get("fingerprints", self.legacy_keys)
+            changed = [v for v in self.fp_keys if had.get(v) != self.fp_keys[v]]
+            if not changed:
+                continue
+            if key.startswith("variant/"):
+                _, name, seed = key.split("/")
+                model, _ = load_checkpoint(self.out / slug(name) / f"{seed}.safetensors")
+                row.update(self.score(model, changed))
+            elif key == "victim":
+                row.update(self.score(self.victim, changed))
+            else:   # a table model: its own verifiers' metrics come from the table run, the extra ones are redone
+                for v in changed:
+                    if v in EXTRA:
+                        for m in create_verifier(v, **self.verifiers[v]).metrics:
+                            row.pop(m.name, None)
+            row["fingerprints"] = dict(self.fp_keys)
+            n += 1
+            print(f"re-scored {key} with {', '.join(changed)}", flush=True)
+            self.save(key)
+        return n
 
     def score(self, model, names=None) -> dict[str, float]:
         out = {}
@@ -140,8 +178,9 @@ class Bench:
             m = dict(row["metrics"])
             m.update(self.score(model, list(EXTRA)))
             m.pop("score_time_s", None)
+            m["fingerprints"] = dict(self.fp_keys)
             self.results[key] = m
-            self.save()
+            self.save(key)
         return self.results[key]
 
     def variant(self, name: str, params: dict, seed: int) -> dict[str, float]:
@@ -157,16 +196,16 @@ class Bench:
             surrogate = attack(self.victim, sub, seed=seed)
         except RemovalNetError as e:   # e.g. a loss became non-finite: recorded, reported, never scored
             self.results[key] = {"failed": str(e)}
-            self.save()
+            self.save(key)
             return self.results[key]
         wall = time.perf_counter() - t0
         save_checkpoint(self.out / slug(name) / f"seed-{seed}.safetensors", surrogate, {"variant": name, "seed": seed,
                                                                                          "params": attack.params})
         m = {"accuracy": evaluate(surrogate, self.test), **self.score(surrogate), "time_s": wall,
              "iterations": attack.params["iterations"], "selected_t": attack.selected_t,
-             "trained_iterations": len(attack.trace)}
+             "trained_iterations": len(attack.trace), "fingerprints": dict(self.fp_keys)}
         self.results[key] = m
-        self.save()
+        self.save(key)
         return m
 
 
@@ -183,7 +222,7 @@ def knockoff_curve(b: Bench, seed: int) -> list[dict]:
         attack = create_attack("knockoff", **KNOCKOFF)
         attack(b.victim, sub, seed=seed, eval_set=b.test)
         b.results[key] = attack.history
-        b.save()
+        b.save(key)
     return b.results[key]
 
 
@@ -200,8 +239,8 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
     taus_ref = calibrate({m: [r[m] for r in refs] for m in metrics}, [known[m] for m in metrics], "minmax")
     # a threshold that does not even call the victim itself a copy carries no evidence: flagged, and not counted
     if "victim" not in b.results:
-        b.results["victim"] = b.score(b.victim)
-        b.save()
+        b.results["victim"] = {**b.score(b.victim), "fingerprints": dict(b.fp_keys)}
+        b.save("victim")
     degenerate = [m for m in metrics if not verdict(known[m], b.results["victim"][m], taus[m])]
     counted = [m for m in metrics if m not in degenerate]
     with ResultStore(b.run_dir / "results.db") as store:
@@ -368,6 +407,7 @@ def main() -> None:
                                                      else f"accuracy {m['accuracy']:.4f}"), flush=True)
         if not args.summary:
             continue
+        b.refresh()
         table, data = summarise(b, seeds, args.variants, args.knockoff)
         png = HERE / "results" / f"removal-{arch}.png"
         pareto_plot(data["summary"], len(data["metrics"]), png, f"{arch} (width 8), Fashion-MNIST, S_LTD 1%")
