@@ -241,7 +241,13 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
     if "victim" not in b.results:
         b.results["victim"] = {**b.score(b.victim), "fingerprints": dict(b.fp_keys)}
         b.save("victim")
-    degenerate = [m for m in metrics if not verdict(known[m], b.results["victim"][m], taus[m])]
+    # ... and so does a metric its fingerprint declares degenerate (e.g. DeepJudge with no test case reached)
+    declared = set()
+    for name, fp in b.fps.items():
+        declared |= set(fp.meta.get("degenerate", []))
+        if fp.meta.get("fallback_unreached"):   # fingerprints made before the meta listed these too
+            declared |= {m.name for m in create_verifier(name, **b.verifiers[name]).metrics} - {"DJ-RobD", "DJ-JSD"}
+    degenerate = [m for m in metrics if m in declared or not verdict(known[m], b.results["victim"][m], taus[m])]
     counted = [m for m in metrics if m not in degenerate]
     with ResultStore(b.run_dir / "results.db") as store:
         victim_acc = next(r["metrics"]["accuracy"] for r in store.rows(kind="train") if r["name"] == VICTIM)

@@ -497,3 +497,11 @@ def test_no_test_case_reached_falls_back_with_a_warning(victim, digits):
     assert fp.meta["fallback_unreached"] and fp.meta["tests_reached"] == 0
     assert fp.meta["tests_kept"] == fp.meta["tests_tried"] == 24
     assert torch.equal(fp.tensors["tests_x"], fp.tensors["seeds_x"][fp.tensors["tests_seed"]])
+    # no test case: the white-box metrics carry no evidence and say so (flagged, left out of votes)
+    assert {"DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD"} <= set(fp.meta["degenerate"])
+    with pytest.warns(UserWarning, match="no test case reached k"):
+        fpa = create_verifier("deepjudge_aligned", **{**SMALL, "max_iters": 0}).extract(victim, digits[1])
+    assert {"DJA-LOD", "DJA-LAD"} <= set(fpa.meta["degenerate"])
+    reached = DeepJudge(**SMALL).extract(victim, digits[1])
+    assert not reached.meta["fallback_unreached"]
+    assert not {"DJ-LOD", "DJ-LAD", "DJ-NOD", "DJ-NAD"} & set(reached.meta["degenerate"])

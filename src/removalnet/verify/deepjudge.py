@@ -40,8 +40,9 @@ Fingerprint (``extract``):
    pair becomes a test case as soon as a_c(x) > k_c. Up to ``batch_size`` pairs are in flight at once; Adam's
    state is per element, so each pair follows exactly the path it would follow alone. At most ``max_tests``
    pairs are tried (default 256; the official code tries every seed with every neuron, ``num_seeds * C``);
-   how many reached k is recorded in the meta. If none does, every tried pair's last iterate is kept and a
-   warning is given.
+   how many reached k is recorded in the meta. If none does, every tried pair's last iterate is kept, a
+   warning is given, and ``degenerate`` in the meta lists the white-box metrics (the official code has no
+   test case then: they carry no evidence, and are flagged and left out of votes).
 3. Black-box test cases from the victim on the seeds, official ``adversarial_attacks.PGD`` with the
    generation script's settings: random start uniform in [-``pgd_eps``, ``pgd_eps``] (0.1), ``pgd_steps`` (10)
    sign-gradient steps of ``pgd_step_size`` (0.03) on the cross-entropy of the true labels, clipped to [0, 1]
@@ -417,7 +418,8 @@ class DeepJudge(Verifier):
             "mean_iters_reached": float(gen["iters"][reached].double().mean()) if reached.any() else None,
             "adv_tried": int(len(seeds_x)), "adv_kept": kept,
             "victim_adv_accuracy": None if kept == 0 else float(victim_adv_acc),
-            "degenerate": [] if kept else ["DJ-RobD", "DJ-JSD"],
+            "degenerate": ([] if kept else ["DJ-RobD", "DJ-JSD"])
+                          + ([m.name for m in self.metrics if m.name not in ("DJ-RobD", "DJ-JSD")] if fallback else []),
         }
         return tensors, meta
 
