@@ -211,7 +211,7 @@ def test_new_params_default_off_validated_and_left_out_of_job_ids():
     assert a.params["mask_mix"] == 0.0 and a.params["cutmix_mix"] == 0.0
     assert a.params["cutmix_ratio"] == pytest.approx(0.2)
     assert not set(NEW) & set(a.identity_params())
-    added_later = set(NEW) | {"rescale", "rescale_spread", "rescale_when"}
+    added_later = set(NEW) | {"rescale", "rescale_spread", "rescale_when", "rescale_inputs"}
     assert {k: v for k, v in a.params.items() if k not in added_later} == a.identity_params()
     b = create_attack("removalnet-plus", mask_mix=0.2, cutmix_target="uniform")
     assert b.identity_params()["mask_mix"] == 0.2 and b.identity_params()["cutmix_target"] == "uniform"
