@@ -156,6 +156,7 @@ class Bench:
                         for m in create_verifier(v, **self.verifiers[v]).metrics:
                             row.pop(m.name, None)
             row["fingerprints"] = dict(self.fp_keys)
+            self.results[key] = row   # save() re-reads the file: the changed row must be the one it writes
             n += 1
             print(f"re-scored {key} with {', '.join(changed)}", flush=True)
             self.save(key)
