@@ -44,8 +44,10 @@ def _verify_json(capsys, args):
     return json.loads(capsys.readouterr().out)
 
 
+# m < 1: the seeds themselves reach k (a few iterations would reach no test case, and DeepJudge's white-box
+# metrics would then be degenerate, with no value)
 DJ = ["--param", "deepjudge.num_seeds=4", "--param", "deepjudge.max_iters=3", "--param", "deepjudge.max_tests=4",
-      "--param", "deepjudge.pgd_steps=1"]
+      "--param", "deepjudge.pgd_steps=1", "--param", "deepjudge.m=0.5"]
 MD = ["--param", "modeldiff.num_pairs=6", "--param", "modeldiff.iterations=20"]
 
 
