@@ -236,18 +236,24 @@ def test_removalnet_plus_with_rescaling():
             create_attack("removalnet-plus", **bad)
 
 
-def test_removalnet_plus_with_rescaling_from_the_cli(tmp_path, capsys):
+def _attack_from_the_cli(tmp_path, capsys, *params):
+    """``removalnet attack removalnet-plus`` on a digits victim, no training, with ``--param`` ``params``."""
     victim, _ = _digits_victim()
     ckpt = tmp_path / "victim.safetensors"
     save_checkpoint(ckpt, victim, {"role": "victim", "dataset": "digits"})
     out = tmp_path / "o"
-    rc = main(["attack", "removalnet-plus", "--victim", str(ckpt), "--data", "digits", "--count", "40",
-               "--param", "iterations=0", "--param", "boundary_mix=0", "--param", "holdout=0",
-               "--param", "rescale=farthest", "--param", "rescale_spread=3", "-q", "--out", str(out)])
+    args = [a for p in ("iterations=0", "boundary_mix=0", "holdout=0", *params) for a in ("--param", p)]
+    rc = main(["attack", "removalnet-plus", "--victim", str(ckpt), "--data", "digits", "--count", "40", *args,
+               "-q", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     model, meta = load_checkpoint(out / "surrogate.safetensors")
-    assert meta["attack"] == "removalnet-plus"
     x = torch.stack([load_dataset("digits", "test")[i][0] for i in range(32)]).float()
+    return victim, ckpt, model, meta, x
+
+
+def test_removalnet_plus_with_rescaling_from_the_cli(tmp_path, capsys):
+    victim, ckpt, model, meta, x = _attack_from_the_cli(tmp_path, capsys, "rescale=farthest", "rescale_spread=3")
+    assert meta["attack"] == "removalnet-plus"
     with torch.no_grad():
         torch.testing.assert_close(model(x), victim(x), **TIGHT)
         assert float((model.head(x, 2) - victim.head(x, 2)).abs().max()) > 1e-2
@@ -353,15 +359,8 @@ def test_removalnet_plus_rescales_on_deepjudge_style_tests():
 
 
 def test_lad_rescaling_from_the_cli(tmp_path, capsys):
-    victim, _ = _digits_victim()
-    ckpt = tmp_path / "victim.safetensors"
-    save_checkpoint(ckpt, victim, {"role": "victim", "dataset": "digits"})
-    out = tmp_path / "o"
-    rc = main(["attack", "removalnet-plus", "--victim", str(ckpt), "--data", "digits", "--count", "40",
-               "--param", "iterations=0", "--param", "boundary_mix=0", "--param", "holdout=0",
-               "--param", "rescale=lad", "--param", "rescale_inputs=deepjudge", "-q", "--out", str(out)])
-    assert rc == 0, capsys.readouterr().err
-    model, _ = load_checkpoint(out / "surrogate.safetensors")
-    x = torch.stack([load_dataset("digits", "test")[i][0] for i in range(32)]).float()
+    victim, _, model, meta, x = _attack_from_the_cli(tmp_path, capsys, "rescale=lad", "rescale_inputs=deepjudge")
+    assert meta["params"]["rescale"] == "lad" and meta["params"]["rescale_inputs"] == "deepjudge"
     with torch.no_grad():
         torch.testing.assert_close(model(x), victim(x), **TIGHT)
+        assert float((model.head(x, 2) - victim.head(x, 2)).abs().max()) > 1e-2
