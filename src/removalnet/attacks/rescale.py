@@ -34,6 +34,7 @@ import torch.fx
 from torch import nn
 
 from ..utils import RemovalNetError
+from ..verify.deepjudge import activation_pattern
 from .permute import ChannelSpace, _features, _probe_activations, channel_spaces
 
 __all__ = ["SCALE_MODES", "scalable", "channel_scales", "lad_flips", "rescale_model"]
@@ -74,10 +75,11 @@ def channel_scales(model: nn.Module, x: torch.Tensor, spaces: list[ChannelSpace]
     ``"lad"``: aimed at DeepJudge's LAD (eq. 2, official form: per input, min-max normalise the channel means
     over the channels, active = above ``threshold``). On the attacker's inputs ``x`` (their channel means at the
     space's last node), from the better of no scaling and the ``farthest`` scales, coordinate ascent over the
-    channels (at most ``sweeps`` passes; each channel's scale
-    chosen from nine log-spaced values in ``[1 / spread, spread]``) maximises the mean number of channels whose
-    active state differs between the network and its rescaled copy (:func:`lad_flips`): the LAD the copy
-    would score on these inputs. The fingerprint's own inputs are never used.
+    channels (at most ``sweeps`` passes; each channel's scale chosen from nine log-spaced values in
+    ``[1 / spread, spread]``) maximises the mean number of channels whose active state differs between the
+    network and its rescaled copy (:func:`lad_flips`, with DeepJudge's own
+    :func:`~removalnet.verify.deepjudge.activation_pattern`): the LAD the copy would score on these inputs. The
+    fingerprint's own inputs are never used.
     """
     if mode not in SCALE_MODES:
         raise RemovalNetError(f"rescale mode must be one of {', '.join(SCALE_MODES)}, got {mode!r}")
@@ -116,16 +118,10 @@ def _rank_scales(sums: torch.Tensor, spread: float) -> torch.Tensor:
     return torch.exp((1 - 2 * frac) * math.log(spread))
 
 
-def _active(means: torch.Tensor, threshold: float) -> torch.Tensor:
-    """DeepJudge's activation pattern (official ``normalize`` then ``> theta``) over the last axis of ``means``."""
-    lo, hi = means.min(-1, keepdim=True).values, means.max(-1, keepdim=True).values
-    return (means - lo) / (hi - lo + 1e-6) > threshold
-
-
 def lad_flips(means: torch.Tensor, scales: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Per input, how many channels change their active state when the channel means (N, C) are multiplied by
     ``scales``: DeepJudge's LAD (sum over neurons) between a network and its rescaled copy on these inputs."""
-    return (_active(means, threshold) != _active(means * scales, threshold)).sum(-1).double()
+    return (activation_pattern(means, threshold) != activation_pattern(means * scales, threshold)).sum(-1).double()
 
 
 def _lad_scales(means: torch.Tensor, spread: float, threshold: float, sweeps: int) -> torch.Tensor:
@@ -135,17 +131,18 @@ def _lad_scales(means: torch.Tensor, spread: float, threshold: float, sweeps: in
     scales = torch.ones(c, dtype=torch.float64)
     if c < 2 or len(means) == 0:
         return scales
-    base = _active(means, threshold)
-    best = float(lad_flips(means, scales, threshold).mean())
-    ranked = _rank_scales(means.sum(0), spread)   # start from the better of no scaling and the farthest rule
-    if float(lad_flips(means, ranked, threshold).mean()) > best:
-        scales, best = ranked, float(lad_flips(means, ranked, threshold).mean())
+    base = activation_pattern(means, threshold)
+    ranked = _rank_scales(means.sum(0), spread)   # start from the better of no scaling (0 flips) and the
+    best = float(lad_flips(means, ranked, threshold).mean())   # farthest rule
+    if best > 0:
+        scales = ranked
     for _ in range(max(1, int(sweeps))):
         changed = False
         for ch in range(c):
             trial = scales.repeat(len(grid), 1)       # (G, C): every grid value for this channel at once
             trial[:, ch] = grid
-            flips = (_active(means.unsqueeze(0) * trial.unsqueeze(1), threshold) != base).sum(2).double().mean(1)
+            flips = (activation_pattern(means.unsqueeze(0) * trial.unsqueeze(1), threshold) != base).sum(2)
+            flips = flips.double().mean(1)
             g = int(torch.argmax(flips))
             if float(flips[g]) > best + 1e-9:
                 best, scales, changed = float(flips[g]), trial[g].clone(), True

@@ -74,7 +74,7 @@ from ..utils import RemovalNetError
 from .adversarial import pgd
 from .base import Fingerprint, Metric, Verifier, batched_apply, dataset_tensors, register_verifier
 
-__all__ = ["DeepJudge", "channel_means", "lod", "lad", "nod", "nad", "jsd", "robd", "seed_confidence",
+__all__ = ["DeepJudge", "activation_pattern", "channel_means", "lod", "lad", "nod", "nad", "jsd", "robd", "seed_confidence",
            "select_seeds", "generate_tests", "neuron_max", "adversarial_tests"]
 
 
@@ -111,9 +111,10 @@ def lod(a: torch.Tensor, b: torch.Tensor, p: float = 2.0) -> float:
     return float(torch.linalg.vector_norm(a - b, ord=p, dim=1).mean())
 
 
-def _active(a: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Official ``normalize`` then ``> theta``: per row (a - min) / (max - min + 1e-6) > threshold."""
-    lo, hi = a.min(dim=1, keepdim=True).values, a.max(dim=1, keepdim=True).values
+def activation_pattern(a: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Official ``normalize`` then ``> theta``: over the last axis (the neurons of one test case),
+    (a - min) / (max - min + 1e-6) > threshold."""
+    lo, hi = a.min(dim=-1, keepdim=True).values, a.max(dim=-1, keepdim=True).values
     return (a - lo) / (hi - lo + 1e-6) > threshold
 
 
@@ -123,7 +124,7 @@ def lad(a: torch.Tensor, b: torch.Tensor, threshold: float = 0.5, reduction: str
     if reduction not in LAD_REDUCTIONS:
         raise RemovalNetError(f"lad reduction must be one of {LAD_REDUCTIONS}, got {reduction!r}")
     a, b = _pair(a, b)
-    diff = (_active(a, threshold) != _active(b, threshold)).double()
+    diff = (activation_pattern(a, threshold) != activation_pattern(b, threshold)).double()
     per_case = diff.sum(dim=1) if reduction == "sum" else diff.mean(dim=1)
     return float(per_case.mean())
 
@@ -152,7 +153,7 @@ def nad(a: torch.Tensor, b: torch.Tensor, neuron: torch.Tensor, num_neurons: int
     :func:`lad`), times ``num_neurons``, the number of tested neurons."""
     a, b, neuron = _own_neuron(a, b, neuron)
     rows = torch.arange(a.shape[0])
-    diff = (_active(a, threshold)[rows, neuron] != _active(b, threshold)[rows, neuron]).double()
+    diff = (activation_pattern(a, threshold)[rows, neuron] != activation_pattern(b, threshold)[rows, neuron]).double()
     return float(diff.mean()) * int(num_neurons)
 
 
