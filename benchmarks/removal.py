@@ -77,8 +77,8 @@ VARIANTS = {
 #: the variants run by default (the others stay selectable with --variants)
 DEFAULT_VARIANTS = ("permute-only", "distill+permute", "plus", "plus-light", "plus-strong", "rescale-only",
                     "rescale-only-16", "rescale-lad", "rescale-lad-dj", "plus+rescale", "plus-light+lad",
-                    "plus+rescale-start", "plus+mask", "distill+mask", "plus+cutmix", "plus-adaptive", "plus-adaptive-start",
-                    "adaptive-0.95")
+                    "plus+rescale-start", "plus+mask", "distill+mask", "plus+cutmix", "plus-adaptive",
+                    "plus-adaptive-start", "adaptive-0.95")
 #: the metrics an attack must evade: the paper's six, SAC, RobD, DeepJudge's neuron-level metrics and the
 #: alignment-aware and scale-invariant DeepJudge (those a run does not produce are left out)
 EVADE = ("DJ-LOD", "DJ-LAD", "ZEST-L2", "ZEST-Cos", "MD-DDV", "IPG-MR", "SAC", "DJ-RobD", "DJ-JSD", "DJ-NOD",
@@ -243,11 +243,7 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
         b.results["victim"] = {**b.score(b.victim), "fingerprints": dict(b.fp_keys)}
         b.save("victim")
     # ... and so does a metric its fingerprint declares degenerate (e.g. DeepJudge with no test case reached)
-    declared = set()
-    for name, fp in b.fps.items():
-        declared |= set(fp.meta.get("degenerate", []))
-        if fp.meta.get("fallback_unreached"):   # fingerprints made before the meta listed these too
-            declared |= {m.name for m in create_verifier(name, **b.verifiers[name]).metrics} - {"DJ-RobD", "DJ-JSD"}
+    declared = {m for fp in b.fps.values() for m in fp.meta.get("degenerate", [])}
     degenerate = [m for m in metrics if m in declared or not verdict(known[m], b.results["victim"][m], taus[m])]
     counted = [m for m in metrics if m not in degenerate]
     with ResultStore(b.run_dir / "results.db") as store:

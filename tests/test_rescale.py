@@ -311,6 +311,7 @@ def test_lad_scales_flip_more_patterns_than_the_farthest_rule():
     lad = channel_scales(m, x, spaces, mode="lad", spread=4.0)
     far = channel_scales(m, x, spaces, mode="farthest", spread=4.0)
     gm = torch.fx.symbolic_trace(m)
+    gr = torch.fx.symbolic_trace(rescale_model(m, spaces, lad))
     from removalnet.attacks.permute import _probe_activations
     checked = 0
     for sp in spaces:
@@ -322,8 +323,7 @@ def test_lad_scales_flip_more_patterns_than_the_farthest_rule():
         assert f_lad >= f_far - 1e-9 and f_lad > 0.5, (sp.id, f_lad, f_far)
         assert float(lad[sp.id].min()) >= 0.25 - 1e-9 and float(lad[sp.id].max()) <= 4.0 + 1e-9
         # the rescaled network's own channel means move exactly by the scales
-        r = rescale_model(m, spaces, lad)
-        ar = _probe_activations(torch.fx.symbolic_trace(r), x, {sp.probe})[sp.probe].double()
+        ar = _probe_activations(gr, x, {sp.probe})[sp.probe].double()
         rmeans = ar.flatten(2).mean(2) if ar.dim() > 2 else ar
         torch.testing.assert_close(rmeans, means * lad[sp.id], atol=1e-4, rtol=1e-4)
         checked += 1
