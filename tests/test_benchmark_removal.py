@@ -3,8 +3,11 @@ the docstring says (a synthetic summary with known answers)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 from removalnet.attacks import create_attack
 
@@ -49,6 +52,35 @@ def test_aims_judge_seeds_drop_and_cost():
     assert lines[1] == "- DJ-LAD: evaded in >= 4/5 seeds at <= 1.5 points by cheap, slow"
     assert lines[2] == "- DJS-LAD: evaded in >= 4/5 seeds at <= 1.5 points by slow"
     assert lines[3].endswith("**no variant**") and "3.0x FT" in lines[3]
+    # a variant that evades everything cheaply but whose cost was never measured is named, not counted
+    summary["untimed"] = row(1.0, {"DJ-LAD": 0, "ZEST-L2": 0, "DJS-LAD": 0}, 5, None)
+    summary["fast"] = row(1.5, {"DJ-LAD": 0, "ZEST-L2": 1, "DJS-LAD": 1}, 4, 3.0)
+    last = r.aims(summary, metrics, 5, ["slow", "untimed", "fast"])[-1]
+    assert last.endswith("per iteration: fast (cost not measured, so not counted: untimed)")
+
+
+def test_costs_from_retimed_runs_or_the_runs_own_times():
+    r = _removal()
+    ms = [{"time_s": 30.0, "iterations": 300, "trained_iterations": 150}, {"time_s": 20.0, "iterations": 100},
+          {"accuracy": 0.9}]   # a row without a time (a table model whose attack was not timed)
+    assert r.run_costs(ms, None) == ([30.0, 20.0], [0.2, 0.2])
+    retimed = [{"cpu_s": 12.0, "iterations": 300}, {"cpu_s": 5.0, "iterations": 0}]   # no iteration: no rate
+    assert r.run_costs(ms, retimed) == ([12.0, 5.0], [0.04])
+    assert r.run_costs(ms, []) == ([], [])   # retiming in use, this label not retimed: no cost, not a loaded one
+
+    def run(cpu, its, setup, steady, load=0.1):
+        return {"cpu_s": cpu, "iterations": its, "setup_cpu_s": setup, "steady_cpu_s_per_it": steady,
+                "loadavg_before": [load, 0, 0], "commit": "abc1234"}
+    retimed = {"FT(0.5)": [run(10.0, 1000, 0.5, 0.009), run(12.0, 1000, 0.7, 0.011)],
+               "plus": [run(9.0, 300, 3.0, 0.02)],
+               "rescale-only": [run(4.0, 0, 4.0, None)], "Negative": []}
+    lines, d = r.cost_section(retimed, "FT(0.5)")
+    # FT: 0.011 s per iteration on average, 0.010 steady; plus: 0.03 amortised, 0.02 steady
+    assert abs(d["plus"]["x_ft"] - 0.03 / 0.011) < 1e-9 and abs(d["plus"]["x_ft_steady"] - 2.0) < 1e-9
+    assert abs(d["FT(0.5)"]["x_ft"] - 1.0) < 1e-9 and d["rescale-only"]["x_ft"] is None
+    assert d["rescale-only"]["setup_cpu_s"] == 4.0 and "Negative" not in d
+    assert lines[-1] == "| rescale-only | 1 | 0 | 4.0 | - | 4.0 | - | - | 0.10 |"
+    assert lines[-2] == "| plus | 1 | 300 | 3.0 | 0.0200 | 9.0 | 2.73 | 2.00 | 0.10 |"
 
 
 def _bench_without_runs(r, tmp_path, fp_keys, legacy_keys, scores):
@@ -87,6 +119,7 @@ def test_save_writes_only_its_rows_and_refresh_rescores_what_changed(tmp_path, m
         "reference-0": {"DJ-LAD": 3.0, "DJA-LAD": 3.0, "DJS-LAD": 3.0, "ZEST-L2": 7.0},
         "knockoff/seed-0": [{"t": 0}],
         "variant/z/seed-0": {"failed": "NaN"},
+        "retime/plus/seed-0": {"cpu_s": 9.0, "iterations": 300},   # a timing: nothing to re-score
     }))
     b.results = json.loads(b.results_path.read_text())
     b.results["variant/y/seed-0"] = {**b.results["variant/y/seed-0"], "ZEST-L2": -1.0}   # changed, not saved
@@ -106,7 +139,42 @@ def test_save_writes_only_its_rows_and_refresh_rescores_what_changed(tmp_path, m
     assert disk["variant/y/seed-0"]["ZEST-L2"] == 6.0          # up to date: neither re-scored nor written back
     assert disk["variant/other/seed-0"] == {"DJ-LAD": 4.0}     # another process's row survives
     assert disk["knockoff/seed-0"] == [{"t": 0}] and disk["variant/z/seed-0"] == {"failed": "NaN"}
+    assert disk["retime/plus/seed-0"] == {"cpu_s": 9.0, "iterations": 300}
     # the other process's row (read back by the saves) is one this call had not seen; the next call takes it,
     # and then nothing is left
     assert b.refresh() == 1 and b.scored[-1][0] == "model:other/seed-0"
     assert b.refresh() == 0
+
+
+def test_retime_times_one_run_records_it_and_resumes(tmp_path, monkeypatch):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from removalnet.models import create_model
+    from removalnet.utils import RemovalNetError
+
+    r = _removal()
+    b = _bench_without_runs(r, tmp_path, {}, {}, {})
+    torch.manual_seed(0)
+    b.victim = create_model("vgg_small", 10, 1, 28, width=4).eval()
+    b.cfg, b.spec = {}, type("Spec", (), {"dataset": "x", "data_root": None, "name": "t", "attacks": [
+        type("A", (), {"label": "FT(0.5)", "name": "ft", "scenario": "ltd", "params": {"iterations": 6}})()]})()
+    g = torch.Generator().manual_seed(0)
+    sub = TensorDataset(torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g))
+    monkeypatch.setattr(r, "training_split", lambda cfg: (None, None))
+    monkeypatch.setattr(r, "dataset", lambda *a: range(3200))
+    built = []
+    monkeypatch.setattr(r, "build_substitute", lambda victim, train, **kw: built.append(kw) or sub)
+    monkeypatch.setitem(r.VARIANTS, "tiny", {"iterations": 5, "batch_size": 8, "boundary_mix": 0.0,
+                                             "holdout": 0.0})
+    row = b.retime("tiny", seed=3, warmup=1)
+    assert built == [{"scenario": "ltd", "count": 32, "seed": 3}]   # 1% of the training set, the seed's own
+    assert row["iterations"] == 5 and 0 < row["setup_cpu_s"] <= row["cpu_s"] and row["steady_cpu_s_per_it"] > 0
+    assert row["torch_threads"] == torch.get_num_threads() and len(row["loadavg_before"]) == 3
+    ft = b.retime("FT(0.5)", seed=3, warmup=1)   # a table attack, with the spec's own parameters
+    assert ft["iterations"] == 6
+    saved = json.loads(b.results_path.read_text())
+    assert saved["retime/tiny/seed-3"] == row and saved["retime/FT(0.5)/seed-3"] == ft
+    assert b.retime("tiny", seed=3) is b.results["retime/tiny/seed-3"] and len(built) == 2   # resumed, not re-run
+    with pytest.raises(RemovalNetError, match="neither a variant nor an S_LTD attack"):
+        b.retime("WP(0.5)", seed=0)
