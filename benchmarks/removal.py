@@ -214,8 +214,9 @@ class Bench:
         """Time one run of ``label`` (a variant or an S_LTD attack of the table, e.g. FT(0.5)) on its seed's
         substitute set, as process CPU seconds (wall too) on what should be an otherwise idle machine: the cost
         columns use these rows when they exist (the variants' own ``time_s`` were taken with other jobs running).
-        Setup = CPU time before the first iteration (victim outputs, permutation, rescaling, test generation);
-        steady = the median CPU time between consecutive iterations after ``warmup``."""
+        Setup = CPU time before the first iteration (victim outputs, permutation, segmentation, test generation);
+        finish = after the last one (selecting the returned state, rescaling at the end); steady = the median CPU
+        time between consecutive iterations after ``warmup``."""
         key = f"retime/{label}/seed-{seed}"
         if key in self.results:
             return self.results[key]
@@ -244,6 +245,7 @@ class Bench:
         self.results[key] = {
             "wall_s": wall, "cpu_s": cpu, "iterations": len(attack.trace),
             "setup_cpu_s": (stamps[0] - c0) if stamps else cpu,
+            "finish_cpu_s": (c0 + cpu - stamps[-1]) if stamps else 0.0,
             "steady_cpu_s_per_it": float(np.median(steady)) if len(steady) else None,
             "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
             "torch_threads": torch.get_num_threads(), "commit": commit(), "machine": machine()}
@@ -289,14 +291,16 @@ def cost_section(retimed: dict[str, list[dict]], ft_label: str) -> tuple[list[st
     ft_per = mean([r["cpu_s"] / r["iterations"] for r in ft if r["iterations"]])
     ft_steady = mean([r["steady_cpu_s_per_it"] for r in ft])
     lines = ["### Cost (`--retime`: one process, one torch thread, machine otherwise idle)", "",
-             "| Model | runs | trained iterations | setup CPU s | steady CPU s/iteration | total CPU s | "
-             "x FT (total / iteration) | x FT (steady) | load average before |", "|---|---|---|---|---|---|---|---|---|"]
+             "| Model | runs | trained iterations | setup CPU s | steady CPU s/iteration | finish CPU s | total CPU s | "
+             "x FT (total / iteration) | x FT (steady) | load average before |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     out = {}
     for label, rs in retimed.items():
         if not rs:
             continue
         d = {"runs": len(rs), "iterations": mean([r["iterations"] for r in rs]),
              "setup_cpu_s": mean([r["setup_cpu_s"] for r in rs]),
+             "finish_cpu_s": mean([r.get("finish_cpu_s") for r in rs]),
              "steady_cpu_s_per_it": mean([r["steady_cpu_s_per_it"] for r in rs]),
              "total_cpu_s": mean([r["cpu_s"] for r in rs]),
              "per_iteration_cpu_s": mean([r["cpu_s"] / r["iterations"] for r in rs if r["iterations"]]),
@@ -308,7 +312,8 @@ def cost_section(retimed: dict[str, list[dict]], ft_label: str) -> tuple[list[st
         def f(x, fmt):
             return "-" if x is None else format(x, fmt)
         lines.append(f"| {label} | {d['runs']} | {d['iterations']:.0f} | {f(d['setup_cpu_s'], '.1f')} | "
-                     f"{f(d['steady_cpu_s_per_it'], '.4f')} | {d['total_cpu_s']:.1f} | {f(d['x_ft'], '.2f')} | "
+                     f"{f(d['steady_cpu_s_per_it'], '.4f')} | {f(d['finish_cpu_s'], '.1f')} | {d['total_cpu_s']:.1f} | "
+                     f"{f(d['x_ft'], '.2f')} | "
                      f"{f(d['x_ft_steady'], '.2f')} | " + ", ".join(f"{r['loadavg_before'][0]:.2f}" for r in rs) + " |")
     return lines, out
 

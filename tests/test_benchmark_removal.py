@@ -68,19 +68,19 @@ def test_costs_from_retimed_runs_or_the_runs_own_times():
     assert r.run_costs(ms, retimed) == ([12.0, 5.0], [0.04])
     assert r.run_costs(ms, []) == ([], [])   # retiming in use, this label not retimed: no cost, not a loaded one
 
-    def run(cpu, its, setup, steady, load=0.1):
+    def run(cpu, its, setup, steady, load=0.1, finish=0.0):
         return {"cpu_s": cpu, "iterations": its, "setup_cpu_s": setup, "steady_cpu_s_per_it": steady,
-                "loadavg_before": [load, 0, 0], "commit": "abc1234"}
+                "finish_cpu_s": finish, "loadavg_before": [load, 0, 0], "commit": "abc1234"}
     retimed = {"FT(0.5)": [run(10.0, 1000, 0.5, 0.009), run(12.0, 1000, 0.7, 0.011)],
-               "plus": [run(9.0, 300, 3.0, 0.02)],
+               "plus": [run(9.0, 300, 3.0, 0.02, finish=1.5)],
                "rescale-only": [run(4.0, 0, 4.0, None)], "Negative": []}
     lines, d = r.cost_section(retimed, "FT(0.5)")
     # FT: 0.011 s per iteration on average, 0.010 steady; plus: 0.03 amortised, 0.02 steady
     assert abs(d["plus"]["x_ft"] - 0.03 / 0.011) < 1e-9 and abs(d["plus"]["x_ft_steady"] - 2.0) < 1e-9
     assert abs(d["FT(0.5)"]["x_ft"] - 1.0) < 1e-9 and d["rescale-only"]["x_ft"] is None
     assert d["rescale-only"]["setup_cpu_s"] == 4.0 and "Negative" not in d
-    assert lines[-1] == "| rescale-only | 1 | 0 | 4.0 | - | 4.0 | - | - | 0.10 |"
-    assert lines[-2] == "| plus | 1 | 300 | 3.0 | 0.0200 | 9.0 | 2.73 | 2.00 | 0.10 |"
+    assert lines[-1] == "| rescale-only | 1 | 0 | 4.0 | - | 0.0 | 4.0 | - | - | 0.10 |"
+    assert lines[-2] == "| plus | 1 | 300 | 3.0 | 0.0200 | 1.5 | 9.0 | 2.73 | 2.00 | 0.10 |"
 
 
 def _bench_without_runs(r, tmp_path, fp_keys, legacy_keys, scores):
@@ -169,7 +169,8 @@ def test_retime_times_one_run_records_it_and_resumes(tmp_path, monkeypatch):
                                              "holdout": 0.0})
     row = b.retime("tiny", seed=3, warmup=1)
     assert built == [{"scenario": "ltd", "count": 32, "seed": 3}]   # 1% of the training set, the seed's own
-    assert row["iterations"] == 5 and 0 < row["setup_cpu_s"] <= row["cpu_s"] and row["steady_cpu_s_per_it"] > 0
+    assert row["iterations"] == 5 and row["steady_cpu_s_per_it"] > 0
+    assert 0 < row["setup_cpu_s"] and 0 <= row["finish_cpu_s"] and row["setup_cpu_s"] + row["finish_cpu_s"] < row["cpu_s"]
     assert row["torch_threads"] == torch.get_num_threads() and len(row["loadavg_before"]) == 3
     ft = b.retime("FT(0.5)", seed=3, warmup=1)   # a table attack, with the spec's own parameters
     assert ft["iterations"] == 6
