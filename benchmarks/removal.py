@@ -239,10 +239,14 @@ class Bench:
 
         load_before = os.getloadavg()
         w0, c0 = time.perf_counter(), time.process_time()
-        attack(self.victim, sub, seed=seed, callbacks=[cb])
+        failed = None
+        try:
+            attack(self.victim, sub, seed=seed, callbacks=[cb])
+        except RemovalNetError as e:   # diverged (as in its scored run): recorded, never counted as a cost
+            failed = str(e)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         steady = np.diff(stamps[warmup:])
-        self.results[key] = {
+        self.results[key] = {**({"failed": failed} if failed else {}),
             "wall_s": wall, "cpu_s": cpu, "iterations": len(attack.trace),
             "setup_cpu_s": (stamps[0] - c0) if stamps else cpu,
             "finish_cpu_s": (c0 + cpu - stamps[-1]) if stamps else 0.0,
@@ -292,7 +296,7 @@ def cost_section(retimed: dict[str, list[dict]], ft_label: str) -> tuple[list[st
     ft_steady = mean([r["steady_cpu_s_per_it"] for r in ft])
     lines = ["### Cost (`--retime`: one process, one torch thread, machine otherwise idle)", "",
              "| Model | runs | trained iterations | setup CPU s | steady CPU s/iteration | finish CPU s | total CPU s | "
-             "x FT (total / iteration) | x FT (steady) | load average before |",
+             "x FT (total / iteration) | x FT (steady) | load average before (1 min; ~1 = this benchmark alone) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     out = {}
     for label, rs in retimed.items():
@@ -371,8 +375,8 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
     # a retimed one (process CPU seconds, machine otherwise idle) and labels without such rows get none; else
     # the runs' own wall times (taken with other jobs running)
     ft_label = next((label for label in groups if label.startswith("FT")), None)
-    retimed = {label: [r for k, r in sorted(b.results.items()) if k.startswith(f"retime/{label}/")]
-               for label in groups}
+    retimed = {label: [r for k, r in sorted(b.results.items()) if k.startswith(f"retime/{label}/")
+                       and "failed" not in r] for label in groups}
     use_retime = bool(ft_label and retimed.get(ft_label))
 
     def cost(label: str, ms: list[dict]) -> tuple[list[float], list[float]]:
@@ -523,7 +527,8 @@ def main() -> None:
                 for s in seeds[:args.retime_seeds]:
                     r = b.retime(label, s)
                     print(f"{arch} retime {label} seed {s}: {r['cpu_s']:.1f} CPU s, {r['iterations']} iterations, "
-                          f"setup {r['setup_cpu_s']:.1f} s", flush=True)
+                          f"setup {r['setup_cpu_s']:.1f} s" + (f"; failed: {r['failed']}" if "failed" in r else ""),
+                          flush=True)
         if not args.summary:
             continue
         b.refresh()

@@ -179,3 +179,13 @@ def test_retime_times_one_run_records_it_and_resumes(tmp_path, monkeypatch):
     assert b.retime("tiny", seed=3) is b.results["retime/tiny/seed-3"] and len(built) == 2   # resumed, not re-run
     with pytest.raises(RemovalNetError, match="neither a variant nor an S_LTD attack"):
         b.retime("WP(0.5)", seed=0)
+
+    class Diverges:   # a run that fails the way a diverging one does: recorded as failed, not raised
+        trace: list = []
+
+        def __call__(self, *a, **k):
+            raise RemovalNetError("ce became non-finite (nan) at iteration 3")
+    monkeypatch.setattr(r, "create_attack", lambda name, **params: Diverges())
+    failed = b.retime("tiny", seed=4)
+    assert failed["failed"] == "ce became non-finite (nan) at iteration 3" and failed["iterations"] == 0
+    assert json.loads(b.results_path.read_text())["retime/tiny/seed-4"]["failed"] == failed["failed"]
