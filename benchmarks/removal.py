@@ -13,7 +13,10 @@ evaded). Results are stored per model in runs/bench/removal-<arch>/results.json,
 Verdicts are judged at tau = the closest of the 10 independent models (5 references + 5 negatives): the most
 verifier-friendly threshold that calls none of them a copy. The per-rule table gives each references-only rule's
 false-positive rate on the negatives. ``--no-summary`` runs variants only (before the Table 1 run has finished,
-or split over processes by ``--variants``); ``--no-knockoff`` skips the KnockoffNets curves.
+or split over processes by ``--variants``); ``--no-knockoff`` skips the KnockoffNets curves. ``--retime [LABEL ...]``
+runs FT(0.5) and the variants (or the LABELs) once more each, one at a time, and records their process CPU
+seconds (setup, steady per iteration, finish): run it with nothing else on the machine; the cost columns and the
+"Cost" table then come from these runs instead of the variants' own wall times.
 """
 from __future__ import annotations
 
@@ -209,7 +212,6 @@ class Bench:
         self.save(key)
         return m
 
-
     def retime(self, label: str, seed: int, warmup: int = 3) -> dict[str, float]:
         """Time one run of ``label`` (a variant or an S_LTD attack of the table, e.g. FT(0.5)) on its seed's
         substitute set, as process CPU seconds (wall too) on what should be an otherwise idle machine: the cost
@@ -246,8 +248,8 @@ class Bench:
             failed = str(e)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         steady = np.diff(stamps[warmup:])
-        self.results[key] = {**({"failed": failed} if failed else {}),
-            "wall_s": wall, "cpu_s": cpu, "iterations": len(attack.trace),
+        self.results[key] = {
+            **({"failed": failed} if failed else {}), "wall_s": wall, "cpu_s": cpu, "iterations": len(attack.trace),
             "setup_cpu_s": (stamps[0] - c0) if stamps else cpu,
             "finish_cpu_s": (c0 + cpu - stamps[-1]) if stamps else 0.0,
             "steady_cpu_s_per_it": float(np.median(steady)) if len(steady) else None,
