@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import time
 from pathlib import Path
@@ -79,14 +78,14 @@ def main() -> None:
                     help="also judge the Table 1 and removal-benchmark models with DeepJudge at m = M")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("REMOVALNET_THREADS", "1")))
-    rows, judged = [], {}
+    rows, judged, dj_params = [], {}, {}
     for arch in args.arch:
         spec = load_spec(HERE / "specs" / f"table1-{arch}.yaml")
         run_dir = Path(args.runs) / spec.name
         victim, _ = load_checkpoint(model_path(run_dir, VICTIM))
         cfg = {"dataset": spec.dataset, "data_root": spec.data_root, "lsd_holdout": spec.lsd_holdout,
                "verifier_count": spec.verifier_count}
-        params = dict(spec.verifiers.get("deepjudge", {}))
+        params = dj_params[arch] = dict(spec.verifiers.get("deepjudge", {}))
         for m in args.m:
             v = create_verifier("deepjudge", **{**params, "m": m})
             t0 = time.process_time()
@@ -102,11 +101,10 @@ def main() -> None:
     out = Path(args.out)
     report = {"benchmark": "DeepJudge white-box test cases reached per m (official generation, Table 1 victims)",
               "machine": machine(), "commit": commit(), "date": dt.date.today().isoformat(),
-              "deepjudge_params": {a: dict(load_spec(HERE / "specs" / f"table1-{a}.yaml").verifiers.get("deepjudge", {}))
-                                   for a in args.arch},
+              "deepjudge_params": dj_params,
               "versions": package_versions(), "rows": rows, "verdicts": judged}
     atomic_write_json(out.with_suffix(".json"), report)
-    lines = [f"# DeepJudge test cases reached per m\n", f"- machine: {machine()}\n- commit: {commit()}\n"
+    lines = ["# DeepJudge test cases reached per m\n", f"- machine: {machine()}\n- commit: {commit()}\n"
              f"- date: {report['date']}\n- victims, data and every other DeepJudge setting as in the Table 1 runs "
              "(k over 20,000 training images, 1000 Adam steps of 0.01, inputs kept in [0, 1]); m = 3 is the "
              "official value\n", "| Model | m | pairs reaching k | neurons reached | mean iterations to reach | "

@@ -121,6 +121,12 @@ class Bench:
             attacks = {r["name"]: r for r in store.rows(kind="attack") if r["id"] in plan and r["status"] == "done"}
         self.attack_times = attacks
 
+    def substitute(self, seed: int):
+        """The Table 1 run's S_LTD substitute set of ``seed``: 1% of the training data, labelled by the victim."""
+        train, _ = training_split(self.cfg)
+        full = dataset(self.spec.dataset, "train", self.spec.data_root)
+        return build_substitute(self.victim, train, scenario="ltd", count=int(round(0.01 * len(full))), seed=seed)
+
     def save(self, *keys: str) -> None:
         """Write ``keys`` of this process's results into the file, merged with what is on disk (several processes
         may run disjoint --variants at once; a process never writes back rows it did not change)."""
@@ -191,9 +197,7 @@ class Bench:
         key = f"variant/{name}/seed-{seed}"
         if key in self.results:
             return self.results[key]
-        train, _ = training_split(self.cfg)
-        full = dataset(self.spec.dataset, "train", self.spec.data_root)
-        sub = build_substitute(self.victim, train, scenario="ltd", count=int(round(0.01 * len(full))), seed=seed)
+        sub = self.substitute(seed)
         attack = create_attack("removalnet-plus", **params)
         t0 = time.perf_counter()
         try:
@@ -230,9 +234,7 @@ class Bench:
                 raise RemovalNetError(f"--retime: {label!r} is neither a variant nor an S_LTD attack of "
                                       f"{self.spec.name} ({', '.join(spec)})")
             attack = create_attack(spec[label].name, **spec[label].params)
-        train, _ = training_split(self.cfg)
-        full = dataset(self.spec.dataset, "train", self.spec.data_root)
-        sub = build_substitute(self.victim, train, scenario="ltd", count=int(round(0.01 * len(full))), seed=seed)
+        sub = self.substitute(seed)
         stamps: list[float] = []
 
         def cb(event: str, **_: object) -> None:
@@ -266,9 +268,7 @@ def knockoff_curve(b: Bench, seed: int) -> list[dict]:
     """KnockoffNets (from scratch) on the same substitute set, its learning curve on the full test split."""
     key = f"knockoff/seed-{seed}"
     if key not in b.results:
-        train, _ = training_split(b.cfg)
-        full = dataset(b.spec.dataset, "train", b.spec.data_root)
-        sub = build_substitute(b.victim, train, scenario="ltd", count=int(round(0.01 * len(full))), seed=seed)
+        sub = b.substitute(seed)
         attack = create_attack("knockoff", **KNOCKOFF)
         attack(b.victim, sub, seed=seed, eval_set=b.test)
         b.results[key] = attack.history

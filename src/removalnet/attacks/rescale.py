@@ -132,8 +132,9 @@ def _lad_scales(means: torch.Tensor, spread: float, threshold: float, sweeps: in
     if c < 2 or len(means) == 0:
         return scales
     base = activation_pattern(means, threshold)
-    ranked = _rank_scales(means.sum(0), spread)   # start from the better of no scaling (0 flips) and the
-    best = float(lad_flips(means, ranked, threshold).mean())   # farthest rule
+    # start from the better of no scaling (0 flips) and the farthest rule
+    ranked = _rank_scales(means.sum(0), spread)
+    best = float(lad_flips(means, ranked, threshold).mean())
     if best > 0:
         scales = ranked
     for _ in range(max(1, int(sweeps))):

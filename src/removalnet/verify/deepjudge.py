@@ -74,8 +74,8 @@ from ..utils import RemovalNetError
 from .adversarial import pgd
 from .base import Fingerprint, Metric, Verifier, batched_apply, dataset_tensors, register_verifier
 
-__all__ = ["DeepJudge", "activation_pattern", "channel_means", "lod", "lad", "nod", "nad", "jsd", "robd", "seed_confidence",
-           "select_seeds", "generate_tests", "neuron_max", "adversarial_tests"]
+__all__ = ["DeepJudge", "activation_pattern", "channel_means", "lod", "lad", "nod", "nad", "jsd", "robd",
+           "seed_confidence", "select_seeds", "generate_tests", "neuron_max", "adversarial_tests"]
 
 
 # --------------------------------------------------------------------------- metric math (pure functions)
