@@ -443,6 +443,16 @@ def test_balanced_subset_seeded_and_validated():
             balanced_subset(ds, **kw)
 
 
+def test_balanced_subset_shuffles_within_classes():
+    # a count divisible by the number of classes: no remainder slot is drawn, so only the per-class shuffle
+    # can make two seeds differ (taking each class's first samples would give every seed the same indices)
+    ds = labels_ds(np.repeat(np.arange(5), 30))
+    a, b = balanced_subset(ds, count=50, seed=0), balanced_subset(ds, count=50, seed=1)
+    assert np.bincount(dataset_labels(a)).tolist() == [10] * 5 == np.bincount(dataset_labels(b)).tolist()
+    assert a.indices != b.indices
+    assert a.indices != [i for c in range(5) for i in range(30 * c, 30 * c + 10)]   # not the first 10 of each
+
+
 @needs_fashion
 def test_balanced_subset_on_fashion_mnist():
     train = load_dataset("fashion-mnist", "train")
