@@ -21,15 +21,18 @@ HELP = "run the small offline Fashion-MNIST experiment, print Table 1 and write 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/demo, runs/demo-smoke with --smoke)")
     p.add_argument("--seeds", type=int, default=None, help="attack seeds (default: the demo spec's)")
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
+    p.add_argument("--smoke", action="store_true",
+                   help="the whole demo at the smoke scale (seconds; writes to OUT-smoke): proves the code path, "
+                        "its numbers mean nothing")
 
 
 def run(args: argparse.Namespace) -> int:
     with resources.as_file(resources.files("removalnet") / "configs" / "demo.yaml") as path:
         spec = load_spec(path, spec_overrides(args))
-    out = Path(args.out)
+    out = Path(args.out) if args.out else Path("runs") / spec.name
     t0 = time.perf_counter()
     s = run_experiment(spec, out, progress=not args.quiet)
     td = build_table(out)

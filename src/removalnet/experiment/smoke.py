@@ -107,6 +107,10 @@ def smoke_dict(raw: dict[str, Any]) -> dict[str, Any]:
         if isinstance(g.get("train"), dict):  # a group's own recipe: the same two steps as the victim's
             g["train"] = {**g["train"], **SMOKE_TRAIN}
         s[group] = g
+    # a held-out S_LSD partition keeps at least one of the smoke scale's training images per class
+    holdout = s.get("lsd_holdout")
+    if isinstance(holdout, (int, float)) and not isinstance(holdout, bool) and 0 < holdout < 1:
+        s["lsd_holdout"] = max(float(holdout), 1.0 / SMOKE_DATA["train"][0])
     s["attacks"] = [{**a, "params": smoke_attack_params(a["name"], a.get("params") or {})}
                     if isinstance(a, dict) and "name" in a else a for a in (s.get("attacks") or [])]
     verifiers = s.get("verifiers")
