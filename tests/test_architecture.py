@@ -3,8 +3,9 @@
 * the packages form layers and every import points down (no cycle between packages; experiment never imports
   studies: the studies plug into experiment's hooks);
 * no module imports a private name (``_x``) from another package;
+* no two modules import each other, directly or through a cycle (imports inside functions count too);
 * no package-internal import inside a function, except one marked ``# lazy: <reason>`` (an optional
-  dependency kept optional);
+  dependency kept optional, or torch kept off the command line's start: see ``tests/test_cli_imports.py``);
 * ``--list`` of attack, verify and study comes from the registries.
 """
 import ast
@@ -113,6 +114,60 @@ def test_imports_point_down_and_form_no_cycle():
     for n in list(graph):
         if n not in state:
             visit(n, [])
+
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (at its top or inside a function); ``from . import x`` of a
+    submodule points at the submodule, not the package."""
+    known = {name for _, name, _, _ in _modules()}
+    graph: dict[str, set[str]] = {name: set() for name in known}
+    for _, _, src, dst, names, _, _ in _imports():
+        for target in [f"{dst}.{n}" if f"{dst}.{n}" in known else dst for n in names] or [dst]:
+            if target in known and target != src:
+                graph[src].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = stack[stack.index(v):]
+            del stack[stack.index(v):]
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    assert not _cycles(_module_graph()), "modules importing each other: " + "; ".join(
+        " <-> ".join(c) for c in _cycles(_module_graph()))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert not _cycles({"a": {"b"}, "b": set()})
+    graph = _module_graph()   # the graph sees both kinds of import: a top-level one and one inside a function
+    assert "removalnet.data.info" in graph["removalnet.data.refs"]
+    assert "removalnet.studies" in graph["removalnet.commands.report"]
 
 
 def test_experiment_never_imports_studies():

@@ -24,7 +24,7 @@ import torch
 
 from ..utils import RemovalNetError
 from .base import ImageAdapter, TensorImageDataset, to_float
-from .registry import DatasetInfo
+from .info import DatasetInfo
 
 __all__ = ["is_data_ref", "data_ref_entry", "canonical_data_ref", "TEST_FRACTION", "SPLIT_SEED"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +16,8 @@ from torch.utils.data import Dataset
 
 from ..registry import Registry
 from ..utils import RemovalNetError
+from .info import DatasetInfo
+from .refs import data_ref_entry, is_data_ref
 
 __all__ = ["DatasetInfo", "DataMissingError", "register_dataset", "list_datasets", "get_dataset_info",
            "load_dataset", "default_root", "DATA_ROOT_ENV"]
@@ -25,32 +27,6 @@ DATA_ROOT_ENV = "REMOVALNET_DATA_ROOT"
 
 class DataMissingError(RemovalNetError):
     """The files of a dataset are not where they are expected; the message says where and how to get them."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about a dataset, and where its files are expected.
-
-    ``input_size``/``in_chans`` are the defaults that :func:`load_dataset` produces (the paper's settings);
-    ``mean``/``std`` are per-channel statistics of the images in [0, 1], for the model's normalisation.
-    ``where`` is a one-line hint of where the files are expected and how to get them.
-    """
-    name: str
-    num_classes: int
-    in_chans: int
-    input_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    description: str
-    where: str
-    splits: tuple[str, ...] = ("train", "test")
-    classes: tuple[str, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise ValueError(f"dataset {self.name!r}: mean/std need {self.in_chans} values")
-        if self.classes and len(self.classes) != self.num_classes:
-            raise ValueError(f"dataset {self.name!r}: {len(self.classes)} class names for {self.num_classes} classes")
 
 
 @dataclass(frozen=True)
@@ -81,8 +57,7 @@ def list_datasets() -> list[str]:
 
 
 def _entry(name: str) -> _Entry:
-    if isinstance(name, str) and name.startswith(("folder:", "npz:")):   # a user's data (data/refs.py)
-        from .refs import data_ref_entry  # lazy: refs builds on this registry's DatasetInfo
+    if is_data_ref(name):   # a user's data (data/refs.py)
         info, loader = data_ref_entry(name)
         return _Entry(info, loader, {})
     return _REGISTRY.get(name)
