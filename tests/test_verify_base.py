@@ -254,6 +254,19 @@ def test_cli_verify_end_to_end(checkpoints, tmp_path, capsys, monkeypatch):
         assert row["value"] == pytest.approx(0.0, abs=1e-9) and row["direction"] == "distance"
         assert row["copy"] is (res["taus"][metric] > 0), metric
     assert indep["metrics"]["DJ-LOD"]["value"] > 0
+    # each verdict carries its p-values against the two references: empirical (floor 1/3) and Student-t (flagged n < 3)
+    for s in (copy, indep):
+        for metric in res["taus"]:
+            row, refs = s["metrics"][metric], res["reference_values"][metric]
+            smaller = sum(r <= row["value"] for r in refs)
+            assert row["p_empirical"] == pytest.approx((1 + smaller) / 3) and row["p_floor"] == pytest.approx(1 / 3)
+            assert row["p_parametric_note"]   # never trusted silently with two references (n < 3, or no variance)
+    lod = copy["metrics"]["DJ-LOD"]
+    assert lod["p_empirical"] == pytest.approx(1 / 3) and lod["p_parametric"] == pytest.approx(0.0, abs=1e-12)
+    assert "n < 3" in lod["p_parametric_note"]
+    # Holm over the judged metrics: 4 x 1/3 can never reach 5% (the paper's vote may still say copy)
+    assert copy["combined"]["method"] == "holm" and copy["combined"]["empirical"]["copy"] is False
+    assert copy["combined"]["empirical"]["min_adjusted_p"] == pytest.approx(1.0)
     assert len(list(cache.glob("deepjudge-*.safetensors"))) == 1
 
     # a second run reuses the cached fingerprint and prints a table
@@ -264,7 +277,8 @@ def test_cli_verify_end_to_end(checkpoints, tmp_path, capsys, monkeypatch):
     assert main(_verify_args(checkpoints, "--fp-cache", str(cache))) == 0
     table = capsys.readouterr().out
     assert "suspect" in table and "DJ-LOD" in table and "verdict" in table and "copy" in table
-    assert "judged a copy by" in table
+    assert "judged a copy by" in table and "p (emp.)" in table and "Holm-combined on empirical p-values" in table
+    assert "no empirical p-value goes below 1/3" in table and "needs >= 19 independent models" in table
 
 
 def test_cli_verify_errors(checkpoints, capsys):

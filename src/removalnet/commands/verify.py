@@ -6,7 +6,9 @@ its fingerprint once (stored under ``--fp-cache DIR`` when given, and reused by 
 suspect is then scored with every chosen verifier. ModelDiff's profiling inputs are searched for each
 (victim, suspect) pair when that suspect is scored (also stored under ``--fp-cache``). With
 ``--references`` (independently trained models), each metric's threshold tau is calibrated from them
-(paper section 4.1.4, ``--rule``) and every value gets a verdict: "copy" when a distance < tau or a similarity > tau.
+(paper section 4.1.4, ``--rule``) and every value gets a verdict: "copy" when a distance < tau or a similarity > tau,
+beside its p-values against the references (empirical, never below 1/(n+1), and Student-t; docs/confidence.md) and a
+verdict combined over the metrics with Holm's adjustment, shown beside the metrics' majority vote.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ import yaml
 
 from ._modelref import add_model_options, load_model, victim_file
 from ..data import load_dataset
-from ..guards import check_comparable, require_finite
+from ..guards import check_accuracy, check_comparable, require_finite
 from ..models import NotSplittableError
 from ..utils import RemovalNetError, resolve_device, weights_hash
 from ..verify import (MIN_REFERENCES, RULES, FingerprintCache, calibrate_models, create_verifier, list_verifiers,
                       score_model, verdict, verifier_class)
+from ..verify.confidence import (combined_verdict, empirical_pvalue, parametric_pvalue, pvalue_floor,
+                                 references_needed)
 from ._listing import add_list_option, listing
 from .report import add_rule_parameters, rule_from_args
 
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             for i, path in enumerate(args.references, 1)]
     susp = [(f"suspect {path}", *load_model(path, args, data=args.data, device=device)) for path in args.suspect]
     require_finite(victim, data, f"the victim ({victim_file(args)})", device=device)
+    check_accuracy(victim, data, f"the victim ({victim_file(args)})", device=device)
     for name, model, meta in refs + susp:
         check_comparable(vmeta, meta, what=f"the {name}")
         require_finite(model, data, f"the {name}", device=device)
@@ -169,10 +174,11 @@ def run(args: argparse.Namespace) -> int:
                 row["error"] = errors.get(m.name) or degenerate[m.name]
             elif m.name in taus:
                 row["copy"] = verdict(m, values[m.name], taus[m.name])
+                row.update(_pvalues(values[m.name], ref_values[m.name], m.direction))
             rows[m.name] = row
         judged = [r["copy"] for r in rows.values() if r["copy"] is not None]
         suspects.append({"path": str(path), "weights_hash": weights_hash(model), "metrics": rows,
-                         "copy_votes": sum(judged), "judged": len(judged)})
+                         "copy_votes": sum(judged), "judged": len(judged), "combined": _combined(rows)})
 
     result = {"victim": str(args.victim), "victim_hash": weights_hash(victim), "data": f"{dataset}:test",
               "data_size": len(data), "seed": args.seed, "rule": rule.name if taus else None,
@@ -184,6 +190,35 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_table(result, metrics))
     return 0
+
+
+#: the family-wise false-positive rate of the combined verdict
+ALPHA = 0.05
+
+
+def _pvalues(value: float, refs: list[float], direction: str) -> dict[str, Any]:
+    """The p-values of one verdict: empirical (floor 1/(n+1)) and Student-t (None where it cannot be computed)."""
+    par = parametric_pvalue(value, refs, direction)
+    return {"p_empirical": empirical_pvalue(value, refs, direction), "p_floor": pvalue_floor(len(refs)),
+            "p_parametric": par.p, "p_parametric_log": par.log,
+            "p_parametric_note": par.note or None}
+
+
+def _combined(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Holm's combined verdict over the judged metrics, on the empirical p-values and (where every metric has
+    one) on the Student-t ones."""
+    judged = {m: r for m, r in rows.items() if r.get("p_empirical") is not None}
+    if not judged:
+        return None
+    out: dict[str, Any] = {"method": "holm", "alpha": ALPHA}
+    for kind in ("empirical", "parametric"):
+        ps = {m: r[f"p_{kind}"] for m, r in judged.items()}
+        if any(p is None for p in ps.values()):
+            out[kind] = None
+            continue
+        c = combined_verdict(ps, ALPHA, "holm")
+        out[kind] = {"copy": c.copy, "min_adjusted_p": min(c.adjusted.values()), "adjusted": c.adjusted}
+    return out
 
 
 def _params(rule: dict) -> str:
@@ -204,15 +239,47 @@ def _table(result: dict, metrics) -> str:
     else:
         lines.append("thresholds: none (give --references to get verdicts)")
     lines += [f"skipped: {why}" for why in result.get("skipped", {}).values()]
-    header = f"{'metric':<10} {'direction':<10} {'value':>11} {'tau':>11}  verdict"
+    header = f"{'metric':<10} {'direction':<10} {'value':>11} {'tau':>11} {'p (emp.)':>9} {'p (t)':>9}  verdict"
     for s in result["suspects"]:
         lines += ["", f"suspect {s['path']}", header, "-" * len(header)]
         for name, r in s["metrics"].items():
             if "error" in r:
-                lines.append(f"{name:<10} {r['direction']:<10} {'n/a':>11} {_fmt(r['tau']):>11}  error: {r['error']}")
+                lines.append(f"{name:<10} {r['direction']:<10} {'n/a':>11} {_fmt(r['tau']):>11} {'-':>9} {'-':>9}  "
+                             f"error: {r['error']}")
                 continue
             v = "-" if r["copy"] is None else ("copy" if r["copy"] else "not a copy")
-            lines.append(f"{name:<10} {r['direction']:<10} {_fmt(r['value']):>11} {_fmt(r['tau']):>11}  {v}")
+            pe, pt = _p(r.get("p_empirical")), _p(r.get("p_parametric")) + ("*" if r.get("p_parametric_note") else "")
+            lines.append(f"{name:<10} {r['direction']:<10} {_fmt(r['value']):>11} {_fmt(r['tau']):>11} {pe:>9} "
+                         f"{pt:>9}  {v}")
         if s["judged"]:
-            lines.append(f"=> judged a copy by {s['copy_votes']}/{s['judged']} metrics")
+            lines.append(f"=> judged a copy by {s['copy_votes']}/{s['judged']} metrics (majority vote: "
+                         f"{'copy' if s['copy_votes'] > s['judged'] / 2 else 'not a copy'})")
+            lines += _combined_lines(s["combined"], len(result["references"]))
+            notes = sorted({f"{m}: {r['p_parametric_note']}" for m, r in s["metrics"].items()
+                            if r.get("p_parametric_note")})
+            if notes:
+                lines.append("* Student-t p-value doubtful: " + "; ".join(notes))
     return "\n".join(lines)
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else (f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}")
+
+
+def _combined_lines(c: dict[str, Any] | None, n_refs: int) -> list[str]:
+    if not c:
+        return []
+    out = []
+    for kind, what in (("empirical", "empirical p-values"), ("parametric", "Student-t p-values")):
+        r = c.get(kind)
+        if r is None:
+            out.append(f"=> Holm-combined on {what}: not computed (a metric has none)")
+            continue
+        verdict_txt = "copy" if r["copy"] else "not a copy"
+        out.append(f"=> Holm-combined on {what} (family-wise alpha {c['alpha']:g}): {verdict_txt} "
+                   f"(smallest adjusted p {_p(r['min_adjusted_p'])})")
+    if n_refs and pvalue_floor(n_refs) > c["alpha"]:
+        out.append(f"   with {n_refs} references no empirical p-value goes below 1/{n_refs + 1} = "
+                   f"{pvalue_floor(n_refs):.3f}: a claim at {c['alpha']:g} needs >= "
+                   f"{references_needed(c['alpha'])} independent models")
+    return out
