@@ -16,7 +16,7 @@ from removalnet.verify import calibrate_models, create_verifier, verdict
 from removalnet.verify.deepjudge import (DeepJudge, adversarial_tests, channel_means, generate_tests, jsd, lad, lod,
                                          nad, nod, robd, seed_confidence, select_seeds)
 
-SMALL = dict(num_seeds=16, max_tests=24, max_iters=60, step=0.05, pgd_steps=5, batch_size=64)
+SMALL = dict(num_seeds=16, adv_seeds=16, max_tests=24, max_iters=60, step=0.05, pgd_steps=5, batch_size=64)
 
 
 # ------------------------------------------------------------------------------------------ metric math
@@ -255,6 +255,43 @@ def test_generated_tests_exceed_k(victim, digits):
     assert bool((victim(T["adv_x"]).argmax(1) != T["adv_y"]).all())
     assert float(T["victim_adv_acc"][0]) < 1e-12 and meta["victim_adv_accuracy"] < 1e-12
     assert meta["degenerate"] == []
+
+
+def test_white_box_generation_steps_before_its_first_check(victim, digits):
+    """Official NeuronFuzzing.generate: every iteration takes one Adam step (opt.minimize) and only then checks
+    the neuron against k, so a seed is never its own test case: one whose neuron already exceeds k gives the
+    seed after one Adam step, x + step * g / (|g| + eps) on the first step (clipped to [0, 1] here)."""
+    seeds = torch.stack([digits[1][i][0] for i in range(3)])
+    maxima = -torch.ones(8)                            # k = -3: every (non-negative) ReLU neuron is above it
+    g = generate_tests(victim, 1, seeds, m=3.0, step=0.05, max_iters=10, max_tests=6, neuron_maxima=maxima)
+    assert bool(g["reached"].all()) and g["iters"].tolist() == [1] * 6
+    for p in range(6):
+        x = seeds[g["seed"][p]][None].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(channel_means(victim.head(x, 1))[0, g["channel"][p]], x)
+        expected = (x.detach() + 0.05 * grad / (grad.abs() + 1e-8)).clamp(0, 1)[0]
+        assert torch.allclose(g["x"][p], expected, atol=1e-5)
+        assert not torch.equal(g["x"][p], seeds[g["seed"][p]])
+
+
+def test_blackbox_test_cases_come_from_the_whole_seed_file(victim, digits):
+    """Official: seed_selection.py saves the 1000 most confident correctly classified test images;
+    whitebox_generation.py takes the first NUMS = 100 of them, blackbox_generation.py attacks all of them."""
+    assert DeepJudge().params["adv_seeds"] == 1000
+    params = {k: v for k, v in SMALL.items() if k != "adv_seeds"}
+    fp = DeepJudge(**params).extract(victim, digits[1], seed=0)
+    T, meta = fp.tensors, fp.meta
+    xs = torch.stack([digits[1][i][0] for i in range(len(digits[1]))])
+    ys = torch.tensor([int(digits[1][i][1]) for i in range(len(digits[1]))])
+    with torch.no_grad():
+        ranked = select_seeds(victim(xs), ys, 1000)
+    assert meta["num_seeds"] == 16 and len(T["seeds_x"]) == 16
+    assert meta["adv_tried"] == len(ranked) == meta["correct_in_data"] > 16      # fewer than 1000 correct here
+    assert torch.equal(T["seeds_x"], xs[ranked[:16]])                           # white-box: the first 16
+    src = ranked[T["adv_index"]]                                                # each kept case's seed
+    assert int(T["adv_index"].max()) >= 16 and torch.equal(T["adv_y"], ys[src])
+    assert float((T["adv_x"] - xs[src]).abs().max()) <= 0.1 + 5 * 0.03 + 1e-6
+    few = DeepJudge(**{**params, "adv_seeds": 4}).extract(victim, digits[1], seed=0)
+    assert few.meta["adv_tried"] == 4 and few.meta["num_seeds"] == 16
 
 
 def test_round_robin_pairs_cover_channels_first(victim, digits):

@@ -37,14 +37,17 @@ Fingerprint (``extract``):
    pairs, assigned round-robin so that every neuron gets seeds before any gets a second one, are optimised
    together: gradient ascent on a_c(x) w.r.t. the input with Adam at learning rate ``step`` (0.01), x clipped
    to [0, 1] after every step (the official code does not clip), for up to ``max_iters`` iterations (1000); a
-   pair becomes a test case as soon as a_c(x) > k_c. Up to ``batch_size`` pairs are in flight at once; Adam's
+   pair becomes a test case as soon as a_c(x) > k_c after a step (as the official loop, which steps before it
+   checks: the unmodified seed is never a test case). Up to ``batch_size`` pairs are in flight at once; Adam's
    state is per element, so each pair follows exactly the path it would follow alone. At most ``max_tests``
    pairs are tried (default 256; the official code tries every seed with every neuron, ``num_seeds * C``);
    how many reached k is recorded in the meta. If none does, every tried pair's last iterate is kept, a
    warning is given, and ``degenerate`` in the meta lists the white-box metrics (the official code has no
    test case then: they carry no evidence, and are flagged and left out of votes).
-3. Black-box test cases from the victim on the seeds, official ``adversarial_attacks.PGD`` with the
-   generation script's settings: random start uniform in [-``pgd_eps``, ``pgd_eps``] (0.1), ``pgd_steps`` (10)
+3. Black-box test cases from the victim on the first ``adv_seeds`` (1000) images of the same ranking (the
+   official ``seed_selection.py`` saves 1000 seeds; ``whitebox_generation.py`` uses the first 100 of them,
+   ``blackbox_generation.py`` all of them), official ``adversarial_attacks.PGD`` with the generation script's
+   settings: random start uniform in [-``pgd_eps``, ``pgd_eps``] (0.1), ``pgd_steps`` (10)
    sign-gradient steps of ``pgd_step_size`` (0.03) on the cross-entropy of the true labels, clipped to [0, 1]
    only (no projection to the eps-ball, as the official code); ``adv_method="fgsm"``: the official ``FGSM``
    (random start, one step of ``pgd_eps``). Only the examples that fool the victim are kept; how many is
@@ -241,7 +244,7 @@ def generate_tests(model: nn.Module, layer: int, seeds: torch.Tensor, *, m: floa
         ch = channel[idx].to(device)
         x.requires_grad_(True)
         a = acts(x).gather(1, ch[:, None]).squeeze(1)
-        hit = a.detach() > k_dev[ch]
+        hit = (a.detach() > k_dev[ch]) & (t_pair >= 1)      # official: a step first, then the check
         done = hit | (t_pair >= max_iters)
         (grad,) = torch.autograd.grad(a.sum(), x) if not bool(done.all()) else (None,)
         x = x.detach()
@@ -321,6 +324,8 @@ class DeepJudge(Verifier):
         "layer": Param(None, int, low=1, nullable=True,
                        doc="split layer whose neurons are tested (None: the victim's default_layer)"),
         "num_seeds": Param(100, int, low=1, doc="seed images: the victim's most confident correct ones (NUMS)"),
+        "adv_seeds": Param(1000, int, low=1,
+                           doc="seeds of the black-box test cases, from the same ranking (official seed file: 1000)"),
         "m": Param(3.0, float, low=0.0, low_open=True, doc="k_c = m x neuron c's maximum on the training images"),
         "step": Param(0.01, float, low=0.0, low_open=True, doc="Adam learning rate of the white-box test generation"),
         "max_iters": Param(1000, int, low=0, doc="test-generation iterations per (seed, neuron) pair"),
@@ -369,11 +374,14 @@ class DeepJudge(Verifier):
                 logits.append(victim(torch.as_tensor(x, dtype=torch.float32).to(device)).float().cpu())
                 labels.append(torch.as_tensor(y, dtype=torch.int64))
         logits_all, labels_all = torch.cat(logits), torch.cat(labels)
-        order = select_seeds(logits_all, labels_all, P["num_seeds"])
+        # the official seed file: the top of the ranking; white-box uses its first num_seeds, black-box adv_seeds
+        order = select_seeds(logits_all, labels_all, max(P["num_seeds"], P["adv_seeds"]))
         if len(order) == 0:
             raise RemovalNetError("DeepJudge found no correctly classified image in the verifier's data: "
                                   "is this the victim's test set?")
-        seeds_x, seeds_y = dataset_tensors(data, order.tolist(), batch_size=bs)
+        ranked_x, ranked_y = dataset_tensors(data, order.tolist(), batch_size=bs)
+        seeds_x, seeds_y = ranked_x[:P["num_seeds"]], ranked_y[:P["num_seeds"]]
+        adv_seeds_x, adv_seeds_y = ranked_x[:P["adv_seeds"]], ranked_y[:P["adv_seeds"]]
         # 2. white-box test cases at the layer; k from the training data (official) or the seeds
         maxima = None if train_data is None else self._neuron_maxima(victim, layer, train_data, device)
         gen = generate_tests(victim, layer, seeds_x, m=P["m"], step=P["step"], max_iters=P["max_iters"],
@@ -387,15 +395,15 @@ class DeepJudge(Verifier):
                           "(raise max_iters or lower m)", stacklevel=3)
         tests_x = gen["x"][keep]
         victim_layer = layer_means(victim, layer, tests_x, batch_size=bs, device=device)
-        # 3. black-box test cases: the victim's adversarial examples on the seeds that fool it (official)
+        # 3. black-box test cases: the victim's adversarial examples on the seed file that fool it (official)
         adv_all, adv_logits_all, fooled = adversarial_tests(
-            victim, seeds_x, seeds_y, method=P["adv_method"], eps=P["pgd_eps"], steps=P["pgd_steps"],
+            victim, adv_seeds_x, adv_seeds_y, method=P["adv_method"], eps=P["pgd_eps"], steps=P["pgd_steps"],
             step_size=P["pgd_step_size"], random_start=P["pgd_random_start"], generator=generator,
             batch_size=bs, device=device)
-        adv_x, adv_y, adv_logits = adv_all[fooled], seeds_y[fooled], adv_logits_all[fooled]
+        adv_x, adv_y, adv_logits = adv_all[fooled], adv_seeds_y[fooled], adv_logits_all[fooled]
         kept = int(fooled.sum())
         if kept == 0:
-            warnings.warn(f"DeepJudge: none of the {len(seeds_x)} adversarial examples ({P['adv_method']}, eps "
+            warnings.warn(f"DeepJudge: none of the {len(adv_seeds_x)} adversarial examples ({P['adv_method']}, eps "
                           f"{P['pgd_eps']}) fools the victim, so DJ-RobD and DJ-JSD have no test case and will be "
                           "NaN (raise pgd_eps / pgd_steps)", stacklevel=3)
             victim_adv_acc = torch.zeros(0, dtype=torch.float64)      # no example: no accuracy (not 0, not NaN)
@@ -406,7 +414,8 @@ class DeepJudge(Verifier):
             "seeds_x": seeds_x, "seeds_y": seeds_y, "k": gen["k"],
             "tests_x": tests_x, "tests_seed": gen["seed"][keep], "tests_channel": gen["channel"][keep],
             "victim_layer": victim_layer,
-            "adv_x": adv_x, "adv_y": adv_y, "victim_adv_logits": adv_logits, "victim_adv_acc": victim_adv_acc,
+            "adv_x": adv_x, "adv_y": adv_y, "adv_index": fooled.nonzero()[:, 0],     # position in the seed ranking
+            "victim_adv_logits": adv_logits, "victim_adv_acc": victim_adv_acc,
         }
         meta = {
             "layer": layer, "num_channels": int(len(gen["k"])), "num_seeds": int(len(seeds_x)),
@@ -417,7 +426,7 @@ class DeepJudge(Verifier):
             "tested_neurons": int(len(torch.unique(gen["channel"]))),
             "fallback_unreached": fallback, "channels_reached": int((per_channel > 0).sum()),
             "mean_iters_reached": float(gen["iters"][reached].double().mean()) if reached.any() else None,
-            "adv_tried": int(len(seeds_x)), "adv_kept": kept,
+            "adv_tried": int(len(adv_seeds_x)), "adv_kept": kept,
             "victim_adv_accuracy": None if kept == 0 else float(victim_adv_acc),
             "degenerate": ([] if kept else ["DJ-RobD", "DJ-JSD"])
                           + ([m.name for m in self.metrics if m.name not in ("DJ-RobD", "DJ-JSD")] if fallback else []),
