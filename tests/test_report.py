@@ -133,3 +133,45 @@ def test_a_distance_threshold_at_zero_is_flagged_degenerate(run_dir):
     assert "SAC" in td.degenerate and "threshold 0" in td.degenerate_why["SAC"]
     assert "SAC" not in td.taus and td.pool == ["IPG-MR"] and "SAC" not in td.metrics
     assert "Degenerate metrics" in to_markdown(td) and "SAC (threshold 0" in to_markdown(td)
+
+
+def test_confidence_section_by_hand(run_dir):
+    """The verdicts with their confidence, recomputed by hand from the fixture's values (3 references, 2 negatives)."""
+    import numpy as np
+
+    from removalnet.report.confidence import confidence_section, reference_mismatch
+    from removalnet.report.render import to_html
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        td = build_table(run_dir)
+    sec = confidence_section(td)
+    own, pvals, auc = sec.tables
+    # paper vote 2/3 (Clopper-Pearson 2/3: 9-99%); Holm over IPG-MR and SAC: the best seed has p = 1/4 for both,
+    # adjusted 2 x 1/4 = 0.5 > 0.05, so no seed is a copy (0/3: <= 71%)
+    assert own[2][0][:3] == ["FT(0.5)", "Yes (2/3, 9-99%)", "No (0/3, <= 71%)"]
+    # Student-t prediction p-values (IPG-MR on values, SAC on logs, df 2); Holm: copy when 2 x min p <= 0.05
+    from scipy import stats
+    mr, sac = np.array([0.2, 0.3, 0.25]), np.log([0.5, 0.4, 0.6])
+    scale = np.sqrt(1 + 1 / 3)
+    holm_copies = 0
+    for v_mr, v_sac in ((0.9, 0.1), (0.8, 0.2), (0.1, 0.7)):
+        p_mr = stats.t.sf((v_mr - mr.mean()) / (mr.std(ddof=1) * scale), 2)
+        p_sac = stats.t.cdf((np.log(v_sac) - sac.mean()) / (sac.std(ddof=1) * scale), 2)
+        holm_copies += 2 * min(p_mr, p_sac) <= 0.05
+    assert holm_copies == 2 and own[2][0][3] == "Yes (2/3, 9-99%)"
+    assert own[2][1][:3] == ["Negative", "No (0/2, <= 84%)", "No (0/2, <= 84%)"]
+    # the weakest seed (MR 0.1 below every reference, SAC 0.7 above every reference): p = 4/4
+    assert pvals[2][0][1].startswith("1.000 / ") and pvals[2][0][2].startswith("1.000 / ")
+    # AUC of IPG-MR: seeds 0.9, 0.8 beat the 5 independent models, 0.1 ties one and loses to four: 10.5/15
+    assert auc[2][0][0] == "FT(0.5)" and auc[2][0][1].startswith("0.70 (")
+    assert any("n too small (5 independent models; >= 19 needed" in f for f in sec.findings)
+    assert any("1/4 = 0.250" in f and ">= 19 references" in f for f in sec.findings)
+    md = to_markdown(td)
+    assert "## Verdicts with their confidence" in md and "Yes (2/3, 9-99%)" in md
+    assert "Yes (2/3)" in md                      # the paper's table stays as it was
+    assert "Ownership with confidence" in to_csv(td) and "Holm, empirical p" in to_latex(td)
+    assert "Verdicts with their confidence" in to_html(td)
+    assert reference_mismatch(0.90, [0.9, 0.9]) is None and reference_mismatch(0.90, [0.92, 0.93]) is None
+    text = reference_mismatch(0.734, [0.82, 0.85])
+    assert "10.1 points above" in text and "more than 3" in text
+    assert not any("mean accuracy" in f for f in sec.findings)

@@ -11,6 +11,7 @@ import io
 import math
 import os
 import platform
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,8 @@ import numpy as np
 
 from ..utils import atomic_path, atomic_write_bytes, package_versions
 from ..verify import all_metrics
+from .confidence import confidence_section
+from .explain import legend, limitations
 from .section import Section
 from .table import TableData
 
@@ -132,11 +135,29 @@ def _intro(td: TableData) -> str:
     return text
 
 
+def _legend_markdown(td: TableData) -> list[str]:
+    """The table explained (report/explain.py), and what the run cannot show, as Markdown lines."""
+    parts = ["", "### How to read this table", ""] + [f"- {line}" for line in legend(td)]
+    notes = limitations(td)
+    if notes:
+        parts += ["", "### What this run cannot show", ""] + [f"- {t}" for t in notes.values()]
+    return parts
+
+
+def _inline_html(text: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
 def to_markdown(td: TableData) -> str:
     parts = [f"## Table 1: {td.name}", "", _intro(td), "", md_table(*table_cells(td)), "",
              "### Seeds judged a copy, per metric", "", md_table(*copy_count_cells(td))]
+    parts += _legend_markdown(td)
     if td.rules:
         parts += ["", "### Threshold rules", "", md_table(*rule_cells(td))]
+    conf = confidence_section(td)
+    if conf is not None:
+        parts += ["", section_markdown(conf).rstrip()]
     if td.failed:
         parts += ["", "### Jobs not done", ""] + [f"- `{f['name']}`: {f['status']} {f['error'] or ''}" for f in td.failed]
     return "\n".join(parts) + "\n"
@@ -151,7 +172,11 @@ def csv_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def to_csv(td: TableData) -> str:
-    return csv_table(*table_cells(td))
+    """Table 1, then each table of its confidence section after a blank line and a title row."""
+    conf = confidence_section(td)
+    extra = "".join("\n" + csv_table([title], []) + csv_table(head, rows)
+                    for title, head, rows in (conf.tables if conf else []))
+    return csv_table(*table_cells(td)) + extra
 
 
 def _tex_escape(s: str) -> str:
@@ -173,7 +198,10 @@ def tex_table(head: list[str], rows: list[list[str]], rule_before_last: bool = F
 
 
 def to_latex(td: TableData) -> str:
-    return tex_table(*table_cells(td), rule_before_last=True)   # the tau row below a rule
+    """Table 1 (the tau row below a rule), then each table of its confidence section after a comment line."""
+    conf = confidence_section(td)
+    extra = "".join(f"\n% {title}\n" + tex_table(head, rows) for title, head, rows in (conf.tables if conf else []))
+    return tex_table(*table_cells(td), rule_before_last=True) + extra
 
 
 def tradeoff_figure(td: TableData):
@@ -274,11 +302,20 @@ def to_html(td: TableData, extra_sections: list[tuple[str, str]] = ()) -> str:
         plt.close(fig)
         img = (f'<h2>Trade-off (paper Fig. 4/5)</h2><img alt="fidelity against normalised distance" '
                f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
-    body = [f"<h1>removalnet: {html.escape(td.name)}</h1>", f"<p>{html.escape(_intro(td))}</p>",
+    body = [f"<h1>removalnet: {html.escape(td.name)}</h1>", f"<p>{_inline_html(_intro(td))}</p>",
             "<h2>Table 1</h2>", html_table(*table_cells(td)),
             "<h2>Seeds judged a copy, per metric</h2>", html_table(*copy_count_cells(td))]
+    body += ["<h2>How to read this table</h2><ul>"
+             + "".join(f"<li>{_inline_html(line)}</li>" for line in legend(td)) + "</ul>"]
+    notes = limitations(td)
+    if notes:
+        body += ["<h2>What this run cannot show</h2><ul>"
+                 + "".join(f"<li>{html.escape(t)}</li>" for t in notes.values()) + "</ul>"]
     if td.rules:
         body += ["<h2>Threshold rules</h2>", html_table(*rule_cells(td))]
+    conf = confidence_section(td)
+    if conf is not None:
+        body += [f"<h2>{html.escape(conf.title)}</h2>", section_html(conf)[1]]
     body.append(img)
     for title, content in extra_sections:
         body += [f"<h2>{html.escape(title)}</h2>", content]
