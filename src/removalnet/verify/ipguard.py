@@ -1,18 +1,20 @@
 """IPGuard: fingerprint points on the victim's classification boundary (Cao et al., AsiaCCS 2021; paper eq. 5).
 
 Extraction: ``num_points`` data points x drawn (seeded) from the verifier's data. For each, i is the
-victim's predicted class on x and j a target class (``target="random"``: uniform over the other
-classes, seeded; ``"least"``: the victim's least likely class, as the RemovalNet reference's default).
+victim's predicted class on x and j a target class (``target="least"``, the default: the victim's least
+likely class, as the RemovalNet reference's default "L"; ``"random"``: uniform over the other classes,
+seeded, the reference's "R").
 The input is optimised with Adam on the IPGuard loss
 
     L(x) = ReLU(z_i - z_j + k) + ReLU(z_t - z_i),   z = F_V(x) (logits),  t = argmax_{c != i, j} z_c
 
 which is zero exactly when z_j >= z_i + k and z_i >= z_t: the point has just crossed from class i
 into class j, with i still the runner-up, so it lies on the boundary between i and j with a logit gap
-of at least k (and, as the optimisation stops as soon as L = 0, not much more). With two classes
-only the first term exists. Every point stops at its first iterate with L = 0; points still
-positive after ``max_iter`` iterations keep their last iterate (counted in the meta as not
-converged). Inputs are clamped to [0, 1] after every step.
+of at least k (and, as the optimisation stops as soon as L is about 0, not much more). With two
+classes only the first term exists. As the reference loop (loss, step, then ``if loss <= 1e-4:
+break``), a point stops one step past its first iterate with L <= ``tol`` (1e-4); points whose loss
+never gets there keep the iterate after ``max_iter`` steps (counted in the meta as not converged).
+Inputs are clamped to [0, 1] after every step.
 
 k is a logit margin. Small k puts the points right on the boundary (the RemovalNet reference uses
 k = 0.01, "since logits are always smaller than 10"); larger k (IPGuard explores up to 10) pushes them
@@ -60,12 +62,13 @@ def ipguard_loss(z: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: float) ->
 
 
 def boundary_points(model: nn.Module, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, *, k: float,
-                    lr: float = 0.01, max_iter: int = 1000, betas: tuple[float, float] = (0.9, 0.999),
+                    lr: float = 0.01, max_iter: int = 1000, tol: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                     adam_eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimise :func:`ipguard_loss` over the inputs ``x`` (B x C x H x W in [0, 1]) with Adam.
 
-    Returns (points, converged mask, iterations used per point). A point is frozen at its first
-    iterate with zero loss. All tensors on ``x``'s device.
+    Returns (points, converged mask, steps taken per point). As the reference loop, every iteration
+    computes the loss, takes a step, then stops the point if that loss was ``<= tol``: a point is frozen
+    one step past its first iterate with loss <= tol. All tensors on ``x``'s device.
     """
     x = x.detach().clone()
     m = torch.zeros_like(x)
@@ -73,29 +76,23 @@ def boundary_points(model: nn.Module, x: torch.Tensor, i: torch.Tensor, j: torch
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     iters = torch.full((len(x),), max_iter, dtype=torch.int64, device=x.device)
     with torch.enable_grad():
-        for step in range(max_iter + 1):
+        for step in range(max_iter):
             act = (~done).nonzero()[:, 0]
             if len(act) == 0:
                 break
             xa = x[act].requires_grad_(True)
             loss = ipguard_loss(model(xa), i[act], j[act], k)
-            finished = loss.detach() <= 0
-            if finished.any():
-                hit = act[finished]
-                done[hit] = True
-                iters[hit] = step
-            if step == max_iter:
-                break
             (g,) = torch.autograd.grad(loss.sum(), xa)
             with torch.no_grad():
-                keep = ~finished
-                a, g = act[keep], g[keep]
-                m[a] = betas[0] * m[a] + (1 - betas[0]) * g
-                v[a] = betas[1] * v[a] + (1 - betas[1]) * g * g
+                m[act] = betas[0] * m[act] + (1 - betas[0]) * g
+                v[act] = betas[1] * v[act] + (1 - betas[1]) * g * g
                 t = step + 1                          # every active point has taken exactly `step` steps
-                mhat = m[a] / (1 - betas[0] ** t)
-                vhat = v[a] / (1 - betas[1] ** t)
-                x[a] = (x[a] - lr * mhat / (vhat.sqrt() + adam_eps)).clamp(0.0, 1.0)
+                mhat = m[act] / (1 - betas[0] ** t)
+                vhat = v[act] / (1 - betas[1] ** t)
+                x[act] = (x[act] - lr * mhat / (vhat.sqrt() + adam_eps)).clamp(0.0, 1.0)
+            hit = act[loss.detach() <= tol]           # the reference checks the loss after its step
+            done[hit] = True
+            iters[hit] = step + 1
     return x.detach(), done, iters
 
 
@@ -113,8 +110,9 @@ class IPGuard(Verifier):
         "k": Param(0.01, float, low=0.0, doc="logit margin of eq. 5"),
         "lr": Param(0.01, float, low=0.0, low_open=True, doc="Adam learning rate of the point search"),
         "max_iter": Param(1000, int, low=1, doc="optimisation steps per batch of points (reference: 1000)"),
-        "target": Param("random", str, choices=TARGETS,
-                        doc="target class: random (seeded) or least (the victim's least likely)"),
+        "tol": Param(1e-4, float, low=0.0, doc="a point stops one step after its loss is <= tol (reference: 1e-4)"),
+        "target": Param("least", str, choices=TARGETS,
+                        doc="target class: least (the victim's least likely, reference default) or random (seeded)"),
     }
 
     def _extract(self, victim: nn.Module, data: Dataset, *, seed: int, generator: torch.Generator,
@@ -136,7 +134,7 @@ class IPGuard(Verifier):
         for lo in range(0, n, p["batch_size"]):
             sl = slice(lo, lo + p["batch_size"])
             pts, dn, it = boundary_points(victim, x0[sl].to(device), i[sl].to(device), j[sl].to(device),
-                                          k=p["k"], lr=p["lr"], max_iter=p["max_iter"])
+                                          k=p["k"], lr=p["lr"], max_iter=p["max_iter"], tol=p["tol"])
             points.append(pts.cpu())
             done.append(dn.cpu())
             iters.append(it.cpu())
