@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv data test test-paper test-paper-ci test-kernels demo bench clean
+.PHONY: venv data test test-paper test-paper-ci test-kernels demo docs bench clean
 
 venv: $(VENV)/.installed
 
@@ -50,8 +50,13 @@ test-kernels: venv data
 demo: venv data
 	$(VENV)/bin/removalnet demo --threads 1
 
+# The documentation site (mkdocs.yml, docs/) built strictly (a broken link or reference fails) into site/:
+# open site/index.html, or serve it with `.venv/bin/mkdocs serve`. The docs extra is part of dev.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
 
 bench: venv data
 	REMOVALNET_THREADS=1 $(VENV)/bin/python benchmarks/table1.py
