@@ -7,9 +7,9 @@ import pytest
 from scipy import optimize, stats
 
 from removalnet.utils import RemovalNetError
-from removalnet.verify.confidence import (bonferroni, clopper_pearson, combined_verdict, empirical_pvalue, holm,
-                                          parametric_pvalue, pvalue_floor, rate_text, references_needed, roc_auc,
-                                          tpr_at_fpr)
+from removalnet.verify.confidence import (bonferroni, clopper_pearson, combined_verdict, empirical_pvalue,
+                                          fpr_upper_bound, holm, models_for_bound, parametric_pvalue, pvalue_floor,
+                                          rate_text, references_needed, roc_auc, tpr_at_fpr)
 
 # independent models' values against a victim and copies' values; a distance (copies smaller) and a similarity
 # (copies larger), with ties, at n = 2, 3, 5, 10
@@ -208,3 +208,23 @@ def test_bad_input_is_refused():
         clopper_pearson(4, 3)
     with pytest.raises(RemovalNetError):
         tpr_at_fpr([0.1], [0.2], "distance", 0.0)
+
+
+@pytest.mark.parametrize("k,n", [(0, 3), (0, 59), (1, 5), (2, 10), (0, 1)])
+def test_fpr_upper_bound_is_the_one_sided_binomial_bound(k, n):
+    # one-sided 95%: the rate p with P(X <= k | n, p) = 0.05
+    want = optimize.brentq(lambda p: stats.binom.cdf(k, n, p) - 0.05, 1e-12, 1 - 1e-12)
+    assert fpr_upper_bound(k, n) == pytest.approx(want, abs=1e-8)
+    assert fpr_upper_bound(n, n) == pytest.approx(1.0)
+
+
+def test_models_for_bound():
+    # 0.95^59 = 0.0485 < 0.05 <= 0.95^58: 59 models with no false positive bound the rate below 5%
+    assert models_for_bound(0.05) == 59 and fpr_upper_bound(0, 59) < 0.05 <= fpr_upper_bound(0, 58)
+    for a in (0.01, 0.1, 0.3, 0.7):
+        n = models_for_bound(a)
+        assert fpr_upper_bound(0, n) < a <= fpr_upper_bound(0, n - 1) if n > 1 else fpr_upper_bound(0, n) < a
+    # the order statistic: the minmax threshold's false-positive rate is Beta(1, n); its 95% quantile is the bound
+    rng = np.random.default_rng(0)
+    fprs = [stats.norm.sf(rng.standard_normal(10).max()) for _ in range(4000)]
+    assert np.quantile(fprs, 0.95) == pytest.approx(fpr_upper_bound(0, 10), abs=0.02)

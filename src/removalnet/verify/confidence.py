@@ -18,6 +18,9 @@ more copy-like, as :class:`~removalnet.verify.base.Metric`), so callers never fl
   (a test whose false-positive rate is at most ``a``), with a Clopper-Pearson interval; ``None`` when the
   independent models are too few for any p-value to reach ``a``.
 * :func:`clopper_pearson` / :func:`rate_text`: exact binomial intervals for rates ("0/3, <= 71%").
+* :func:`fpr_upper_bound` / :func:`models_for_bound`: the one-sided 95% upper bound on a threshold's
+  false-positive rate from the independent models it calls copies (k of n; 1 - 0.05^(1/n) when k = 0), and how
+  many independent models bring it below a target (59 for 5%).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from ..utils import RemovalNetError
 
 __all__ = ["empirical_pvalue", "pvalue_floor", "references_needed", "ParametricP", "parametric_pvalue", "holm",
            "bonferroni", "combined_verdict", "Combined", "AUC", "roc_auc", "TPR", "tpr_at_fpr", "clopper_pearson",
-           "rate_text", "interval_text", "LEVEL", "DIRECTIONS"]
+           "rate_text", "interval_text", "fpr_upper_bound", "models_for_bound", "LEVEL", "DIRECTIONS"]
 
 DIRECTIONS = ("distance", "similarity")
 #: the confidence level of every interval
@@ -290,3 +293,27 @@ def tpr_at_fpr(independent: Sequence[float], copies: Sequence[float], direction:
     k = sum(empirical_pvalue(v, neg, direction) <= fpr + 1e-12 for v in pos)
     low, high = clopper_pearson(k, pos.size, level)
     return TPR(k / pos.size, int(k), int(pos.size), low, high, fpr, int(neg.size), needed)
+
+
+def fpr_upper_bound(false_positives: int, n: int, level: float = LEVEL) -> float:
+    """One-sided ``level`` upper bound on a threshold's false-positive rate when it calls ``false_positives`` of
+    ``n`` independent models copies: the Clopper-Pearson bound ``Beta(level; k + 1, n - k)`` (1 when k = n),
+    ``1 - (1 - level)^(1/n)`` for k = 0. For a threshold set from those same models (the minmax tau: k = 0) it is
+    exact and distribution-free: the false-positive rate of the most extreme of n values follows Beta(1, n)."""
+    if isinstance(false_positives, bool) or int(false_positives) != false_positives or int(n) != n \
+            or not 0 <= false_positives <= n or n < 1:
+        raise RemovalNetError(f"a false-positive count needs integers 0 <= k <= n, n >= 1; got {false_positives}/{n}")
+    level = _alpha(level, "level")
+    k, n = int(false_positives), int(n)
+    if k == n:
+        return 1.0
+    from scipy import stats
+
+    return float(stats.beta.ppf(level, k + 1, n - k))
+
+
+def models_for_bound(max_fpr: float, level: float = LEVEL) -> int:
+    """Independent models needed, none called a copy, for :func:`fpr_upper_bound` to go below ``max_fpr``:
+    the smallest n with ``1 - (1 - level)^(1/n) < max_fpr``, i.e. ``n > ln(1 - level) / ln(1 - max_fpr)``."""
+    max_fpr, level = _alpha(max_fpr, "max_fpr"), _alpha(level, "level")
+    return math.floor(math.log(1 - level) / math.log(1 - max_fpr)) + 1
