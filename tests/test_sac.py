@@ -42,10 +42,10 @@ def test_correlation_matrix_and_distance_golden():
         sac_distance(c, torch.zeros(2, 2))
 
 
-def test_cutmix_patches_from_another_sample_in_a_corner():
+def test_per_sample_cutmix_patches_from_another_sample_in_a_corner():
     x = torch.arange(6, dtype=torch.float32)[:, None, None, None].expand(6, 1, 30, 30).clone() / 10
-    out = cutmix(x, torch.Generator().manual_seed(0), cut_ratio=0.2)
-    again = cutmix(x, torch.Generator().manual_seed(0), cut_ratio=0.2)
+    out = cutmix(x, torch.Generator().manual_seed(0), cut_ratio=0.2, mode="per_sample")
+    again = cutmix(x, torch.Generator().manual_seed(0), cut_ratio=0.2, mode="per_sample")
     assert torch.equal(out, again)
     for a in range(6):
         changed = out[a, 0] != x[a, 0]
@@ -58,6 +58,30 @@ def test_cutmix_patches_from_another_sample_in_a_corner():
         assert (cy <= 30 / 6 or cy >= 5 * 30 / 6 - 1) and (cx <= 30 / 6 or cx >= 5 * 30 / 6 - 1)
     with pytest.raises(RemovalNetError):
         cutmix(x[:1])
+
+
+def test_cutmix_follows_the_reference_by_default(data, models):
+    """The reference cut_mix.py: the first batch of samples of the (unshuffled) split, partners from one
+    torch.randperm (a sample may be its own partner) and one patch position for the whole batch. Flat images of
+    distinct values show which sample each patch comes from."""
+    victim, _ = models
+    assert create_verifier("sac").params["cutmix"] == "official"
+    flat = torch.arange(40, dtype=torch.float32)[:, None, None, None].expand(40, 1, 28, 28) / 40
+    ds = TensorDataset(flat.clone(), data.tensors[1])
+    fp = create_verifier("sac", **SMALL, source="cutmix").extract(victim, ds, seed=2)
+    x = fp.tensors["samples"]
+    assert fp.tensors["indices"].tolist() == list(range(12))                   # the first 12, in order
+    changed = torch.stack([x[a, 0] != flat[a, 0] for a in range(12)])
+    boxes = {(tuple(c.any(1).nonzero()[:, 0].tolist()), tuple(c.any(0).nonzero()[:, 0].tolist()))
+             for c in changed if c.any()}
+    assert len(boxes) == 1                                                     # one patch position for all
+    rows, cols = next(iter(boxes))
+    partner = [round(float(x[a, 0, rows[0], cols[0]]) * 40) for a in range(12)]
+    assert sorted(partner) == list(range(12))                                  # one permutation of the batch
+    g = torch.Generator().manual_seed(2)
+    assert partner == torch.randperm(12, generator=g).tolist()                 # drawn first, then the box
+    mine = create_verifier("sac", **SMALL, source="cutmix", cutmix="per_sample").extract(victim, ds, seed=2)
+    assert mine.tensors["indices"].tolist() != list(range(12))                 # a seeded random subset
 
 
 def test_wrong_source_identity_roundtrip(data, models, tmp_path):
@@ -146,7 +170,7 @@ def test_too_few_misclassified(data, models):
 
 
 def test_params_validated():
-    for bad in (dict(num_samples=1), dict(source="mixup"), dict(cut_ratio=0), dict(output="prob"),
+    for bad in (dict(num_samples=1), dict(source="mixup"), dict(cut_ratio=0), dict(output="prob"), dict(cutmix="x"),
                 dict(samples=3)):
         with pytest.raises(RemovalNetError, match=next(iter(bad))):
             create_verifier("sac", **bad)

@@ -55,17 +55,19 @@ def test_registry_and_metrics():
 
 # The fingerprint parameters of every verifier's defaults as they were hashed before the verifiers declared
 # Params: fingerprint keys and job ids hash their canonical JSON, so an int must stay an int (ZEST's 4, not 4.0).
+# Changed on purpose when the verifiers followed their official code (DeepJudge adv_seeds, ZEST order, IPGuard
+# target and tol, SAC cutmix): fingerprints made the old way get other keys.
 OLD_DEFAULTS = {
-    "deepjudge": {"layer": None, "num_seeds": 100, "m": 3.0, "step": 0.01, "max_iters": 1000, "max_tests": 256,
+    "deepjudge": {"layer": None, "num_seeds": 100, "adv_seeds": 1000, "m": 3.0, "step": 0.01, "max_iters": 1000, "max_tests": 256,
                   "k_images": 20000, "p": 2.0, "threshold": 0.5, "lad_reduction": "sum", "adv_method": "pgd",
                   "pgd_eps": 0.1, "pgd_steps": 10, "pgd_step_size": 0.03, "pgd_random_start": True},
     "zest": {"num_images": 128, "num_masks": 1000, "kernel_size": 4, "ratio": 0.2, "max_dist": 200,
-             "image_range": 255, "intercept": False, "output": "logits"},
+             "image_range": 255, "intercept": False, "output": "logits", "order": "first"},
     "modeldiff": {"num_pairs": 300, "iterations": 1000, "epsilon": 0.2, "ddv": "official", "output": "logits"},
     "modeldiff_pgd": {"num_pairs": 100, "eps": 0.06, "alpha": 0.01, "steps": 50, "random_start": True,
                       "ddv": "cosine", "output": "logits"},
-    "ipguard": {"num_points": 100, "k": 0.01, "lr": 0.01, "max_iter": 1000, "target": "random"},
-    "sac": {"num_samples": 100, "source": "wrong", "cut_ratio": 0.2, "output": "logits"},
+    "ipguard": {"num_points": 100, "k": 0.01, "lr": 0.01, "max_iter": 1000, "tol": 0.0001, "target": "least"},
+    "sac": {"num_samples": 100, "source": "wrong", "cut_ratio": 0.2, "output": "logits", "cutmix": "official"},
 }
 OLD_DEFAULTS["deepjudge_aligned"] = OLD_DEFAULTS["deepjudge"]
 
@@ -90,7 +92,7 @@ def test_every_verifier_declares_documented_params(capsys):
     text = capsys.readouterr().out
     assert "    kernel_size: float in (0.0, inf], default 4: quickshift kernel size" in text
     assert "    layer: int in [1, inf] or None, default None: " in text
-    assert "    target: str in {random, least}, default 'random': " in text
+    assert "    target: str in {random, least}, default 'least': " in text
 
 
 def test_params_validated_at_construction_and_numbers_kept_as_given():

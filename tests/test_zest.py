@@ -147,6 +147,19 @@ def test_identity_permutation_and_unrelated(data):
     assert weights_hash(victim) == h and not victim.training
 
 
+def test_reference_images_are_the_first_of_the_verifiers_data(data):
+    """The official get_reference_dataset takes the first 128 images of its split in order; the verifier does the
+    same within its own data (never the attacker's); order="random" draws them (seeded) instead."""
+    victim = calibrated_vgg(0, data.tensors[0])
+    assert create_verifier("zest").params["order"] == "first"
+    fp = create_verifier("zest", **SMALL).extract(victim, data, seed=3)
+    assert fp.tensors["indices"].tolist() == [0, 1, 2]
+    assert torch.equal(fp.tensors["images"], data.tensors[0][:3])
+    drawn = create_verifier("zest", **SMALL, order="random").extract(victim, data, seed=3).tensors["indices"]
+    assert len(set(drawn.tolist())) == 3 and drawn.tolist() != [0, 1, 2]
+    assert torch.equal(drawn, torch.randperm(24, generator=torch.Generator().manual_seed(3))[:3])
+
+
 def test_seeded_bit_identical_roundtrip_and_batching(data, tmp_path):
     x = data.tensors[0]
     victim, suspect = calibrated_vgg(0, x), calibrated_vgg(1, x)
@@ -208,7 +221,7 @@ def test_signature_against_the_reference_fit(data, intercept):
 
 
 def test_params_validated_and_mismatch(data):
-    for bad in (dict(num_images=0), dict(num_masks=1), dict(output="probs"), dict(intercept=1),
+    for bad in (dict(num_images=0), dict(num_masks=1), dict(output="probs"), dict(intercept=1), dict(order="last"),
                 dict(kernel_size=0), dict(ratio=2.0), dict(nonsense=3)):
         with pytest.raises(RemovalNetError, match=next(iter(bad))):
             create_verifier("zest", **bad)

@@ -6,10 +6,13 @@ Extraction picks ``num_samples`` probing inputs from the verifier's data (seeded
 
 * ``source="wrong"`` (SAC-w, default): samples the victim misclassifies (argmax F_V(x) != y), taken in
   a seeded random order. If the data holds fewer, all of them are used (at least 2 are needed).
-* ``source="cutmix"`` (SAC-m): CutMix variants of random samples. As in the SAC reference, each
-  sample gets a square patch of side ``2 * floor(cut_ratio * size / 2)`` pixels (cut_ratio 0.2) from
-  another sample, centred in a corner region (centre coordinates outside the middle 2/3 of both axes);
-  here every sample draws its own partner and position.
+* ``source="cutmix"`` (SAC-m): CutMix variants. Each sample gets a square patch of side
+  ``2 * floor(cut_ratio * size / 2)`` pixels (cut_ratio 0.2) from a partner sample, centred in a corner
+  region (centre coordinates outside the middle 2/3 of both axes). ``cutmix="official"`` (default), as the
+  reference ``cut_mix.py``: the first ``num_samples`` samples of the verifier's data, partners from one
+  random permutation of them (a sample may be its own partner, and then stays unchanged) and one patch
+  position for all; ``"per_sample"``: a seeded random subset, every sample its own partner (never itself)
+  and its own patch position.
 
 Score: for a model F, the N x N correlation matrix ``C_F[a, b] = (1 - cos(F(x_a), F(x_b))) / 2`` (the
 reference's ``correlation``: cosine distance scaled to [0, 1]), and ``SAC = mean |C_S - C_V|`` over all
@@ -30,6 +33,7 @@ from .base import Fingerprint, Metric, Verifier, batched_logits, dataset_tensors
 __all__ = ["SAC", "correlation_matrix", "sac_distance", "cutmix", "cutmix_boxes", "paste_patches"]
 
 SOURCES = ("wrong", "cutmix")
+CUTMIX_MODES = ("official", "per_sample")
 OUTPUTS = ("logits", "softmax")
 
 
@@ -46,20 +50,27 @@ def sac_distance(c_v: torch.Tensor, c_s: torch.Tensor) -> float:
     return float((c_s.double() - c_v.double()).abs().mean())
 
 
-def cutmix_boxes(n: int, h: int, w: int, generator: torch.Generator | None = None, cut_ratio: float = 0.2
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def cutmix_boxes(n: int, h: int, w: int, generator: torch.Generator | None = None, cut_ratio: float = 0.2,
+                 mode: str = "official") -> tuple[torch.Tensor, torch.Tensor]:
     """The random choices of :func:`cutmix` for ``n`` samples of ``h`` x ``w`` pixels: ``partner`` (n, the
-    sample each patch comes from, never the sample itself) and ``boxes`` (n x 4: y0, y1, x0, x1, the patch
-    rows y0:y1 and columns x0:x1, clipped to the image)."""
+    sample each patch comes from) and ``boxes`` (n x 4: y0, y1, x0, x1, the patch rows y0:y1 and columns
+    x0:x1, clipped to the image). ``mode="official"``: partners from one random permutation (a sample may be
+    its own partner), one box for all; ``"per_sample"``: partners never the sample itself, a box each."""
     if n < 2:
         raise RemovalNetError("cutmix needs at least 2 samples")
-    partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n   # never the sample itself
+    if mode not in CUTMIX_MODES:
+        raise RemovalNetError(f"cutmix mode must be one of {CUTMIX_MODES}, got {mode!r}")
+    if mode == "official":
+        partner = torch.randperm(n, generator=generator)
+    else:
+        partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n   # never the sample itself
     half_h, half_w = int(h * cut_ratio) // 2, int(w * cut_ratio) // 2
+    draws = 1 if mode == "official" else n
 
     def corner_centres(size: int) -> torch.Tensor:
         # the reference redraws a centre while size/6 < c < 5 size/6
         allowed = torch.tensor([c for c in range(size) if not size / 6 < c < 5 * size / 6])
-        return allowed[torch.randint(0, len(allowed), (n,), generator=generator)]
+        return allowed[torch.randint(0, len(allowed), (draws,), generator=generator)].expand(n)
 
     cy, cx = corner_centres(h), corner_centres(w)
     boxes = torch.stack([(cy - half_h).clamp(min=0), (cy + half_h).clamp(max=h),
@@ -75,11 +86,12 @@ def paste_patches(x: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor) -
     return out
 
 
-def cutmix(x: torch.Tensor, generator: torch.Generator | None = None, cut_ratio: float = 0.2) -> torch.Tensor:
-    """CutMix variants of ``x`` (N x C x H x W, N >= 2): a corner-region patch from another sample each
+def cutmix(x: torch.Tensor, generator: torch.Generator | None = None, cut_ratio: float = 0.2,
+           mode: str = "official") -> torch.Tensor:
+    """CutMix variants of ``x`` (N x C x H x W, N >= 2): a corner-region patch from a partner sample each
     (:func:`cutmix_boxes` draws the partners and patches)."""
     n, _, h, w = x.shape
-    partner, boxes = cutmix_boxes(n, h, w, generator, cut_ratio)
+    partner, boxes = cutmix_boxes(n, h, w, generator, cut_ratio, mode)
     return paste_patches(x, partner, boxes)
 
 
@@ -99,6 +111,8 @@ class SAC(Verifier):
         "cut_ratio": Param(0.2, float, low=0.0, low_open=True, high=1.0,
                            doc="CutMix patch side as a fraction of the image side"),
         "output": Param("logits", str, choices=OUTPUTS, doc="model outputs correlated: logits or softmax"),
+        "cutmix": Param("official", str, choices=CUTMIX_MODES,
+                        doc="SAC-m samples: official (the first ones, one permutation, one box) or per_sample"),
     }
 
     def _outputs(self, model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -109,15 +123,17 @@ class SAC(Verifier):
                  device: torch.device):
         p = self.params
         n_data = len(data)  # type: ignore[arg-type]
-        order = torch.randperm(n_data, generator=generator)
         meta: dict = {}
-        if p["source"] == "cutmix":
-            idx = order[:p["num_samples"]]
+        if p["source"] == "cutmix":           # official: the first batch, in order; per_sample: a random subset
+            official = p["cutmix"] == "official"
+            idx = torch.arange(min(n_data, p["num_samples"])) if official else \
+                torch.randperm(n_data, generator=generator)[:p["num_samples"]]
             x, _ = dataset_tensors(data, idx.tolist())
             if len(x) < 2:
                 raise RemovalNetError("SAC with source='cutmix' needs at least 2 samples in the verifier's data")
-            x = cutmix(x, generator, p["cut_ratio"])
+            x = cutmix(x, generator, p["cut_ratio"], p["cutmix"])
         else:  # misclassified by the victim, scanned in seeded random order, one batch at a time
+            order = torch.randperm(n_data, generator=generator)
             chosen, xs = [], []
             scan = max(p["batch_size"], p["num_samples"])
             for lo in range(0, n_data, scan):

@@ -2,7 +2,10 @@
 
 Extraction (once per victim):
 
-1. ``num_images`` reference images, drawn (seeded) from the verifier's data.
+1. ``num_images`` reference images: the first ones of the verifier's data, in order, as the reference
+   ``get_reference_dataset`` takes the first 128 of its split (``order="random"``: a seeded random draw).
+   The reference takes them from the training split; the verifier here only ever holds its own data
+   (the test split in the experiments), never the training data an attacker may share.
 2. Each image is cut into segments with scikit-image's quickshift (kernel_size 4, ratio 0.2, max_dist
    200: the LIME/ZEST reference settings).
 3. ``num_masks`` random binary masks over the segments of each image, the first one all ones.
@@ -58,6 +61,7 @@ __all__ = ["ZEST", "segment_images", "random_masks", "masked_inputs", "lime_pinv
            "zest_distances"]
 
 OUTPUTS = ("logits", "softmax")
+ORDERS = ("first", "random")
 
 
 def segment_images(images: torch.Tensor, *, kernel_size: float = 4, ratio: float = 0.2, max_dist: float = 200,
@@ -191,7 +195,9 @@ class ZEST(Verifier):
     name = "zest"
     metrics = (Metric("ZEST-L2", "distance"), Metric("ZEST-Cos", "distance"))
     PARAMS = {
-        "num_images": Param(128, int, low=1, doc="reference images drawn from the verifier's data (reference: 128)"),
+        "num_images": Param(128, int, low=1, doc="reference images taken from the verifier's data (reference: 128)"),
+        "order": Param("first", str, choices=ORDERS,
+                       doc="reference images: the first of the data (reference) or a seeded random draw"),
         "num_masks": Param(1000, int, low=2, doc="random segment masks per image, the first all ones (reference 1000)"),
         "kernel_size": Param(4, float, low=0.0, low_open=True, doc="quickshift kernel size (reference: 4)"),
         "ratio": Param(0.2, float, low=0.0, high=1.0, doc="quickshift colour/space ratio (reference: 0.2)"),
@@ -211,7 +217,10 @@ class ZEST(Verifier):
                  device: torch.device):
         p = self.params
         n = min(p["num_images"], len(data))  # type: ignore[arg-type]
-        idx = torch.randperm(len(data), generator=generator)[:n]  # type: ignore[arg-type]
+        if p["order"] == "first":
+            idx = torch.arange(n)
+        else:
+            idx = torch.randperm(len(data), generator=generator)[:n]  # type: ignore[arg-type]
         images, _ = dataset_tensors(data, idx.tolist())
         segments = segment_images(images, kernel_size=p["kernel_size"], ratio=p["ratio"], max_dist=p["max_dist"],
                                   image_range=p["image_range"], seed=seed)
