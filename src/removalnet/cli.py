@@ -13,8 +13,9 @@ import logging
 import os
 import pkgutil
 import sys
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import yaml
 
@@ -43,6 +44,30 @@ def _close_progress_bars() -> None:
     from tqdm import tqdm
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
+
+
+def _warnings_as_lines() -> Callable[[], None]:
+    """Show every Python warning as one line ``warning: <message>`` on stderr, each text once per process (not
+    Python's file, line number and source line at every place that warns); open progress bars are cleared for the
+    line and drawn again below it. Returns what puts the previous display back."""
+    previous, seen = warnings.showwarning, set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text in seen:
+            return
+        seen.add(text)
+        tqdm = sys.modules.get("tqdm")   # bars exist only where tqdm was imported
+        if tqdm is not None and getattr(tqdm.tqdm, "_instances", None):
+            tqdm.tqdm.write(f"warning: {text}", file=sys.stderr)
+        else:
+            print(f"warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+    def restore() -> None:
+        warnings.showwarning = previous
+    return restore
 
 
 def _discover() -> list:
@@ -126,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s")
+    restore_warnings = _warnings_as_lines()
     try:
         args = _apply_config(args, argv)
         _set_threads(args.threads)
@@ -138,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore_warnings()
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ import os
 import platform
 import random
 import tempfile
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch and numpy are imported where they are used: this module (RemovalNetError) is on the CLI's start path
 
 __all__ = [
     "seed_everything", "resolve_device", "weights_hash", "file_hash", "package_versions",
@@ -33,6 +34,8 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch.Generator seeded with ``seed``."""
     if not isinstance(seed, int) or seed < 0:
         raise RemovalNetError(f"seed must be a non-negative integer, got {seed!r}")
+    import numpy as np
+    import torch
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -43,6 +46,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """'auto'/None -> cuda when available, else cpu; otherwise the named device (validated)."""
+    import torch
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -53,6 +57,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 def weights_hash(model: nn.Module | dict[str, torch.Tensor]) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of every tensor in the state dict."""
+    import torch
+    from torch import nn
     state = model.state_dict() if isinstance(model, nn.Module) else model
     h = hashlib.sha256()
     for name in sorted(state):
@@ -75,6 +81,7 @@ def file_hash(path: str | os.PathLike) -> str:
 
 def package_versions() -> dict[str, str]:
     """Versions of python and the packages that decide results, for every stored result."""
+    from importlib import metadata
     out = {"python": platform.python_version()}
     for pkg in ("removalnet", "torch", "torchvision", "timm", "numpy", "scikit-learn", "scikit-image"):
         try:

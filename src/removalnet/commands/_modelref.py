@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from ..checkpoint import is_checkpoint, load_checkpoint, load_weights, read_sidecar
-from ..data import get_dataset_info
-from ..models import create_model, is_model_ref, resolve_model
-from ..models.refs import PRETRAINED
 from ..utils import RemovalNetError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["add_model_options", "split_after", "build_model", "load_model", "victim_file"]
 
@@ -57,6 +54,9 @@ def split_after(args: argparse.Namespace) -> list[str] | None:
 def build_model(args: argparse.Namespace, info, *, in_chans: int | None = None, input_size: int | None = None,
                 weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
     """``--model`` for dataset ``info`` (classes, channels, size, normalisation), with ``weights`` loaded."""
+    from ..checkpoint import load_weights  # lazy: keeps torch off the CLI's start
+    from ..models import create_model, is_model_ref, resolve_model  # lazy: keeps torch off the CLI's start
+    from ..models.refs import PRETRAINED  # lazy: keeps torch off the CLI's start
     in_chans = in_chans or info.in_chans
     input_size = input_size or info.input_size
     norm = getattr(args, "normalize", None) or ("none" if weights is not None else "data")
@@ -81,6 +81,8 @@ def build_model(args: argparse.Namespace, info, *, in_chans: int | None = None, 
 def load_model(path: str | Path, args: argparse.Namespace, *, data: str | None, device) -> tuple[nn.Module, dict]:
     """A victim / suspect / reference file: a removalnet checkpoint (its sidecar names the architecture), else
     the weights of ``--model`` for the classes, channels and size of ``data``."""
+    from ..checkpoint import is_checkpoint, load_checkpoint  # lazy: keeps torch off the CLI's start
+    from ..data import get_dataset_info  # lazy: keeps torch off the CLI's start
     if is_checkpoint(path) and (not getattr(args, "model", None) or "build_config" in _sidecar(path)):
         return load_checkpoint(path, device=device)
     if not Path(path).exists():
@@ -99,6 +101,7 @@ def load_model(path: str | Path, args: argparse.Namespace, *, data: str | None, 
 
 
 def _sidecar(path: str | Path) -> dict:
+    from ..checkpoint import read_sidecar  # lazy: keeps torch off the CLI's start
     return read_sidecar(path)
 
 

@@ -21,17 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
-from tqdm.auto import tqdm
 
-from ..attacks import attack_class, build_substitute, create_attack, list_attacks
-from ..attacks.run import run_attack
-from ..checkpoint import save_checkpoint
-from ..data import get_dataset_info, load_dataset
-from ..data.refs import canonical_data_ref
-from ..guards import check_comparable, check_output_dir, warn
-from ..train import evaluate
 from ._modelref import add_model_options, load_model, victim_file
 from ..utils import RemovalNetError, atomic_write_json, resolve_device, weights_hash
 from ._listing import add_list_option, listing
@@ -44,6 +35,7 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 def attack_listing() -> str:
     """Every registered attack with its one-line doc and parameters (``removalnet attack --list``)."""
+    from ..attacks import attack_class, list_attacks  # lazy: keeps torch off the CLI's start
     return listing("attack", [(n, attack_class(n), attack_class(n).param_spec()) for n in list_attacks()])
 
 
@@ -98,6 +90,7 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def _read_indices(path: str) -> list[int]:
+    import numpy as np
     p = Path(path)
     if not p.exists():
         raise RemovalNetError(f"--exclude file {path!r} does not exist")
@@ -115,6 +108,7 @@ def _read_indices(path: str) -> list[int]:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
+    from ..guards import check_output_dir  # lazy: keeps torch off the CLI's start
     check_output_dir(out)  # before the attack runs: it must not fail only at its save
     if out.exists():
         if any(out.iterdir()) and not overwrite:
@@ -134,6 +128,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 def _check_data(args: argparse.Namespace, vmeta: dict[str, Any]) -> None:
     """The attack's data against the victim's: other classes are refused; another dataset of the same
     classes gets a warning (S_LTD is the victim's own training data; ``--source`` is S_LSD's other dataset)."""
+    from ..data import get_dataset_info  # lazy: keeps torch off the CLI's start
+    from ..guards import check_comparable, warn  # lazy: keeps torch off the CLI's start
     for name, opt in ((args.data, "--data"), (args.source, "--source")):
         if name is None:
             continue
@@ -149,6 +145,13 @@ def _check_data(args: argparse.Namespace, vmeta: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..attacks import build_substitute, create_attack  # lazy: keeps torch off the CLI's start
+    from ..attacks.run import run_attack  # lazy: keeps torch off the CLI's start
+    from ..checkpoint import save_checkpoint  # lazy: keeps torch off the CLI's start
+    from ..data import load_dataset  # lazy: keeps torch off the CLI's start
+    from ..data.refs import canonical_data_ref  # lazy: keeps torch off the CLI's start
+    from ..train import evaluate  # lazy: keeps torch off the CLI's start
+    from tqdm.auto import tqdm
     params = parse_params(args.param)
     if args.iterations is not None:
         if "iterations" in params and params["iterations"] != args.iterations:

@@ -12,13 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..experiment import make_executor, run_experiment, spec_from_dict
-from ..report.card import DEFAULT_MARGIN, build_card, card_html, card_markdown
 from ..utils import RemovalNetError, atomic_write_bytes
 from ._modelref import split_after
 
 NAME = "audit"
 HELP = "audit your own trained model: run the removal attacks against it and grade every verifier"
+
+#: ``removalnet.report.card.DEFAULT_MARGIN``, spelled here so that the parser needs no torch
+#: (tests/test_cli_imports.py checks that the two agree)
+DEFAULT_MARGIN = 10.0
 
 #: what each budget runs: seeds per attack, reference models trained when none are given (their recipe),
 #: attack iterations, substitute-set fraction of the training set, verifier test cases and verifier settings
@@ -110,6 +112,8 @@ def build_audit_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..experiment import make_executor, run_experiment, spec_from_dict  # lazy: keeps torch off the CLI's start
+    from ..report.card import build_card, card_html, card_markdown  # lazy: keeps torch off the CLI's start
     if args.references is not None and len(args.references) < 2:
         raise RemovalNetError("--references: give at least 2 models (thresholds and leave-one-out need them)")
     raw = build_audit_spec(args)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import get_dataset_info, list_datasets
-
 NAME = "datasets"
 HELP = "list the registered datasets (classes, channels, size) and where their files are expected"
 
@@ -14,6 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data import get_dataset_info, list_datasets  # lazy: keeps torch off the CLI's start
     print(f"{'name':<14} {'classes':>7} {'chans':>5} {'size':>4}  description / where")
     for n in list_datasets():
         i = get_dataset_info(n)

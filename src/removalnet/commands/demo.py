@@ -11,8 +11,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from ..experiment import load_spec, run_experiment
-from ..report import build_table, to_html, to_markdown
 from ..utils import atomic_write_bytes
 from .run import spec_overrides
 
@@ -30,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..experiment import load_spec, run_experiment  # lazy: keeps torch off the CLI's start
+    from ..report import build_table, to_html, to_markdown  # lazy: keeps torch off the CLI's start
     with resources.as_file(resources.files("removalnet") / "configs" / "demo.yaml") as path:
         spec = load_spec(path, spec_overrides(args))
     out = Path(args.out) if args.out else Path("runs") / spec.name

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import get_dataset_info
-from ..models import create_model, describe_split, list_models, model_info
 from ..utils import RemovalNetError
 from ._modelref import split_after
 
@@ -28,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def inspect_model(args: argparse.Namespace) -> int:
+    from ..data import get_dataset_info  # lazy: keeps torch off the CLI's start
+    from ..models import create_model, describe_split  # lazy: keeps torch off the CLI's start
     classes, chans, size = args.num_classes, args.in_chans, args.input_size
     if args.data:
         info = get_dataset_info(args.data)
@@ -52,6 +52,7 @@ def inspect_model(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models import create_model, list_models, model_info  # lazy: keeps torch off the CLI's start
     if args.inspect:
         return inspect_model(args)
     names = list_models(args.family)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..report import FORMATS, build_table, close_figures, load_results, render, write_sections
-from ..studies import build_study_report
 from ..utils import atomic_write_bytes
-from ..verify import RULES, ThresholdRule
+
+if TYPE_CHECKING:
+    from ..verify import ThresholdRule
 
 NAME = "report"
 HELP = "print or write the paper's Table 1 (and a study's tables and figures) for a run"
+
+#: ``removalnet.report.FORMATS`` and ``removalnet.verify.RULES``, spelled here so that the parser needs no
+#: torch (tests/test_cli_imports.py checks that they agree)
+FORMATS = ("md", "csv", "tex", "html")
+RULES = ("minmax", "normal", "percentile")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,6 +45,7 @@ def add_rule_parameters(p: argparse.ArgumentParser) -> None:
 def rule_from_args(args: argparse.Namespace, default=None) -> ThresholdRule | None:
     """The threshold rule of the command line (None when neither --rule nor a parameter is given and there is
     no ``default``): --rule (else ``default``) with --k/--q/--margin replacing its parameters."""
+    from ..verify import ThresholdRule  # lazy: keeps torch off the CLI's start
     if args.rule is None and default is None and all(getattr(args, k) is None for k in ("k", "q", "margin")):
         return None
     return ThresholdRule.parse(args.rule or default, k=args.k, q=args.q, margin=args.margin)
@@ -48,6 +55,8 @@ def report_run(run_dir: str | Path, fmts: tuple[str, ...] = ("md",), rule=None,
                figures: str | Path | None = None, echo=print, margin: float | None = None) -> dict[str, str]:
     """The report of a run in each of ``fmts``, built once; a study's files are written to ``figures``
     (default RUN_DIR/report). ``rule``: a threshold rule replacing the spec's."""
+    from ..report import build_table, close_figures, render, write_sections  # lazy: keeps torch off the CLI's start
+    from ..studies import build_study_report  # lazy: keeps torch off the CLI's start
     td = build_table(run_dir, rule=rule, **({"margin": margin} if margin is not None else {}))
     sec = build_study_report(run_dir, td=td)
     if sec is None:
@@ -62,6 +71,7 @@ def report_run(run_dir: str | Path, fmts: tuple[str, ...] = ("md",), rule=None,
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    from ..report import load_results  # lazy: keeps torch off the CLI's start
     if args.rule is None and any(getattr(args, k) is not None for k in ("k", "q", "margin")):
         # parameters alone: the spec's rule with them
         rule = rule_from_args(args, default=load_results(args.run_dir)[0].get("threshold_rule"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..experiment import load_spec, make_executor, run_experiment
 from ..utils import resolve_device
 
 NAME = "run"
@@ -41,6 +40,7 @@ def spec_overrides(args: argparse.Namespace) -> dict:
 def run_spec(spec, args: argparse.Namespace, file=None):
     """Run ``spec`` with the shared options; print the summary line. Returns (run folder, summary or None on
     a dry run)."""
+    from ..experiment import make_executor, run_experiment  # lazy: keeps torch off the CLI's start
     out = Path(args.out) if args.out else Path(args.runs) / spec.name
     if not args.dry_run:  # a device this machine lacks: one line before any job starts
         resolve_device(spec.device)
@@ -56,6 +56,7 @@ def run_spec(spec, args: argparse.Namespace, file=None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..experiment import load_spec  # lazy: keeps torch off the CLI's start
     out, s = run_spec(load_spec(args.spec, spec_overrides(args)), args)
     if s is None:
         return 0

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import yaml
 
-from ..experiment import load_spec
-from ..studies import list_studies, study_class
 from ..utils import RemovalNetError, atomic_write_bytes
 from ._listing import add_list_option, listing
 from .report import report_run
@@ -27,17 +25,20 @@ HELP = "run one of the paper's studies (--list shows them with their parameters)
 
 def study_listing() -> str:
     """Every registered study with its title and parameters (``removalnet study --list``)."""
+    from ..studies import list_studies, study_class  # lazy: keeps torch off the CLI's start
     return listing("study", [(n, study_class(n).title, study_class(n).PARAMS) for n in list_studies()])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_list_option(p, "study", study_listing)
-    p.add_argument("name", choices=list_studies(), help="which study")
+    # the names are checked in run(), against the registry: listing them here would import every study
+    p.add_argument("name", help="which study (--list shows them with their parameters)")
     p.add_argument("spec", nargs="?", default=None, help="experiment spec (default: the bundled small config)")
     add_run_arguments(p)
 
 
 def load_study_spec(name: str, spec_path: str | None, overrides: dict):
+    from ..experiment import load_spec  # lazy: keeps torch off the CLI's start
     if spec_path is None:
         with resources.as_file(resources.files("removalnet") / "configs" / "studies" / f"{name}.yaml") as path:
             return load_spec(path, overrides)
@@ -48,7 +49,20 @@ def load_study_spec(name: str, spec_path: str | None, overrides: dict):
     return load_spec(spec_path, {**extra, **overrides})
 
 
+def _check_name(args: argparse.Namespace) -> None:
+    """A study name that is not registered: argparse's own message for a bad choice."""
+    from ..studies import list_studies  # lazy: keeps torch off the CLI's start
+    names = list_studies()
+    if args.name not in names:
+        message = f"argument name: invalid choice: {args.name!r} (choose from {', '.join(map(repr, names))})"
+        parser = getattr(args, "_parser", None)
+        if parser is None:
+            raise RemovalNetError(message)
+        parser.error(message)
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_name(args)
     out, s = run_spec(load_study_spec(args.name, args.spec, spec_overrides(args)), args, file=sys.stderr)
     if s is None:
         return 0

@@ -4,13 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..checkpoint import save_checkpoint
-from ..data import get_dataset_info, load_dataset
-from ..data.refs import canonical_data_ref
-from ..guards import check_output_dir
-from ..models import check_model_kwargs
 from ._modelref import add_model_options, build_model
-from ..train import TrainConfig, train_model
 from ..utils import resolve_device, seed_everything
 
 NAME = "train"
@@ -44,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import save_checkpoint  # lazy: keeps torch off the CLI's start
+    from ..data import get_dataset_info, load_dataset  # lazy: keeps torch off the CLI's start
+    from ..data.refs import canonical_data_ref  # lazy: keeps torch off the CLI's start
+    from ..guards import check_output_dir  # lazy: keeps torch off the CLI's start
+    from ..models import check_model_kwargs  # lazy: keeps torch off the CLI's start
+    from ..train import TrainConfig, train_model  # lazy: keeps torch off the CLI's start
     info = get_dataset_info(args.data)
     in_chans = args.in_chans or info.in_chans
     size = args.input_size or info.input_size

@@ -23,25 +23,23 @@ from typing import Any
 import yaml
 
 from ._modelref import add_model_options, load_model, victim_file
-from ..data import load_dataset
-from ..guards import check_accuracy, check_comparable, require_finite
-from ..models import NotSplittableError
 from ..utils import RemovalNetError, resolve_device, weights_hash
-from ..verify import (MIN_REFERENCES, RULES, FingerprintCache, calibrate_models, create_verifier, list_verifiers,
-                      score_model, verdict, verifier_class)
-from ..verify.confidence import (combined_verdict, empirical_pvalue, parametric_pvalue, pvalue_floor,
-                                 references_needed)
 from ._listing import add_list_option, listing
-from .report import add_rule_parameters, rule_from_args
+from .report import RULES, add_rule_parameters, rule_from_args
 
 NAME = "verify"
 HELP = "score suspect models against a victim with the ownership verifiers (DeepJudge, ZEST, ModelDiff, ...)"
 
 log = logging.getLogger("removalnet")
 
+#: ``removalnet.verify.MIN_REFERENCES``, spelled here so that the parser needs no torch
+#: (tests/test_cli_imports.py checks that the two agree)
+MIN_REFERENCES = 5
+
 
 def verifier_listing() -> str:
     """Every registered verifier with its one-line doc and its parameters (``verify --list``)."""
+    from ..verify import list_verifiers, verifier_class  # lazy: keeps torch off the CLI's start
     return listing("verifier", [(n, verifier_class(n), verifier_class(n).param_spec()) for n in list_verifiers()])
 
 
@@ -52,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suspect", required=True, action="extend", nargs="+", metavar="CKPT",
                    help="suspect checkpoint(s); repeatable")
     p.add_argument("--verifier", action="extend", nargs="+", metavar="NAME", default=None,
-                   help=f"verifier(s) to run (default: all registered: {', '.join(list_verifiers())})")
+                   help="verifier(s) to run (default: every registered one; --list shows them)")
     p.add_argument("--references", nargs="+", default=[], metavar="CKPT",
                    help=f"independently trained reference models for the thresholds (>= {MIN_REFERENCES} recommended)")
     p.add_argument("--rule", choices=RULES, default=None,
@@ -87,6 +85,11 @@ def _parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data import load_dataset  # lazy: keeps torch off the CLI's start
+    from ..guards import check_accuracy, check_comparable, require_finite  # lazy: keeps torch off the CLI's start
+    from ..models import NotSplittableError  # lazy: keeps torch off the CLI's start
+    from ..verify import (FingerprintCache, calibrate_models, create_verifier, list_verifiers, score_model,  # lazy: keeps torch off the CLI's start
+                          verdict)
     device = resolve_device(args.device)
     names = list(dict.fromkeys(args.verifier or list_verifiers()))
     if not names:
@@ -198,6 +201,7 @@ ALPHA = 0.05
 
 def _pvalues(value: float, refs: list[float], direction: str) -> dict[str, Any]:
     """The p-values of one verdict: empirical (floor 1/(n+1)) and Student-t (None where it cannot be computed)."""
+    from ..verify.confidence import empirical_pvalue, parametric_pvalue, pvalue_floor  # lazy: keeps torch off the CLI's start
     par = parametric_pvalue(value, refs, direction)
     return {"p_empirical": empirical_pvalue(value, refs, direction), "p_floor": pvalue_floor(len(refs)),
             "p_parametric": par.p, "p_parametric_log": par.log,
@@ -207,6 +211,7 @@ def _pvalues(value: float, refs: list[float], direction: str) -> dict[str, Any]:
 def _combined(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """Holm's combined verdict over the judged metrics, on the empirical p-values and (where every metric has
     one) on the Student-t ones."""
+    from ..verify.confidence import combined_verdict  # lazy: keeps torch off the CLI's start
     judged = {m: r for m, r in rows.items() if r.get("p_empirical") is not None}
     if not judged:
         return None
@@ -267,6 +272,7 @@ def _p(p: float | None) -> str:
 
 
 def _combined_lines(c: dict[str, Any] | None, n_refs: int) -> list[str]:
+    from ..verify.confidence import pvalue_floor, references_needed  # lazy: keeps torch off the CLI's start
     if not c:
         return []
     out = []

@@ -9,10 +9,13 @@ adds a kind of spec by registering
 * a job kind (``register_job_kind("study", run)``): ``run(job, run_dir)`` does one such job and returns its
   metrics (the same contract as the built-in kinds, so it runs on any executor).
 
-Nothing in ``experiment`` imports the layers that register here.
+Nothing in ``experiment`` imports the layers that register here. The packages that do are named in
+:data:`PLUGINS` and imported by the first lookup (so a study spec loads, and a study job runs in a Ray worker,
+wherever the runner is used, while ``import removalnet`` stays light).
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,16 +37,26 @@ class SpecSection:
 _SECTIONS: Registry[SpecSection] = Registry("spec section")
 _KINDS: Registry[Callable[..., dict[str, Any]]] = Registry("job kind")
 
+#: the packages that register a spec section or a job kind here, imported on the first lookup
+PLUGINS = ("removalnet.studies",)
+
+
+def _load_plugins() -> None:
+    for name in PLUGINS:
+        importlib.import_module(name)
+
 
 def register_spec_section(section: SpecSection) -> SpecSection:
     return _SECTIONS.add(section.key, section)
 
 
 def spec_section(key: str) -> SpecSection:
+    _load_plugins()
     return _SECTIONS.get(key)
 
 
 def spec_sections() -> list[str]:
+    _load_plugins()
     return _SECTIONS.names()
 
 
@@ -53,8 +66,10 @@ def register_job_kind(kind: str, run: Callable[[dict[str, Any], Path], dict[str,
 
 
 def job_kind(kind: str) -> Callable[..., dict[str, Any]]:
+    _load_plugins()
     return _KINDS.get(kind)
 
 
 def job_kinds() -> list[str]:
+    _load_plugins()
     return _KINDS.names()
