@@ -58,9 +58,10 @@ def test_registry_and_metrics():
 # Changed on purpose when the verifiers followed their official code (DeepJudge adv_seeds, ZEST order, IPGuard
 # target and tol, SAC cutmix): fingerprints made the old way get other keys.
 OLD_DEFAULTS = {
-    "deepjudge": {"layer": None, "num_seeds": 100, "adv_seeds": 1000, "m": 3.0, "step": 0.01, "max_iters": 1000, "max_tests": 256,
-                  "k_images": 20000, "p": 2.0, "threshold": 0.5, "lad_reduction": "sum", "adv_method": "pgd",
-                  "pgd_eps": 0.1, "pgd_steps": 10, "pgd_step_size": 0.03, "pgd_random_start": True},
+    "deepjudge": {"layer": None, "num_seeds": 100, "adv_seeds": 1000, "m": 3.0, "step": 0.01, "max_iters": 1000,
+                  "max_tests": 256, "k_images": 20000, "p": 2.0, "threshold": 0.5, "lad_reduction": "sum",
+                  "adv_method": "pgd", "pgd_eps": 0.1, "pgd_steps": 10, "pgd_step_size": 0.03,
+                  "pgd_random_start": True},
     "zest": {"num_images": 128, "num_masks": 1000, "kernel_size": 4, "ratio": 0.2, "max_dist": 200,
              "image_range": 255, "intercept": False, "output": "logits", "order": "first"},
     "modeldiff": {"num_pairs": 300, "iterations": 1000, "epsilon": 0.2, "ddv": "official", "output": "logits"},

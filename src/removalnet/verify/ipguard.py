@@ -62,8 +62,9 @@ def ipguard_loss(z: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: float) ->
 
 
 def boundary_points(model: nn.Module, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, *, k: float,
-                    lr: float = 0.01, max_iter: int = 1000, tol: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
-                    adam_eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    lr: float = 0.01, max_iter: int = 1000, tol: float = 1e-4,
+                    betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimise :func:`ipguard_loss` over the inputs ``x`` (B x C x H x W in [0, 1]) with Adam.
 
     Returns (points, converged mask, steps taken per point). As the reference loop, every iteration
