@@ -109,7 +109,7 @@ def _version(pkg: str) -> str:
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = ["# Command-line start-up", "",
-             f"{res['date']}, commit {res['commit']}; {m['description']}; Python {m['python']}, torch {m['torch']}; "
+             f"{res['date']}, commit {res['commit']}; {m['description']}; torch {m['torch']}; "
              f"load average before {m['loadavg_before'][0]:.2f}, after {m['loadavg_after'][0]:.2f} "
              f"({m['cpu_count']} cores). Each command a whole process (`{res['command']}`), {res['runs']} runs after "
              f"{res['warmup']} warm-up; wall seconds. Goals on an idle machine: `--version` < 0.5 s, `--help` and "
