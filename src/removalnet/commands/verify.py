@@ -116,18 +116,30 @@ def run(args: argparse.Namespace) -> int:
         require_finite(model, data, f"the {name}", device=device)
     cache = FingerprintCache(args.fp_cache) if args.fp_cache else None
     fps, extract_info, skipped = {}, {}, {}
+    from tqdm import tqdm
+    # one bar over the whole command: each verifier's fingerprint, then each (model, verifier) score
+    bar = tqdm(total=len(verifiers) * (1 + len(refs) + len(susp)), desc="verify", unit="step",
+               disable=args.quiet, dynamic_ncols=True, leave=False)
     for v in verifiers:
         t0 = time.perf_counter()
+        bar.set_postfix_str(f"fingerprint {v.name}")
         try:
             fp = (cache.get_or_extract(v, victim, data, seed=args.seed, device=device) if cache
                   else v.extract(victim, data, seed=args.seed, device=device))
         except NotSplittableError as e:  # a white-box verifier on a model without split layers
             skipped[v.name] = f"{v.name} cannot run: {e}"
+            bar.clear()
             print(f"warning: {skipped[v.name]}", file=sys.stderr)
+            bar.total -= len(refs) + len(susp)
+            bar.update(1)
             continue
+        finally:
+            bar.refresh()
+        bar.update(1)
         fps[v.name] = fp
         extract_info[v.name] = {"key": fp.key, "params": fp.params, "seconds": round(time.perf_counter() - t0, 3),
                                 "meta": {k: val for k, val in fp.meta.items() if k != "versions"}}
+        bar.clear()
         log.info(f"{v.name}: fingerprint {fp.key[:12]} ready in {time.perf_counter() - t0:.1f}s")
 
     verifiers = [v for v in verifiers if v.name not in skipped]
@@ -147,9 +159,18 @@ def run(args: argparse.Namespace) -> int:
         return {v.name: (cache.get_or_extract(v, victim, data, seed=args.seed, device=device, suspect=model)
                          if cache and v.per_suspect else fps[v.name]) for v in verifiers}
 
-    def score_all(model) -> tuple[dict[str, float], dict[str, str]]:
+    def step(what: str):
+        """A progress callback: one (model, verifier) score done; the bar names what comes next."""
+        def done(name: str) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{what}: after {name}")
+        return done
+
+    def score_all(model, what: str) -> tuple[dict[str, float], dict[str, str]]:
         errors: dict[str, str] = {}
-        return score_model(verifiers, paired(model), victim, model, device=device, errors=errors), errors
+        bar.set_postfix_str(f"scoring {what}")
+        return score_model(verifiers, paired(model), victim, model, device=device, errors=errors,
+                           progress=step(what)), errors
 
     taus: dict[str, float] = {}
     ref_values: dict[str, list[float]] = {m.name: [] for m in metrics}
@@ -161,14 +182,16 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # warned above
             try:  # the same calibration as everywhere: every reference scored by every verifier, then the rule
+                bar.set_postfix_str("scoring the references")
                 taus, ref_values = calibrate_models(verifiers, fps, victim, ref_models, rule=rule, device=device,
-                                                    exclude=degenerate, fingerprints_for=paired)
+                                                    exclude=degenerate, fingerprints_for=paired,
+                                                    progress=step("references"))
             except RemovalNetError as e:
                 raise RemovalNetError(f"references: {e}") from None
 
     suspects = []
     for path, (_, model, _) in zip(args.suspect, susp):
-        values, errors = score_all(model)
+        values, errors = score_all(model, f"suspect {path}")
         rows = {}
         for m in metrics:
             row: dict[str, Any] = {"direction": m.direction, "value": values.get(m.name),
@@ -183,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         suspects.append({"path": str(path), "weights_hash": weights_hash(model), "metrics": rows,
                          "copy_votes": sum(judged), "judged": len(judged), "combined": _combined(rows)})
 
+    bar.close()
     result = {"victim": str(args.victim), "victim_hash": weights_hash(victim), "data": f"{dataset}:test",
               "data_size": len(data), "seed": args.seed, "rule": rule.name if taus else None,
               "threshold_rule": rule.to_dict() if taus else None,

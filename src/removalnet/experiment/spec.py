@@ -120,6 +120,8 @@ class ExperimentSpec:
     study: dict[str, Any] = field(default_factory=dict)
     smoke: bool = False
     runtime: dict[str, Any] = field(default_factory=dict)
+    #: sentences the report shows with the table (e.g. why a setting departs from a verifier's defaults)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -363,6 +365,10 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
                           threshold_rule=rule, **raw)
     if spec.verifier_count is not None:
         _int(spec.verifier_count, "verifier_count", 1)
+    if isinstance(spec.notes, str):
+        spec.notes = [spec.notes]
+    if not isinstance(spec.notes, list) or not all(isinstance(n, str) for n in spec.notes):
+        _fail("notes", "must be a sentence or a list of sentences")
     try:  # GPU options (bf16, channels_last, workers, cudnn): see runtime.py
         spec.runtime = check_runtime(spec.runtime)
     except RemovalNetError as e:

@@ -11,6 +11,7 @@ import io
 import math
 import os
 import platform
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +21,7 @@ import numpy as np
 from ..utils import atomic_path, atomic_write_bytes, package_versions
 from ..verify import all_metrics
 from .confidence import confidence_section
+from .explain import legend, limitations
 from .section import Section
 from .table import TableData
 
@@ -82,6 +84,8 @@ def table_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
         own = f"{'Yes' if n and k > n / 2 else 'No'} ({k}/{n})" if td.taus and n else "-"
         if row.get("collapsed"):   # a useless surrogate is no successful evasion
             own += f", collapsed (> {td.margin:g} points lost)"
+        if row.get("status"):      # nor is a surrogate that is its starting point
+            own += f", {row['status']} ({row['reduced_to']})"
         cells.append(own)
         out.append(cells)
     out.append(["τ", "-", "-"] + [_fmt(td.taus.get(m)) for m in td.metrics] + ["degenerate" for _ in td.degenerate]
@@ -94,7 +98,8 @@ def copy_count_cells(td: TableData) -> tuple[list[str], list[list[str]]]:
     head = ["Attack"] + td.metrics + [f"{m} (degenerate: excluded)" for m in td.degenerate]
     rows = []
     for row in td.rows:
-        rows.append([row["label"] + (" (collapsed)" if row.get("collapsed") else "")]
+        rows.append([row["label"] + (" (collapsed)" if row.get("collapsed") else "")
+                     + (f" ({row['status']})" if row.get("status") else "")]
                     + [f"{sum(row['copies'].get(m, []))}/{len(row['copies'].get(m, []))}" for m in td.metrics]
                     + ["degenerate" for _ in td.degenerate])
     return head, rows
@@ -133,9 +138,24 @@ def _intro(td: TableData) -> str:
     return text
 
 
+def _legend_markdown(td: TableData) -> list[str]:
+    """The table explained (report/explain.py), and what the run cannot show, as Markdown lines."""
+    parts = ["", "### How to read this table", ""] + [f"- {line}" for line in legend(td)]
+    notes = limitations(td)
+    if notes:
+        parts += ["", "### What this run cannot show", ""] + [f"- {t}" for t in notes.values()]
+    return parts
+
+
+def _inline_html(text: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
 def to_markdown(td: TableData) -> str:
     parts = [f"## Table 1: {td.name}", "", _intro(td), "", md_table(*table_cells(td)), "",
              "### Seeds judged a copy, per metric", "", md_table(*copy_count_cells(td))]
+    parts += _legend_markdown(td)
     if td.rules:
         parts += ["", "### Threshold rules", "", md_table(*rule_cells(td))]
     conf = confidence_section(td)
@@ -285,9 +305,15 @@ def to_html(td: TableData, extra_sections: list[tuple[str, str]] = ()) -> str:
         plt.close(fig)
         img = (f'<h2>Trade-off (paper Fig. 4/5)</h2><img alt="fidelity against normalised distance" '
                f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
-    body = [f"<h1>removalnet: {html.escape(td.name)}</h1>", f"<p>{html.escape(_intro(td))}</p>",
+    body = [f"<h1>removalnet: {html.escape(td.name)}</h1>", f"<p>{_inline_html(_intro(td))}</p>",
             "<h2>Table 1</h2>", html_table(*table_cells(td)),
             "<h2>Seeds judged a copy, per metric</h2>", html_table(*copy_count_cells(td))]
+    body += ["<h2>How to read this table</h2><ul>"
+             + "".join(f"<li>{_inline_html(line)}</li>" for line in legend(td)) + "</ul>"]
+    notes = limitations(td)
+    if notes:
+        body += ["<h2>What this run cannot show</h2><ul>"
+                 + "".join(f"<li>{html.escape(t)}</li>" for t in notes.values()) + "</ul>"]
     if td.rules:
         body += ["<h2>Threshold rules</h2>", html_table(*rule_cells(td))]
     conf = confidence_section(td)

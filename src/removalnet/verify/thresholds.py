@@ -213,12 +213,14 @@ def false_positive_rate(metric: Metric | str, values: Sequence[float], tau: floa
 
 def score_model(verifiers: Sequence[Verifier], fingerprints: Mapping[str, Fingerprint] | Sequence[Fingerprint],
                 victim: nn.Module, model: nn.Module, *, device: str | torch.device | None = None,
-                errors: dict[str, str] | None = None) -> dict[str, float]:
+                errors: dict[str, str] | None = None,
+                progress: "Callable[[str], None] | None" = None) -> dict[str, float]:
     """Every metric of every verifier for ``model`` against ``victim`` (the one scoring path of the score jobs,
     ``removalnet verify`` and :func:`calibrate_models`). ``fingerprints``: by verifier name or in the order of
     ``verifiers``. With an ``errors`` mapping, a verifier that raises :class:`RemovalNetError` records its
     message under each of its metrics there and the others go on; without one the error propagates. A metric
-    the fingerprint declares degenerate gets no value; a non-finite value is an error, never a number."""
+    the fingerprint declares degenerate gets no value; a non-finite value is an error, never a number.
+    ``progress(name)`` is called after each verifier has scored (a progress bar's update)."""
     verifiers = list(verifiers)
     fps = ([fingerprints[v.name] for v in verifiers] if isinstance(fingerprints, Mapping) else list(fingerprints))
     values: dict[str, float] = {}
@@ -231,6 +233,9 @@ def score_model(verifiers: Sequence[Verifier], fingerprints: Mapping[str, Finger
             for m in v.metrics:
                 errors[m.name] = str(e)
             continue
+        finally:
+            if progress is not None:
+                progress(v.name)
         degenerate = set(fp.meta.get("degenerate", ()))
         for name, val in scored.items():
             if name in degenerate:
@@ -253,12 +258,13 @@ def calibrate_models(verifiers: Sequence[Verifier], fingerprints: Mapping[str, F
                      victim: nn.Module, reference_models: Sequence[nn.Module], *,
                      rule: "ThresholdRule | str" = "minmax", device: str | torch.device | None = None,
                      exclude: Iterable[str] = (), fingerprints_for: "Callable[[nn.Module], Mapping[str, Fingerprint]] | None" = None,
-                     **rule_params: float) -> Calibration:
+                     progress: "Callable[[str], None] | None" = None, **rule_params: float) -> Calibration:
     """Score every reference model with every verifier, then :func:`calibrate` (returns taus and raw values).
 
     ``fingerprints``: the victim's fingerprints, by verifier name or in the order of ``verifiers``. Metrics named
     in ``exclude`` (e.g. ones a fingerprint declares degenerate) get their values but no threshold.
     ``fingerprints_for(model)``: the fingerprints to score one reference with (e.g. per-suspect ones from a cache).
+    ``progress``: passed to :func:`score_model` for every reference.
     """
     verifiers = list(verifiers)
     if isinstance(fingerprints, Mapping):
@@ -280,7 +286,7 @@ def calibrate_models(verifiers: Sequence[Verifier], fingerprints: Mapping[str, F
     metrics = [m for v in verifiers for m in v.metrics]
     for ref in refs:
         ref_fps = fingerprints_for(ref) if fingerprints_for is not None else fps
-        for name, val in score_model(verifiers, ref_fps, victim, ref, device=device).items():
+        for name, val in score_model(verifiers, ref_fps, victim, ref, device=device, progress=progress).items():
             values[name].append(val)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # already warned once above
