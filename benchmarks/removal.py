@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from removalnet.attacks import build_substitute, create_attack
+from removalnet.attacks import RETURNED_START, build_substitute, create_attack
 from removalnet.checkpoint import load_checkpoint, save_checkpoint
 from removalnet.experiment import load_spec
 from removalnet.experiment.artifacts import (VICTIM, attack_job, dataset, fingerprint_dir, model_job, model_path,
@@ -39,6 +39,8 @@ from removalnet.experiment.store import ResultStore
 from removalnet.train import evaluate
 from removalnet.utils import RemovalNetError
 from removalnet.verify import FingerprintCache, all_metrics, calibrate, create_verifier, verdict
+from removalnet.verify.confidence import clopper_pearson, fpr_upper_bound, interval_text, models_for_bound, roc_auc, \
+    tpr_at_fpr
 
 HERE = Path(__file__).resolve().parent
 from table1 import commit, machine  # noqa: E402
@@ -211,7 +213,8 @@ class Bench:
                                                                                          "params": attack.params})
         m = {"accuracy": evaluate(surrogate, self.test), **self.score(surrogate), "time_s": wall,
              "iterations": attack.params["iterations"], "selected_t": attack.selected_t,
-             "trained_iterations": len(attack.trace), "fingerprints": dict(self.fp_keys)}
+             "trained_iterations": len(attack.trace), "fingerprints": dict(self.fp_keys),
+             "status": attack.status, "reduced_to": attack.reduced_to}
         self.results[key] = m
         self.save(key)
         return m
@@ -357,6 +360,8 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
                 if at:
                     m["time_s"] = at["metrics"]["time_s"]
                     m["iterations"] = at["metrics"]["iterations"]
+                    m["status"] = at["metrics"].get("status", "ok")
+                    m["reduced_to"] = at["metrics"].get("reduced_to")
                 groups.setdefault(a.label, []).append(m)
     failed = {}
     for v in variants:
@@ -371,7 +376,7 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
         kts, kacc, ktime = mean_curve([knockoff_curve(b, s) for s in seeds])
     rows, summary = [], {}
     head = (["Model", "n", "Acc drop (pts)", f"Metrics evaded (mean, of {len(counted)})", "Evades all"]
-            + [f"{m} (degenerate τ)" if m in degenerate else m for m in metrics]
+            + [f"{m} (degenerate τ)" if m in degenerate else m for m in metrics] + ["Status"]
             + ["s/iteration", "x FT", "Time (s)"] + (["KnockoffNets to this accuracy (it / s)"] if knockoff else []))
     # the cost unit: FT's seconds per iteration (its first row). With --retime rows for FT, every cost cell is
     # a retimed one (process CPU seconds, machine otherwise idle) and labels without such rows get none; else
@@ -387,18 +392,26 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
     ft_per_it = float(np.mean(ft_runs)) if ft_runs else None
     for label, ms in groups.items():
         drops = [(victim_acc - m["accuracy"]) * 100 for m in ms]
-        evaded = [[not verdict(known[k], m[k], taus[k]) for k in counted] for m in ms]
+        # a seed whose surrogate is its starting point is no attack of the row's name: never an evasion
+        back = [m for m in ms if returned_start(m)]
+        trained = [m for m in ms if not returned_start(m)]
+        evaded = [[not verdict(known[k], m[k], taus[k]) for k in counted] for m in trained]
         n_ev = [sum(e) for e in evaded]
-        per_metric = [sum(1 for m in ms if verdict(known[k], m[k], taus[k])) for k in metrics]
+        per_metric = [sum(1 for m in trained if verdict(known[k], m[k], taus[k])) for k in metrics]
         times, per_it = cost(label, ms)
         ratio = float(np.mean(per_it)) / ft_per_it if per_it and ft_per_it else None
-        summary[label] = {"drop": float(np.mean(drops)), "drops": drops, "evaded": float(np.mean(n_ev)),
-                          "evades_all": sum(all(e) for e in evaded), "n": len(ms),
-                          "copies": dict(zip(metrics, per_metric)),
+        summary[label] = {"drop": float(np.mean(drops)), "drops": drops,
+                          "evaded": float(np.mean(n_ev)) if n_ev else 0.0,
+                          "evades_all": sum(all(e) for e in evaded), "n": len(trained),
+                          "copies": dict(zip(metrics, per_metric)), "returned_start": len(back),
+                          "reduced_to": back[0].get("reduced_to") or "its starting point" if back else None,
                           "per_iteration_s": float(np.mean(per_it)) if per_it else None, "cost_vs_ft": ratio}
+        nt = len(trained)
         cells = [label, str(len(ms)), f"{np.mean(drops):.2f}±{np.std(drops, ddof=1) if len(ms) > 1 else 0:.2f}",
-                 f"{np.mean(n_ev):.1f}/{len(counted)}", f"{summary[label]['evades_all']}/{len(ms)}"]
-        cells += [f"{c}/{len(ms)} copy" for c in per_metric]
+                 f"{np.mean(n_ev):.1f}/{len(counted)}" if n_ev else "-", f"{summary[label]['evades_all']}/{nt}"]
+        cells += [f"{c}/{nt} copy ({interval_text(*clopper_pearson(c, nt))})" if nt else "-" for c in per_metric]
+        cells.append(f"{RETURNED_START} in {len(back)}/{len(ms)} seeds: {summary[label]['reduced_to']} "
+                     "(never an evasion)" if back else "ok")
         cells += [f"{np.mean(per_it):.3f}" if per_it else "-", f"{ratio:.1f}" if ratio else "-",
                   f"{np.mean(times):.1f}" if times else "-"]
         if knockoff:
@@ -441,6 +454,7 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
         rules[rule] = {"taus": t, "false_positive_rate": fpr, "baseline_detection_rate": det}
         lines.append(f"| {rule} | false-positive rate (negatives) | " + " | ".join(f"{fpr[m]:.2f}" for m in metrics) + " |")
         lines.append(f"| {rule} | detection rate (FT/WP/Distill) | " + " | ".join(f"{det[m]:.2f}" for m in metrics) + " |")
+    lines += [""] + confidence_lines(groups, refs + negs, metrics)
     lines += ["", "### Aims", ""] + aims(summary, counted, len(seeds), variants)
     if failed:
         lines += ["", "Failed runs (left out of their row's n): "
@@ -451,6 +465,48 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
     return "\n".join(lines), {"summary": summary, "taus": taus, "taus_references": taus_ref, "metrics": counted,
                               "degenerate": degenerate, "all_metrics": metrics,
                               "victim_accuracy": victim_acc, "rules": rules}
+
+
+def returned_start(m: dict) -> bool:
+    """Whether a run's surrogate is its starting point: its status says so, or (results stored before the
+    status) removalnet-plus's stopping rule kept step 0 of a run that trained."""
+    return m.get("status") == RETURNED_START or (bool(m.get("iterations")) and m.get("selected_t") == 0)
+
+
+def confidence_lines(groups: dict[str, list[dict]], independent: list[dict], metrics: list[str]) -> list[str]:
+    """ROC-AUC (95% score interval) of every row's seeds against the independent models, detection at
+    FPR <= 5% or "n too small", and which metrics' false-positive rate is bounded below 5% at 95% confidence
+    at the closest-of-the-independent-models tau (docs/confidence.md)."""
+    known = all_metrics()
+    n = len(independent)
+    out = [f"### Confidence ({n} independent models: references + negatives)", "",
+           "ROC-AUC of each row's seeds against the independent models (95% score interval, Newcombe's method 5); "
+           "a seed that returned its start is left out.", "",
+           "| Model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for label, ms in groups.items():
+        if label == "Negative":
+            continue
+        trained = [m for m in ms if not returned_start(m)]
+        cells = []
+        for k in metrics:
+            if not trained:
+                cells.append("-")
+                continue
+            a = roc_auc([r[k] for r in independent], [m[k] for m in trained], known[k].direction)
+            cells.append(f"{a.auc:.2f} ({a.low:.2f}-{a.high:.2f})")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    probe = tpr_at_fpr([r[metrics[0]] for r in independent], [0.0], known[metrics[0]].direction, 0.05) \
+        if metrics and independent else None
+    if probe is not None and probe.tpr is None:
+        out += ["", f"Detection at FPR <= 5%: n too small ({n} independent models; >= {probe.needed} needed for an "
+                    "empirical p-value to reach 0.05)."]
+    bound = fpr_upper_bound(0, n) if n else 1.0
+    out += ["", f"False-positive bound: τ calls none of the {n} independent models a copy, so each metric's "
+                f"false-positive rate is below {bound:.0%} at 95% confidence (1 - 0.05^(1/{n})); no metric reaches "
+                f"a bound below 5%, which needs {models_for_bound(0.05)} independent models with none called a "
+                "copy." if bound >= 0.05 else f"False-positive bound below 5% at 95% confidence for every metric "
+                                              f"({n} independent models, none called a copy)."]
+    return out
 
 
 #: the verifiers that no cheap attack moved before the adaptive components (docs/findings.md)

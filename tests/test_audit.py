@@ -27,16 +27,18 @@ def audited(tmp_path_factory):
         split = "test" if i % 3 == 0 else "train"
         (root / "digits" / split / str(y)).mkdir(parents=True, exist_ok=True)
         Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((28, 28)).save(root / "digits" / split / str(y) / f"{i}.png")
-    net = user_lenet(root / "mymodel.py", seed=0).train()
     x = torch.stack([torch.from_numpy(np.array(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((28, 28))))
                      for im in d.images[:300]]).float().unsqueeze(1) / 255
     y = torch.from_numpy(d.target[:300])
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(30):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    torch.save(net.state_dict(), root / "model.pt")
+    # the victim (seed 0) and six independently trained models of the same recipe (two disjoint reference sets)
+    for seed, name in [(0, "model.pt")] + [(s, f"indep{s}.pt") for s in range(1, 7)]:
+        net = user_lenet(root / "mymodel.py", seed=seed).train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(30):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        torch.save(net.state_dict(), root / name)
     return root
 
 
@@ -86,13 +88,21 @@ def test_audit_card_matches_the_database(audited, tmp_path, capsys, monkeypatch)
         assert a["cost"] == pytest.approx(100 * (victim_acc - np.mean(accs)))
         assert a["collapsed"] == (a["cost"] > 5)
     assert [a["label"] for a in card.attacks] == labels
-    # a verdict line per judged metric; a collapsed attack is never the evader named
-    assert len(card.verdicts) == len(card.metrics)
-    collapsed = {a["label"] for a in card.attacks if a["collapsed"]}
+    # a verdict line per judged metric and per attack that returned its start; neither a collapsed attack nor
+    # one that returned its start is ever the evader named
+    assert len(card.verdicts) == len(card.metrics) + sum(bool(a["status"]) for a in card.attacks)
+    collapsed = {a["label"] for a in card.attacks if a["collapsed"] or a["status"]}
     for v in card.verdicts:
         if v.startswith("Relied on alone"):
             assert not any(f"evaded by {c} " in v for c in collapsed)
-    assert card.recommendation in out
+    assert card.recommendation.split(" Add them:")[0] in out   # the CLI's card also names the audit to rerun
+    assert "Add them: `removalnet audit --model mymodel.py:LeNet --weights model.pt" in out
+    # three references can bound no false-positive rate below 5% (1 - 0.05^(1/3) = 63%): advice withheld
+    assert card.recommendation.startswith("No recommendation: 3 independent models are too few")
+    assert "59 are needed" in card.recommendation and "--train-references 59" in card.recommendation
+    for m in card.metrics:
+        assert card.false_positives[m] == (0, 3) and card.fpr_bound[m] == pytest.approx(1 - 0.05 ** (1 / 3))
+    assert "0/3, <= 71%" in out and "FPR bound (95%)" in out
     # resumable: a rerun runs nothing and prints the same card
     assert main(argv) == 0
     cap = capsys.readouterr()
@@ -148,3 +158,65 @@ def test_audit_on_ray_matches_local(audited, tmp_path, capsys, monkeypatch):
                 assert on_ray[job][2][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (name, k)
     # the cards differ only in the run folder named in them
     assert local_card.replace(str(tmp_path / "local"), "RUN") == ray_card.replace(str(tmp_path / "ray"), "RUN")
+
+
+def _audit_card(audited, run, refs):
+    from removalnet.report.card import build_card
+    assert main(["audit", "--model", "mymodel.py:LeNet", "--weights", "model.pt", "--data", "folder:digits",
+                 "--references", *refs, "--out", str(run), "-q"]) == 0
+    return build_card(run)
+
+
+def test_advice_agrees_or_is_withheld_with_two_disjoint_reference_sets(audited, tmp_path, capsys, monkeypatch):
+    """The same victim audited with two disjoint sets of independently trained references: the advice must not
+    flip. At the default target (5%) three references support none, and both cards say so with the number needed."""
+    monkeypatch.setitem(audit.BUDGETS, "quick", {**TINY_BUDGET, "seeds": 1})
+    monkeypatch.chdir(audited)
+    sets = (["indep1.pt", "indep2.pt", "indep3.pt"], ["indep4.pt", "indep5.pt", "indep6.pt"])
+    cards = [_audit_card(audited, tmp_path / f"run{i}", refs) for i, refs in enumerate(sets)]
+    for c in cards:
+        assert c.recommendation.startswith("No recommendation: 3 independent models are too few")
+        assert "59 are needed" in c.recommendation and "--references" in c.recommendation
+    assert cards[0].fpr_bound == pytest.approx(cards[1].fpr_bound)   # the bound depends on n, not on the draw
+
+
+def test_an_attack_that_returned_its_start_is_no_attack(audited, tmp_path, capsys, monkeypatch):
+    """removalnet-plus forced to keep step 0 (its stopping rule accepts only full agreement): its status is
+    "returned the start" in the trace, the report and the card; it is never the evader named."""
+    monkeypatch.setitem(audit.BUDGETS, "quick", {**TINY_BUDGET, "seeds": 1})
+    plain = audit._attacks
+
+    def forced(b, scenario, source):
+        rows = plain(b, scenario, source)
+        for r in rows:
+            if r["name"] == "removalnet-plus" and r["params"]["iterations"] > 0:
+                r["params"]["min_agreement"] = 1.0
+        return rows
+
+    monkeypatch.setattr(audit, "_attacks", forced)
+    monkeypatch.chdir(audited)
+    run = tmp_path / "run"
+    card = _audit_card(audited, run, ["indep1.pt", "indep2.pt"])
+    out = capsys.readouterr().out
+    by_label = {a["label"]: a for a in card.attacks}
+    plus, permute = by_label["removalnet-plus S_LTD"], by_label["permute-only S_LTD"]
+    assert plus["status"] == "returned the start in 1/1 seeds" and plus["reduced_to"] == "the permutation alone"
+    assert permute["status"] is None   # asked for no training: it is what it says
+    assert "returned the start in 1/1 seeds: the permutation alone (never an evasion)" in out
+    assert not any("evaded by removalnet-plus" in v for v in card.verdicts)
+    assert any(v.startswith("removalnet-plus S_LTD returned the start") for v in card.verdicts)
+    rows = _rows(run)
+    job = next(cfg for name, (cfg, m) in rows.items() if name.startswith("attacks/")
+               and cfg.get("label") == "removalnet-plus S_LTD")
+    metrics = next(m for name, (cfg, m) in rows.items() if cfg is job)
+    assert metrics["status"] == "returned the start" and metrics["reduced_to"] == "the permutation alone"
+    traces = [p for p in run.rglob("trace.csv") if "removalnet-plus" in str(p)]
+    assert traces
+    import csv
+    with open(traces[0]) as f:
+        last = list(csv.DictReader(f))[-1]
+    assert last["status"] == "returned the start: the permutation alone"
+    assert main(["report", str(run)]) == 0
+    report = capsys.readouterr().out
+    assert "returned the start in 1/1 seeds (the permutation alone)" in report
+    assert "removalnet-plus S_LTD (returned the start in 1/1 seeds)" in report

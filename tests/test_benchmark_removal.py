@@ -189,3 +189,21 @@ def test_retime_times_one_run_records_it_and_resumes(tmp_path, monkeypatch):
     failed = b.retime("tiny", seed=4)
     assert failed["failed"] == "ce became non-finite (nan) at iteration 3" and failed["iterations"] == 0
     assert json.loads(b.results_path.read_text())["retime/tiny/seed-4"]["failed"] == failed["failed"]
+
+
+def test_a_run_that_returned_its_start_and_the_confidence_lines():
+    r = _removal()
+    assert r.returned_start({"status": "returned the start", "iterations": 150})
+    assert r.returned_start({"iterations": 150, "selected_t": 0})            # stored before the status
+    assert not r.returned_start({"iterations": 0, "selected_t": 0})          # permute-only: nothing trained
+    assert not r.returned_start({"status": "ok", "iterations": 150, "selected_t": 25})
+    # SAC is a distance: 10 independent models at 1.0..1.9, two trained seeds far below, one that returned its start
+    independent = [{"SAC": 1.0 + 0.1 * i} for i in range(10)]
+    groups = {"Negative": independent[5:], "plus": [{"SAC": 0.1, "status": "ok"}, {"SAC": 0.2, "status": "ok"},
+                                                    {"SAC": 0.0, "status": "returned the start"}]}
+    lines = r.confidence_lines(groups, independent, ["SAC"])
+    row = next(line for line in lines if line.startswith("| plus |"))
+    assert row.startswith("| plus | 1.00 (")                   # the two trained seeds beat every independent model
+    assert any("n too small (10 independent models; >= 19 needed" in line for line in lines)
+    # 1 - 0.05^(1/10) = 25.9%: no metric is bounded below 5%, which needs 59
+    assert any("below 26% at 95% confidence" in line and "needs 59 independent" in line for line in lines)

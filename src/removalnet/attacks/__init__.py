@@ -7,8 +7,8 @@ Importing this package registers every attack: ``create_attack("removalnet", alp
 from __future__ import annotations
 
 from ..registry import import_modules
-from .base import (Attack, AttackContext, BatchStream, Param, attack_class, create_attack, list_attacks,
-                   make_schedule, make_sgd, register_attack)
+from .base import (RETURNED_START, Attack, AttackContext, BatchStream, Param, attack_class, create_attack,
+                   list_attacks, make_schedule, make_sgd, register_attack)
 from .substitute import SubstituteSet, build_substitute
 from .removalnet import RemovalNet, feature_shuffle, ilbs, reverse_latent
 
@@ -19,4 +19,4 @@ import_modules(__name__, MODULES)
 
 __all__ = ["Attack", "AttackContext", "BatchStream", "Param", "attack_class", "create_attack", "list_attacks",
            "make_schedule", "make_sgd", "register_attack", "SubstituteSet", "build_substitute", "RemovalNet",
-           "feature_shuffle", "ilbs", "reverse_latent"]
+           "feature_shuffle", "ilbs", "reverse_latent", "RETURNED_START"]

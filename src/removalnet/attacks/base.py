@@ -42,10 +42,15 @@ from ..utils import RemovalNetError, resolve_device, seed_everything
 
 __all__ = [
     "Param", "validate_params", "Attack", "AttackContext", "BatchStream", "register_attack", "create_attack", "list_attacks",
-    "attack_class", "make_sgd", "make_schedule",
+    "attack_class", "make_sgd", "make_schedule", "RETURNED_START", "START_TOLERANCE",
 ]
 
 Callback = Callable[..., None]
+
+#: an attack's status when it trained yet returned its starting point (never counted as an evasion)
+RETURNED_START = "returned the start"
+#: the largest absolute change of any floating tensor that still counts as the starting point
+START_TOLERANCE = 1e-7
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -175,10 +180,15 @@ class Attack(abc.ABC):
 
     Calling the attack returns the surrogate in eval mode and fills ``self.trace`` (one dict per
     iteration: ``t``, every loss term, ``lr``) and ``self.history`` (``{"t", "accuracy"}`` at each
-    checkpoint; accuracy on ``eval_set`` or None).
+    checkpoint; accuracy on ``eval_set`` or None), and ``self.status``: ``"ok"``, or :data:`RETURNED_START`
+    when the attack trained (iterations > 0) yet returned its starting point (every floating tensor within
+    :data:`START_TOLERANCE` of the surrogate at t = 0, e.g. a stopping rule that kept step 0); such a
+    surrogate is no attack of its name but what ``reduced_to`` says (``START`` of the class).
     """
 
     name: ClassVar[str] = ""
+    #: what a surrogate that returned its starting point amounts to
+    START: ClassVar[str] = "its starting point"
     #: a parameter-reusing baseline (FT, WP, Distill): the threshold rules' detection rate is measured on these
     baseline: ClassVar[bool] = False
     PARAMS: ClassVar[dict[str, Param]] = {
@@ -200,6 +210,9 @@ class Attack(abc.ABC):
         self.validate_params(values)
         self.trace: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
+        self.status: str = "ok"
+        self.reduced_to: str | None = None
+        self._start: dict[str, torch.Tensor] | None = None
 
     def identity_params(self) -> dict[str, Any]:
         """The parameters that identify a job of this attack: all of them, less those added later
@@ -253,8 +266,26 @@ class Attack(abc.ABC):
         surrogate.requires_grad_(True)
         ctx.surrogate = surrogate
         self.trace, self.history = [], []
+        self.status, self.reduced_to, self._start = "ok", None, None
         self.run(ctx)
+        if self.params.get("iterations", 0) > 0 and self.trace and self.returned_start(ctx):
+            self.status, self.reduced_to = RETURNED_START, self.start_description()
+        self._start = None
         return surrogate.eval()
+
+    def returned_start(self, ctx: AttackContext) -> bool:
+        """Whether the returned surrogate is its starting point (the state when :meth:`fit` began): every
+        floating tensor within :data:`START_TOLERANCE`; override for a rule of the attack's own."""
+        if self._start is None:
+            return False
+        now = ctx.surrogate.state_dict()
+        return now.keys() == self._start.keys() and all(
+            torch.allclose(now[k].detach().float().cpu(), v.float(), rtol=0, atol=START_TOLERANCE)
+            for k, v in self._start.items() if v.is_floating_point())
+
+    def start_description(self) -> str:
+        """What a surrogate that returned its start is (``START``; override to name the parameters)."""
+        return self.START
 
     # -- shared loop pieces ----------------------------------------------------------------------------
     def batches(self, ctx: AttackContext, batch_size: int | None = None) -> BatchStream:
@@ -325,6 +356,8 @@ class Attack(abc.ABC):
         parameters that require gradients.
         """
         model = ctx.surrogate
+        if self._start is None:   # the starting point, to tell a run that returned it (returned_start)
+            self._start = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         n = self.params["iterations"] if iterations is None else iterations
         opt = self.make_optimizer(model.parameters() if parameters is None else parameters)
         sched = self.make_scheduler(opt, n)

@@ -82,6 +82,7 @@ class RemovalNetPlus(Attack):
     """Permutation + distillation + boundary shifting + attacker-side stopping (module docstring)."""
 
     name = "removalnet-plus"
+    START = "the permutation alone"
     PARAMS = {
         "iterations": Param(300, int, low=0, doc="optimisation steps"),
         "lr": Param(0.002, float, low=0.0, low_open=True, doc="SGD learning rate"),
@@ -139,6 +140,16 @@ class RemovalNetPlus(Attack):
         if total >= 1.0:
             raise RemovalNetError(f"attack 'removalnet-plus': boundary_mix + mask_mix + cutmix_mix must be < 1 "
                                   f"(clean samples are needed), got {total:g}")
+
+    def returned_start(self, ctx: AttackContext) -> bool:
+        """The stopping rule kept step 0 (a rescaling applied at the end changes the weights, not the function),
+        or the weights are the start's."""
+        return getattr(self, "selected_t", None) == 0 or super().returned_start(ctx)
+
+    def start_description(self) -> str:
+        parts = [w for w, on in (("permutation", self.params["permute"] != "none"),
+                                 ("rescaling", self.params["rescale"] != "none")) if on]
+        return f"the {' and '.join(parts)} alone" if parts else "the victim itself"
 
     def run(self, ctx: AttackContext) -> None:
         p = self.params

@@ -4,7 +4,8 @@ runner's attack jobs take.
 :func:`run_attack` calls the attack and writes, under ``out_dir``, the surrogate's checkpoints
 ``checkpoints/tNNNN.safetensors`` (when ``save_checkpoints``; at t = 0, every ``checkpoint_every`` iterations
 and at the end) and the per-iteration ``trace.csv`` (columns in order of first appearance: ``t``, the loss
-terms, ``lr``; empty cells where a row lacks a column). The caller saves the surrogate itself, with the
+terms, ``lr``; empty cells where a row lacks a column; a ``status`` column on the last row when the attack
+returned its starting point). The caller saves the surrogate itself, with the
 sidecar it needs.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = ["AttackRun", "run_attack", "write_trace"]
 class AttackRun:
     surrogate: SplitModel
     time_s: float             # wall time of the attack call (checkpoint saving included)
+    status: str = "ok"        # or RETURNED_START: the surrogate is its starting point (Attack.status)
+    reduced_to: str | None = None   # what such a surrogate amounts to (e.g. "the permutation alone")
 
 
 def write_trace(path: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -62,5 +65,8 @@ def run_attack(attack: Attack, victim: SplitModel, substitute: Dataset, *, seed:
     surrogate = attack(victim, substitute, seed=seed, callbacks=(*callbacks, on_event), device=device,
                        eval_set=eval_set)
     wall = time.perf_counter() - t0
-    write_trace(out / "trace.csv", attack.trace)
-    return AttackRun(surrogate, wall)
+    rows = attack.trace
+    if attack.status != "ok" and rows:   # said in the trace too: its last row carries the status
+        rows = rows[:-1] + [{**rows[-1], "status": f"{attack.status}: {attack.reduced_to}"}]
+    write_trace(out / "trace.csv", rows)
+    return AttackRun(surrogate, wall, attack.status, attack.reduced_to)

@@ -220,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
         save_checkpoint(tmp / "surrogate.safetensors", res.surrogate, {
             **base_meta, "test_accuracy": acc, "victim_test_accuracy": victim_acc,
             "accuracy_drop": victim_acc - acc, "history": attack.history,
-            "iterations": len(attack.trace), "attack_time_s": round(res.time_s, 2)})
+            "iterations": len(attack.trace), "attack_time_s": round(res.time_s, 2), "status": res.status,
+            "reduced_to": res.reduced_to})
         atomic_write_json(tmp / "substitute.json", {**substitute.describe(), "indices": substitute.indices.tolist(),
                                                     "labels": substitute.labels.tolist()})
         _move_into_place(tmp, out)
@@ -230,5 +231,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{attack.name} on {args.data} ({args.scenario}, {len(substitute)} substitute samples): surrogate "
           f"accuracy {acc * 100:.2f}% (victim {victim_acc * 100:.2f}%) after {len(attack.trace)} iterations "
           f"in {res.time_s:.1f}s on {device}")
+    if res.status != "ok":   # never an attack of its name: say what the surrogate is
+        print(f"status: {res.status}: the surrogate is {res.reduced_to}, not a trained {attack.name} surrogate "
+              f"(its training was discarded)")
     print(f"saved {out / 'surrogate.safetensors'}")
     return 0

@@ -2,8 +2,10 @@
 --data DATA``) it builds a grid (FT, WP, Distill, KnockoffNets, RemovalNet, removalnet-plus and its permute-only
 setting, on S_LTD and, with ``--lsd-data``, S_LSD), runs it on the experiment runner (resumable, progress bar),
 and writes a report card (Markdown to stdout and RUN/report-card.md, HTML to RUN/report-card.html): per
-verifier metric its false-positive rate, its detection rate per attack, the accuracy an attacker pays to
-evade it, and a plain verdict (``removalnet.report.card``)."""
+verifier metric its false positives with their 95% bound, its detection rate per attack, the accuracy an
+attacker pays to evade it, and a plain verdict (``removalnet.report.card``). A metric is recommended only when its
+false-positive rate is below ``--max-fpr`` at 95% confidence, which takes at least 59 independent models at 5%
+(docs/confidence.md): the quick budget (3 references) withholds advice and says so; standard and paper train 59."""
 from __future__ import annotations
 
 import argparse
@@ -22,18 +24,24 @@ HELP = "audit your own trained model: run the removal attacks against it and gra
 #: (tests/test_cli_imports.py checks that the two agree)
 DEFAULT_MARGIN = 10.0
 
+#: ``removalnet.report.card.DEFAULT_MAX_FPR``, spelled here for the same reason
+DEFAULT_MAX_FPR = 0.05
+
 #: what each budget runs: seeds per attack, reference models trained when none are given (their recipe),
-#: attack iterations, substitute-set fraction of the training set, verifier test cases and verifier settings
+#: attack iterations, substitute-set fraction of the training set, verifier test cases and verifier settings.
+#: standard and paper train 59 references: with none called a copy, 59 bound a metric's false-positive rate
+#: below 5% at 95% confidence (1 - 0.05^(1/59) = 4.95%); fewer cannot support a recommendation at 5%, and the
+#: references are then most of the budget's cost (59 trainings of the victim's recipe)
 BUDGETS: dict[str, dict[str, Any]] = {
     "quick": {"seeds": 1, "references": 3, "train": {"iterations": 300, "batch_size": 64, "lr": 0.05},
               "iterations": 150, "batch_size": 64, "fraction": 0.1, "verifier_count": 200,
               "verifiers": {"deepjudge": {"num_seeds": 50, "max_iters": 50}, "ipguard": {"num_points": 50, "max_iter": 100},
                             "modeldiff": {"num_pairs": 20, "iterations": 50}, "sac": {"num_samples": 50},
                             "zest": {"num_images": 32, "num_masks": 200}}},
-    "standard": {"seeds": 3, "references": 5, "train": {"epochs": 10, "batch_size": 128, "lr": 0.05},
+    "standard": {"seeds": 3, "references": 59, "train": {"epochs": 10, "batch_size": 128, "lr": 0.05},
                  "iterations": 1000, "batch_size": 128, "fraction": 0.1, "verifier_count": 1000,
                  "verifiers": {"deepjudge": {}, "ipguard": {}, "modeldiff": {}, "sac": {}, "zest": {}}},
-    "paper": {"seeds": 10, "references": 5, "train": {"epochs": 30, "batch_size": 128, "lr": 0.05},
+    "paper": {"seeds": 10, "references": 59, "train": {"epochs": 30, "batch_size": 128, "lr": 0.05},
               "iterations": 1000, "batch_size": 128, "fraction": 0.1, "verifier_count": None,
               "verifiers": {"deepjudge": {}, "ipguard": {}, "modeldiff": {}, "sac": {}, "zest": {}}},
 }
@@ -61,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="quick (minutes on a CPU for a LeNet on MNIST), standard, paper (see the README)")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help=f"accuracy points an attack may lose before it counts as collapsed (default {DEFAULT_MARGIN:g})")
+    p.add_argument("--max-fpr", type=float, default=DEFAULT_MAX_FPR,
+                   help=f"recommend a metric only when its false-positive rate is below this at 95%% confidence "
+                        f"(default {DEFAULT_MAX_FPR:g}: needs >= 59 independent models)")
     p.add_argument("--out", default=None, help="run folder (default runs/audit-<weights name>); rerun to resume")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--address", default=None, help="Ray cluster address")
@@ -116,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from ..report.card import build_card, card_html, card_markdown  # lazy: keeps torch off the CLI's start
     if args.references is not None and len(args.references) < 2:
         raise RemovalNetError("--references: give at least 2 models (thresholds and leave-one-out need them)")
+    if not 0 < args.max_fpr < 1:   # also NaN
+        raise RemovalNetError(f"--max-fpr: a rate in (0, 1), got {args.max_fpr!r}")
     raw = build_audit_spec(args)
     spec = spec_from_dict(raw)
     out = Path(args.out) if args.out else Path("runs") / spec.name
@@ -130,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
                 else f"{spec.references.count} trained here", "attacks": ", ".join(a.label for a in spec.attacks),
                 "iterations per attack": BUDGETS[args.budget]["iterations"],
                 "substitute set": f"{BUDGETS[args.budget]['fraction']:g} of the training set"}
-    card = build_card(out, margin=args.margin, settings=settings)
+    rerun = (f"`removalnet audit --model {args.model} --weights {args.weights} --data {args.data} --budget "
+             f"{args.budget} --train-references {{n}}`, or give `--references` with {{n}} independently trained models")
+    card = build_card(out, margin=args.margin, settings=settings, max_fpr=args.max_fpr, command=rerun)
     md = card_markdown(card)
     atomic_write_bytes(out / "report-card.md", md.encode())
     atomic_write_bytes(out / "report-card.html", card_html(card).encode())

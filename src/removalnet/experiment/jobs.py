@@ -127,7 +127,7 @@ def _attack(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
         "scenario": cfg["scenario"], "substitute_size": len(sub), "seed": cfg["seed"], "dataset": cfg["dataset"],
         "time_s": round(res.time_s, 2)})  # its accuracy is measured once, by the model's score job
     return {"time_s": res.time_s, "substitute_size": len(sub), "iterations": attack.params.get("iterations"),
-            "history": attack.history}
+            "history": attack.history, "status": res.status, "reduced_to": res.reduced_to}
 
 
 def _fingerprint(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..attacks import attack_class, list_attacks
+from ..attacks import RETURNED_START, attack_class, list_attacks
 from ..experiment.store import ResultStore
 from ..utils import RemovalNetError
 from ..verify import RULES, ThresholdRule, all_metrics, calibrate, false_positive_rate, verdict
@@ -105,11 +105,24 @@ def degenerate_metrics(rows: list[dict[str, Any]]) -> dict[str, str]:
     return dict(sorted(why.items()))
 
 
+def _start_status(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """``status`` (None, or "returned the start in k/n seeds") and ``reduced_to`` of an attack row, from its
+    attack jobs: a seed whose surrogate is its starting point is no attack of the row's name."""
+    jobs = [r for r in rows if r["kind"] == "attack" and r["status"] == "done"
+            and r["config"].get("label") == label]
+    back = [r for r in jobs if (r["metrics"] or {}).get("status") == RETURNED_START]
+    if not back:
+        return {"status": None, "reduced_to": None}
+    return {"status": f"{RETURNED_START} in {len(back)}/{len(jobs)} seeds",
+            "reduced_to": back[0]["metrics"].get("reduced_to")}
+
+
 def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = None,
                 margin: float = COLLAPSE_MARGIN) -> TableData:
     """Table 1 of a run; ``rule`` (a rule, its name or mapping) replaces the spec's threshold rule. A row whose
     mean accuracy lost more than ``margin`` points against the victim is marked ``collapsed``: its seeds never
-    count as an evasion (``owned`` says nothing about a useless model). Degenerate metrics
+    count as an evasion (``owned`` says nothing about a useless model). A row whose attack returned its starting
+    point in some seed carries ``status`` and ``reduced_to`` (what it amounts to). Degenerate metrics
     (:func:`degenerate_metrics`) are flagged and left out of the votes."""
     spec, rows = load_results(run_dir)
     rule = ThresholdRule.parse(rule if rule is not None else spec.get("threshold_rule"))
@@ -152,7 +165,7 @@ def build_table(run_dir: str | Path, rule: ThresholdRule | str | dict | None = N
         collapsed = bool(label != "Negative" and acc and victim is not None
                          and 100 * (victim["metrics"]["accuracy"] - float(np.mean(acc))) > margin)
         table_rows.append({"label": label, "n": len(sel), "accuracy": acc, "values": values, "copies": copies,
-                           "owned": owned, "collapsed": collapsed})
+                           "owned": owned, "collapsed": collapsed, **_start_status(rows, label)})
     checkpoints: dict[str, dict[int, dict[str, list[float]]]] = {}
     for r in scores:
         if r["config"]["role"] == "checkpoint":
