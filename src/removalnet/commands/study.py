@@ -50,15 +50,12 @@ def load_study_spec(name: str, spec_path: str | None, overrides: dict):
 
 
 def _check_name(args: argparse.Namespace) -> None:
-    """A study name that is not registered: argparse's own message for a bad choice."""
+    """A study name that is not registered: argparse's own message for a bad choice (exit status 2)."""
     from ..studies import list_studies  # lazy: keeps torch off the CLI's start
     names = list_studies()
     if args.name not in names:
-        message = f"argument name: invalid choice: {args.name!r} (choose from {', '.join(map(repr, names))})"
-        parser = getattr(args, "_parser", None)
-        if parser is None:
-            raise RemovalNetError(message)
-        parser.error(message)
+        raise RemovalNetError(f"argument name: invalid choice: {args.name!r} (choose from "
+                              f"{', '.join(map(repr, names))}) (see 'removalnet study --help')")
 
 
 def run(args: argparse.Namespace) -> int:
