@@ -103,6 +103,9 @@ def test_audit_card_matches_the_database(audited, tmp_path, capsys, monkeypatch)
     for m in card.metrics:
         assert card.false_positives[m] == (0, 3) and card.fpr_bound[m] == pytest.approx(1 - 0.05 ** (1 / 3))
     assert "0/3, <= 71%" in out and "FPR bound (95%)" in out
+    # references more than 3 accuracy points from the victim on average are flagged in the card
+    gap = 100 * abs(np.mean([r["accuracy"] for r in refs]) - victim_acc)
+    assert (card.mismatch is not None) == (gap > 3) and (("**Warning:**" in out) == (gap > 3))
     # resumable: a rerun runs nothing and prints the same card
     assert main(argv) == 0
     cap = capsys.readouterr()
