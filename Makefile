@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv data test test-paper test-paper-ci test-kernels demo docs bench clean
+.PHONY: venv data test test-paper test-paper-ci test-kernels demo docs bench findings clean
 
 venv: $(VENV)/.installed
 
@@ -60,3 +60,8 @@ clean:
 
 bench: venv data
 	REMOVALNET_THREADS=1 $(VENV)/bin/python benchmarks/table1.py
+
+# The tables and number-bearing lines of docs/findings.md, regenerated from benchmarks/results/ (between the
+# `<!-- generated: ... -->` markers; the prose is left alone). tests/test_findings.py fails on a stale one.
+findings:
+	python3 benchmarks/findings.py
