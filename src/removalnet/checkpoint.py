@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "build_model", 
            "FORMAT"]
 
 FORMAT = "removalnet-checkpoint/1"
+_OWN_BUFFERS = ("normalize.",)   # SplitModel's input normalisation: the toolkit's, not the user's module's
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -85,6 +87,12 @@ def _load_foreign(path: Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
         text = str(e).strip()
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if pickled:   # a whole pickled model (or any object): what to save instead, not torch's allowlist advice
+            raise RemovalNetError(
+                f"refusing to load {str(path)!r}: it is not a plain tensor state dict (it holds a pickled "
+                f"{pickled[1]} object, and unpickling runs code); save the weights alone with "
+                "`torch.save(model.state_dict(), PATH)`") from e
         if "WeightsUnpickler error:" in text:  # the reason, not torch's advice to load it with weights_only=False
             text = text.split("WeightsUnpickler error:", 1)[1].strip()
         first = text.splitlines()[0] if text else type(e).__name__
@@ -100,17 +108,18 @@ def _load_foreign(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_and_load(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    if isinstance(model, SplitModel) and model.is_source_state(state):   # named as the user's own module
+    expected = model.state_dict()
+    if isinstance(model, SplitModel) and model.source_keys and \
+            len(set(state) & set(expected)) <= len(set(state) & set(model.source_names)):
+        # a model of the user's own module: their tensor names, also in what a mismatch reports
         try:
             state = model.from_source_state(state)
         except RemovalNetError:
-            pass  # reported below against the module's own names
-        else:
-            return _check_and_load(model, state, path)
-        need, have = set(model.source_keys.values()), set(state)
-        raise RemovalNetError(f"{str(path)!r} does not match the architecture: "
-                              f"{key_mismatch(need - have, have - set(model.source_names))}")
-    expected = model.state_dict()
+            need, have = set(model.source_keys.values()), set(state)
+            raise RemovalNetError(f"{str(path)!r} does not match the architecture: "
+                                  f"{key_mismatch(need - have, have - set(model.source_names))}") from None
+    # the toolkit's own input normalisation is not part of a user's weights: kept as built where absent
+    state = {**{k: v for k, v in expected.items() if k.startswith(_OWN_BUFFERS) and k not in state}, **state}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -19,7 +19,7 @@ from ..checkpoint import build_model, is_checkpoint, load_checkpoint, save_check
 from ..data import get_dataset_info
 from ..guards import require_finite
 from ..models import create_model
-from ..models.refs import PRETRAINED, load_factory
+from ..models.refs import PRETRAINED, load_factory, user_code
 from ..train import TrainConfig, evaluate, train_model
 from ..utils import RemovalNetError, package_versions, seed_everything
 from ..verify import FingerprintCache, create_verifier, score_model
@@ -84,7 +84,8 @@ def _train(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]:
         if cfg.get("train_fn"):   # the user's own training function trains the fresh (or init) model in place
             seed_everything(cfg["seed"])
             model = start if start is not None else build_from_config(arch_config)
-            returned = load_factory(cfg["train_fn"])(model, train, test, seed=cfg["seed"])
+            with user_code(f"training function {cfg['train_fn']!r}"):
+                returned = load_factory(cfg["train_fn"])(model, train, test, seed=cfg["seed"])
             if returned is not None and returned is not model:
                 raise RemovalNetError(f"{cfg['train_fn']} must train the model it is given in place and return "
                                       f"None (or that model), not a {type(returned).__name__}")
@@ -196,7 +197,7 @@ def execute(job: dict[str, Any], run_dir: str | Path, fp_jobs: dict[str, dict[st
         status, error = "done", None
         if cuda and isinstance(metrics, dict):
             metrics["gpu_max_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    except Exception as e:  # a failing job is recorded and the others go on
+    except (Exception, SystemExit) as e:  # a failing job is recorded and the others go on (sys.exit too)
         metrics = None
         status = "failed"
         last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None

@@ -19,13 +19,14 @@ classifier with every black-box verifier and attack; the white-box ones say why 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.fx
@@ -37,10 +38,28 @@ from .registry import _REGISTRY, check_model_kwargs
 from .registry import create_model as create_registered
 from .split import NotSplittableError, SplitModel, _trace, crossing, split_graph, split_module, unsplit
 
-__all__ = ["resolve_model", "is_model_ref", "auto_split", "load_factory", "describe_split", "PRETRAINED"]
+__all__ = ["resolve_model", "is_model_ref", "auto_split", "load_factory", "describe_split", "user_code", "PRETRAINED"]
 
 PRETRAINED = "pretrained"
 """``weights=PRETRAINED`` asks timm for its pretrained weights (needs a network)."""
+
+
+@contextlib.contextmanager
+def user_code(what: str, doing: str = "") -> Iterator[None]:
+    """Run a user's own code (a model file's import, a factory, a training function): whatever it raises, or a
+    ``sys.exit`` it calls, becomes one :class:`RemovalNetError` saying what ``what`` did ``doing`` (e.g.
+    ``"while being imported"``). ``KeyboardInterrupt`` stays the interrupt it is; our own errors pass through."""
+    tail = f" {doing}" if doing else ""
+    try:
+        yield
+    except (KeyboardInterrupt, RemovalNetError):
+        raise
+    except SystemExit as e:
+        raise RemovalNetError(f"{what} called sys.exit({e.code!r}){tail}") from None
+    except BaseException as e:
+        text = str(e).splitlines()[0] if str(e) else ""
+        raise RemovalNetError(f"{what} raised {type(e).__name__}{tail}" + (f": {text}" if text else "")) from e
+
 
 
 def is_model_ref(ref: str) -> bool:
@@ -78,10 +97,11 @@ def _import_file(path: Path) -> Any:
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod
         try:
-            spec.loader.exec_module(mod)
-        except Exception as e:
+            with user_code(f"model file {str(path)!r}", "while being imported"):
+                spec.loader.exec_module(mod)
+        except RemovalNetError:
             sys.modules.pop(name, None)
-            raise RemovalNetError(f"importing {str(path)!r} failed: {type(e).__name__}: {e}") from e
+            raise
         _FILE_MODULES[key] = mod
     return _FILE_MODULES[key]
 
@@ -93,11 +113,13 @@ def load_factory(ref: str) -> Callable[..., nn.Module]:
         mod = _import_file(Path(where))
     else:
         try:
-            mod = importlib.import_module(where)
-        except ImportError as e:
-            raise RemovalNetError(f"model reference {ref!r}: cannot import {where!r} ({e})") from e
-        except Exception as e:
-            raise RemovalNetError(f"importing {where!r} failed: {type(e).__name__}: {e}") from e
+            with user_code(f"module {where!r}", "while being imported"):
+                mod = importlib.import_module(where)
+        except RemovalNetError as e:
+            if isinstance(e.__cause__, ImportError) and getattr(e.__cause__, "name", None) \
+                    and where.startswith(e.__cause__.name):   # the module itself (or its package) is not found
+                raise RemovalNetError(f"model reference {ref!r}: cannot import {where!r} ({e.__cause__})") from None
+            raise
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -124,10 +146,8 @@ def _call_factory(fn: Callable[..., nn.Module], ref: str, num_classes: int, in_c
         if name in params:
             kwargs[name] = in_chans
     call = f"{getattr(fn, '__qualname__', ref)}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
-    try:
+    with user_code(f"model factory {ref!r}", f"when called as {call}"):
         module = fn(**kwargs)
-    except Exception as e:
-        raise RemovalNetError(f"model factory {ref!r} raised {type(e).__name__} when called as {call}: {e}") from e
     if not isinstance(module, nn.Module):
         raise RemovalNetError(f"model factory {ref!r} returned a {type(module).__name__}, not a torch nn.Module")
     return module
@@ -267,11 +287,15 @@ def auto_split(module: nn.Module, *, in_chans: int, input_size: int, split_after
         except RemovalNetError:
             pass
     try:
-        gm = _trace(module, set())
-        cuts = _downsampling_cuts(gm, _example(module, in_chans, input_size))
+        with user_code(f"model {arch!r}", "while being traced"):   # its forward runs here first
+            gm = _trace(module, set())
+            cuts = _downsampling_cuts(gm, _example(module, in_chans, input_size))
     except NotSplittableError as e:
         return unsplit(module, str(e), **kw)
-    except Exception as e:
+    except RemovalNetError as e:
+        if e.__cause__ is None:
+            raise   # a sys.exit
+        e = e.__cause__
         return unsplit(module, f"running its fx trace failed ({type(e).__name__}: {e})", **kw)
     if not cuts:
         return unsplit(module, "no split point found in its fx trace", **kw)
@@ -286,9 +310,12 @@ def _check_output(model: SplitModel, ref: str, num_classes: int, in_chans: int, 
     flags = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), user_code(f"model {ref!r}", f"on a {in_chans}x{input_size}x{input_size} input"):
             y = model(x)
-    except Exception as e:
+    except RemovalNetError as e:
+        if e.__cause__ is None:
+            raise   # a sys.exit in its forward
+        e = e.__cause__
         raise RemovalNetError(f"model {ref!r} fails on a {in_chans}x{input_size}x{input_size} input: "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     finally:
