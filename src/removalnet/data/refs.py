@@ -16,6 +16,8 @@ statistics. Every split is read into memory once per process.
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,14 +103,19 @@ def _read_folder(ref: str, directory: Path, size: int | None, channels: int | No
     classes, files = _list_images(ref, directory)
     images, sizes, gray = [], {}, True
     for f, _ in files:
-        try:
-            with Image.open(f) as im:
+        try:   # whatever PIL raises on a file (unreadable, truncated, over its decompression-bomb limit) is bad data
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(f)
+            with im:
                 im.load()
                 img = im
                 if img.mode not in ("L", "RGB"):
                     img = img.convert("L" if img.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
-        except OSError as e:
-            raise RemovalNetError(f"{ref}: cannot read image {str(f)!r} ({e})") from e
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:
+            raise RemovalNetError(f"{ref}: cannot read image {str(f)!r} ({type(e).__name__}: {e})") from e
         gray &= img.mode == "L"
         sizes.setdefault(img.size, f)
         images.append(img)
@@ -182,9 +189,13 @@ def _read_npz(ref: str, path: Path) -> tuple[list[str], dict[str, tuple[torch.Te
 
         idx = np.arange(len(y))
         counts = np.bincount(y.numpy())
-        strat = y.numpy() if counts[counts > 0].min() >= 2 else None
+        single = np.flatnonzero(counts == 1)
+        if single.size:
+            raise RemovalNetError(f"{ref}: label {_few(single)} has a single sample: the {TEST_FRACTION:.0%} test "
+                                  "split is stratified, which needs at least 2 samples of every label (add samples, drop "
+                                  "that label, or give x_test and y_test)")
         try:
-            tr, te = train_test_split(idx, test_size=TEST_FRACTION, stratify=strat, random_state=SPLIT_SEED)
+            tr, te = train_test_split(idx, test_size=TEST_FRACTION, stratify=y.numpy(), random_state=SPLIT_SEED)
         except ValueError as e:
             raise RemovalNetError(f"{ref}: cannot split {len(y)} samples into train/test ({e})") from e
         tr.sort()
@@ -198,12 +209,44 @@ def _read_npz(ref: str, path: Path) -> tuple[list[str], dict[str, tuple[torch.Te
 
 
 # -------------------------------------------------------------------------------------------------- entry
-def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+_MIN_STD = 1e-3   # the smallest std a normalisation divides by
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _few(values, show: int = 5) -> str:
+    """``3, 4, 5, 6, 7, ... (999998 in all)``: a few of many values."""
+    values = [str(v) for v in values]
+    return ", ".join(values[:show]) + (f", ... ({len(values)} in all)" if len(values) > show else "")
+
+
+def _check_classes(ref: str, kind: str, classes: list[str], splits: dict, test: str) -> None:
+    """Every class has training images (else the model gets a class it never sees: refused, which bounds the
+    labels of an npz by its samples); a class without test images is warned of (accuracy leaves it out)."""
+    for split, (_, y) in splits.items():
+        empty = np.flatnonzero(np.bincount(y.numpy(), minlength=len(classes)) == 0)
+        if not empty.size:
+            continue
+        names = [classes[i] for i in empty]
+        if kind == "folder":
+            where = split if split == "train" else test
+            what = f"class folder(s) {_few(f'{where}/{c}/' for c in names)} hold no image"
+        else:
+            what = (f"{'y' if split == 'train' else 'y_test'} has no sample of label(s) {_few(empty)}"
+                    + (f" (labels must be 0..K-1, here K = {len(classes)})" if split == "train" else ""))
+        if split == "train":
+            raise RemovalNetError(f"{ref}: {what}: the model would get classes it never sees in training")
+        _warn(f"{ref}: {what}: test accuracy leaves those classes out")
+
+
+def _stats(x: torch.Tensor, clamp: float = _MIN_STD) -> tuple[tuple[float, ...], tuple[float, ...]]:
     xf = x.to(torch.float64)
     if x.dtype == torch.uint8:
         xf = xf / 255.0
     flat = xf.transpose(0, 1).reshape(x.shape[1], -1)
-    return tuple(round(float(v), 4) for v in flat.mean(1)), tuple(round(max(float(v), 1e-3), 4) for v in flat.std(1))
+    return tuple(round(float(v), 4) for v in flat.mean(1)), tuple(round(max(float(v), clamp), 4) for v in flat.std(1))
 
 
 @functools.lru_cache(maxsize=8)
@@ -235,8 +278,13 @@ def _resolve(ref: str, where: str, mtime: float) -> tuple[DatasetInfo, dict[str,
     x_train = splits["train"][0]
     if len(x_train) == 0 or len(splits["test"][0]) == 0:
         raise RemovalNetError(f"{ref}: the train and test splits must both hold images")
+    _check_classes(ref, kind, classes, splits, dirs["test"].name if kind == "folder" else "test")
     in_chans = opts.get("channels") or int(x_train.shape[1])
     mean, std = _stats(x_train)
+    flat = [c for c, v in enumerate(_stats(x_train, clamp=0.0)[1]) if v < _MIN_STD]
+    if flat and opts.get("std") is None:
+        _warn(f"{ref}: the training images are constant in channel(s) {', '.join(map(str, flat))} (std 0): a "
+              f"model learns nothing there, and --normalize data divides by a std clamped to {_MIN_STD}")
     if in_chans != x_train.shape[1]:     # npz with channels=...: statistics of the converted images
         mean, std = _stats(ImageAdapter(in_chans, int(x_train.shape[2])).adapt(to_float(x_train)))
     for key, default in (("mean", mean), ("std", std)):
