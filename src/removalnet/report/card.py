@@ -136,8 +136,8 @@ def build_card(run_dir: str | Path, margin: float = COLLAPSE_MARGIN, settings: d
     for m in metrics:
         evaders = [a for a in live if a["detection"][m] is not None and a["detection"][m] < 0.5]
         k, n = false_pos[m]
-        ftxt = (f"false positives {rate_text(k, n)} of {n} independent models; 95% bound {bound[m]:.0%}"
-                if n else "false-positive rate unknown")
+        ftxt = (f"{k} of {n} independent models called copies; false-positive rate below {bound[m]:.0%} at 95% "
+                f"confidence" if n else "false-positive rate unknown")
         if evaders:
             best = min(evaders, key=lambda a: a["cost"])
             verdicts.append(f"Relied on alone, {m} is evaded by {best['label']} at a cost of {best['cost']:.1f} "
