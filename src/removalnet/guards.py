@@ -1,7 +1,7 @@
 """Checks shared by the commands and the experiment runner, made before any work starts.
 
 * :func:`check_output_dir`: an output folder can be created and written (probed, so a training never runs
-  only to fail at its save);
+  only to fail at its save); :func:`check_output_file` the same for an output file;
 * :func:`check_comparable`: two checkpoints' classes, channels and input size agree (refused otherwise),
   and their datasets (a warning: another dataset of the same shape can be legitimate);
 * :func:`require_finite`: a model's weights and outputs are finite, checked by name (victim, suspect,
@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data.refs import canonical_data_ref
 from .utils import RemovalNetError
 from .verify.base import dataset_tensors
 
-__all__ = ["warn", "check_output_dir", "check_comparable", "require_finite", "RunLock"]
+__all__ = ["warn", "check_output_dir", "check_output_file", "check_comparable", "require_finite", "RunLock"]
 
 
 def warn(message: str) -> None:
@@ -57,6 +58,16 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     return path
 
 
+def check_output_file(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Fail with one line unless ``path`` can be written as a file: not a folder, and its folder is (or can be
+    created as) one this process can write in (:func:`check_output_dir`; nothing is left behind)."""
+    path = Path(path)
+    if path.is_dir():
+        raise RemovalNetError(f"{what} {str(path)!r} is a directory; give a file name")
+    check_output_dir(path.parent, f"{what} {str(path)!r}: its folder")
+    return path
+
+
 def _shape(meta: dict[str, Any]) -> dict[str, Any]:
     bc = meta.get("build_config") or {}
     return {"classes": meta.get("num_classes", bc.get("num_classes")),
@@ -73,8 +84,8 @@ def check_comparable(ref: dict[str, Any], other: dict[str, Any], *, what: str, r
     diff = [f"{k} {b[k]} vs {a[k]}" for k in a if a[k] is not None and b[k] is not None and a[k] != b[k]]
     if diff:
         raise RemovalNetError(f"{what} cannot be compared with {ref_what}: {', '.join(diff)}")
-    da, db = ref.get("dataset"), other.get("dataset")
-    if data_warning and da and db and da != db:
+    da, db = ref.get("dataset"), other.get("dataset")   # npz:/folder: paths compared resolved (one file, two spellings)
+    if data_warning and da and db and canonical_data_ref(str(da)) != canonical_data_ref(str(db)):
         warn(f"{what} comes from dataset {db!r}, {ref_what} from {da!r}")
 
 

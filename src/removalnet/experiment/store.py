@@ -1,10 +1,14 @@
-"""The results database of a run: one SQLite file in the run folder, WAL mode, written by the driver only."""
+"""The results database of a run: one SQLite file in the run folder, WAL mode, written by the driver only.
+Readers (``report``, the audit card, a dry run) open it read-only: a file that is not the project's database is
+refused, never changed."""
 from __future__ import annotations
 
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..utils import RemovalNetError
 
 __all__ = ["ResultStore"]
 
@@ -27,15 +31,52 @@ CREATE INDEX IF NOT EXISTS jobs_kind ON jobs(kind);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_COLUMNS = {"id", "kind", "name", "config", "seed", "status", "error", "metrics", "versions", "duration_s",
+            "meta.key", "meta.value"}
+
 
 class ResultStore:
-    def __init__(self, path: str | Path):
+    """``ResultStore(path)`` creates the database, or opens ours, to write; ``readonly=True`` opens an existing one
+    to read (SQLite's ``mode=ro``: nothing is created, converted or added). A file that is not a database with
+    our tables is refused either way (``empty_ok``: but an empty one, e.g. left by a kill at its creation, is not)."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False, empty_ok: bool = False):
         self.path = Path(path)
+        if readonly:
+            self.conn = self._open_readonly(empty_ok)
+            return
+        if self.path.is_file():   # an existing database is written only if it is ours (or still empty)
+            self._open_readonly(empty_ok=True).close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.executescript(_SCHEMA)
         self.conn.commit()
+
+    def _open_readonly(self, empty_ok: bool = False) -> sqlite3.Connection:
+        where = repr(str(self.path))
+        if not self.path.is_file():
+            raise RemovalNetError(f"no results database at {where}")
+        # a database no writer holds open (no -wal file) is read as immutable: SQLite then creates no -wal/-shm
+        # files beside it either; with a writer at work it reads through the writer's log
+        live = Path(f"{self.path}-wal").exists()
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro" + ("" if live else "&immutable=1"), uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise RemovalNetError(f"{where} is not a removalnet results database (SQLite: {e})") from None
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")} | {"meta." + r[1] for r in
+                                                                            conn.execute("PRAGMA table_info(meta)")}
+        if (tables or not empty_ok) and (not {"jobs", "meta"} <= tables or not _COLUMNS <= columns):
+            conn.close()
+            raise RemovalNetError(f"{where} is not a removalnet results database (it has no jobs and meta tables"
+                                  + (f" of ours; it holds {', '.join(sorted(tables))}" if tables else "") + ")")
+        if not tables:   # empty: read as a database holding nothing
+            conn.close()
+            conn = sqlite3.connect(":memory:")
+            conn.executescript(_SCHEMA)
+        return conn
 
     def close(self) -> None:
         self.conn.close()

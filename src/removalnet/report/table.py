@@ -52,7 +52,7 @@ def load_results(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, An
     db = Path(run_dir) / "results.db"
     if not db.exists():
         raise RemovalNetError(f"no results database at {str(db)!r}: run `removalnet run SPEC.yaml` first")
-    with ResultStore(db) as store:
+    with ResultStore(db, readonly=True) as store:
         spec = store.get_meta("spec")
         plan = store.get_meta("plan")
         rows = store.rows(ids=plan)
