@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import yaml
 
 from . import __version__, commands
+from .params import Option
 from .utils import RemovalNetError
 
 log = logging.getLogger("removalnet")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group("output")
         g.add_argument("-q", "--quiet", action="store_true", help="no progress bars, only results and errors")
         g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        g.add_argument("--threads", type=int, default=None, metavar="N",
+        g.add_argument("--threads", type=Option(int, low=1), default=None, metavar="N",
                        help="CPU threads torch may use (default: $REMOVALNET_THREADS, else torch's choice; "
                             "1 is fastest for the small models and wherever other processes share the cores)")
         p.add_argument("--config", metavar="FILE.yaml",
@@ -128,6 +129,15 @@ def _apply_config(args: argparse.Namespace, argv: Sequence[str]) -> argparse.Nam
         command=args.command, _run=args._run, _parser=parser))
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Every numeric option declared with a range (``type=Option(...)``), from the command line or a config file,
+    checked in range before the command does anything (one line naming the option)."""
+    for action in args._parser._actions:
+        value = getattr(args, action.dest, None)
+        if isinstance(action.type, Option) and value is not None:
+            setattr(args, action.dest, action.type.check(action.option_strings[-1], value))
+
+
 def _set_threads(n: int | None) -> None:
     if n is None and os.environ.get("REMOVALNET_THREADS"):
         try:
@@ -154,8 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore_warnings = _warnings_as_lines()
     try:
         args = _apply_config(args, argv)
+        _check_options(args)
         _set_threads(args.threads)
-        return int(args._run(args) or 0)
+        try:
+            return int(args._run(args) or 0)
+        except SystemExit as e:   # a command returns its status: an exit from inside it is the user's code's
+            raise RemovalNetError(f"'{args.command}' stopped: code of yours that it ran (a model's forward, a "
+                                  f"training function) called sys.exit({e.code!r})") from None
     except RemovalNetError as e:
         _close_progress_bars()
         print(f"error: {e}", file=sys.stderr)

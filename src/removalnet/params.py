@@ -14,7 +14,12 @@ from typing import Any, Mapping, Sequence
 
 from .utils import RemovalNetError
 
-__all__ = ["Param", "validate_params", "describe_params", "class_params", "identity_params"]
+__all__ = ["Param", "Option", "validate_params", "describe_params", "class_params", "identity_params"]
+
+
+def _who(name: str) -> str:
+    """How a message names a parameter: a command-line option as it is spelled, anything else quoted."""
+    return name if name.startswith("--") else f"parameter {name!r}"
 
 @dataclass(frozen=True)
 class Param:
@@ -44,11 +49,11 @@ class Param:
         if value is None:
             if self.nullable:
                 return None
-            raise RemovalNetError(f"parameter {name!r} must not be None")
+            raise RemovalNetError(f"{_who(name)} must not be None")
         if self.kind is list:
             what = "strings" if self.choices is not None else "numbers"
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-                raise RemovalNetError(f"parameter {name!r} must be a non-empty list of {what}, got {value!r}")
+                raise RemovalNetError(f"{_who(name)} must be a non-empty list of {what}, got {value!r}")
             if self.choices is not None:  # a list of names, each one of the choices
                 for v in value:
                     if v not in self.choices:
@@ -58,29 +63,29 @@ class Param:
             return [self._number(name, v, float) for v in value]
         if self.kind is dict:
             if not isinstance(value, Mapping):
-                raise RemovalNetError(f"parameter {name!r} must be a mapping, got {value!r}")
+                raise RemovalNetError(f"{_who(name)} must be a mapping, got {value!r}")
             return dict(value)
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise RemovalNetError(f"parameter {name!r} must be true or false, got {value!r}")
+                raise RemovalNetError(f"{_who(name)} must be true or false, got {value!r}")
             return value
         if self.kind is str:
             if not isinstance(value, str):
-                raise RemovalNetError(f"parameter {name!r} must be a string, got {value!r}")
+                raise RemovalNetError(f"{_who(name)} must be a string, got {value!r}")
             if self.choices is not None and value not in self.choices:
-                raise RemovalNetError(f"parameter {name!r} must be one of {', '.join(map(str, self.choices))}, "
+                raise RemovalNetError(f"{_who(name)} must be one of {', '.join(map(str, self.choices))}, "
                                       f"got {value!r}")
             return value
         if self.kind in (int, float):
             v = self._number(name, value, self.kind)
             if self.choices is not None and v not in self.choices:
-                raise RemovalNetError(f"parameter {name!r} must be one of {self.choices}, got {value!r}")
+                raise RemovalNetError(f"{_who(name)} must be one of {self.choices}, got {value!r}")
             return v
         raise TypeError(f"unsupported parameter kind {self.kind!r} for {name!r}")
 
     def _number(self, name: str, value: Any, kind: type) -> int | float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise RemovalNetError(f"parameter {name!r} must be a{'n integer' if kind is int else ' number'}, "
+            raise RemovalNetError(f"{_who(name)} must be a{'n integer' if kind is int else ' number'}, "
                                   f"got {value!r}")
         if kind is int:
             if isinstance(value, numbers.Integral):
@@ -88,16 +93,16 @@ class Param:
             elif float(value).is_integer():
                 v = int(value)
             else:
-                raise RemovalNetError(f"parameter {name!r} must be an integer, got {value!r}")
+                raise RemovalNetError(f"{_who(name)} must be an integer, got {value!r}")
         else:
             v = float(value)
             if not math.isfinite(v):
-                raise RemovalNetError(f"parameter {name!r} must be finite, got {value!r}")
+                raise RemovalNetError(f"{_who(name)} must be finite, got {value!r}")
         if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
-            raise RemovalNetError(f"parameter {name!r} must be {'>' if self.low_open else '>='} {self.low}, "
+            raise RemovalNetError(f"{_who(name)} must be {'>' if self.low_open else '>='} {self.low}, "
                                   f"got {value!r}")
         if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
-            raise RemovalNetError(f"parameter {name!r} must be {'<' if self.high_open else '<='} {self.high}, "
+            raise RemovalNetError(f"{_who(name)} must be {'<' if self.high_open else '<='} {self.high}, "
                                   f"got {value!r}")
         return v
 
@@ -111,6 +116,30 @@ class Param:
             rng = f" in {lo}{'-inf' if self.low is None else self.low}, {'inf' if self.high is None else self.high}{hi}"
         none = " or None" if self.nullable else ""
         return f"{self.kind.__name__}{rng}{none}, default {self.default!r}" + (f": {self.doc}" if self.doc else "")
+
+
+class Option:
+    """The ``type=`` of a numeric command-line option with a range: ``type=Option(float, low=0, high=100)``.
+
+    argparse only converts the text (``invalid float value: 'x'`` as before); the range is checked by
+    :meth:`check`, which the command line applies to every such option, given on the command line or in a
+    ``--config`` file, before the command starts (``--margin must be <= 100, got 150``; nan and inf refused).
+    """
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False):
+        self.param = Param(None, kind, low, high, low_open, high_open, nullable=True)
+        self.__name__ = kind.__name__   # argparse names the type in its message
+
+    def __call__(self, text: str) -> int | float:
+        return self.param.kind(text)
+
+    def __repr__(self) -> str:
+        return f"Option({self.param.describe()})"
+
+    def check(self, option: str, value: Any) -> Any:
+        """``value`` of ``option`` (e.g. ``"--margin"``) as a number in range, or a RemovalNetError."""
+        return self.param.validate(option, value)
 
 
 def validate_params(spec: dict[str, Param], params: dict[str, Any], owner: str, *,

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ..params import Option
 from ._modelref import add_model_options, load_model, victim_file
 from ..utils import RemovalNetError, atomic_write_json, resolve_device, weights_hash
 from ._listing import add_list_option, listing
@@ -50,9 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", choices=("ltd", "lsd"), default="ltd",
                    help="ltd: part of the training set; lsd: another source (--source) or a disjoint partition")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--fraction", type=float, default=None, help="substitute set size as a fraction of the victim's training set, also "
+    size.add_argument("--fraction", type=Option(float, low=0, high=1, low_open=True), default=None, help="substitute set size as a fraction of the victim's training set, also "
                                                                "when drawn from --source (default 0.1)")
-    size.add_argument("--count", type=int, default=None, help="substitute set size")
+    size.add_argument("--count", type=Option(int, low=1), default=None, help="substitute set size")
     p.add_argument("--source", default=None, metavar="DATASET", help="S_LSD source dataset (e.g. cinic10)")
     p.add_argument("--labels", choices=("victim", "true"), default="victim",
                    help="substitute labels: the victim's predictions (default) or the true labels")
@@ -60,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="indices never used by the attacker (the verifier's), as a .json list or .npy array")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="attack parameter (value parsed as YAML), repeatable; e.g. --param alpha=0.5")
-    p.add_argument("--iterations", type=int, default=None, help="shortcut for --param iterations=N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=Option(int, low=0), default=None, help="shortcut for --param iterations=N")
+    p.add_argument("--seed", type=Option(int, low=0), default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-checkpoints", action="store_true", help="do not save the intermediate checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")

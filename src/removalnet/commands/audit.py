@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..params import Option
 from ..utils import RemovalNetError, atomic_write_bytes
 from ._modelref import split_after
 
@@ -67,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="another dataset of the same task: the attacks also run on it (S_LSD)")
     p.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
                    help="quick (minutes on a CPU for a LeNet on MNIST), standard, paper (see the README)")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+    p.add_argument("--margin", type=Option(float, low=0, high=100), default=DEFAULT_MARGIN,
                    help=f"accuracy points an attack may lose before it counts as collapsed (default {DEFAULT_MARGIN:g})")
     p.add_argument("--max-fpr", type=float, default=DEFAULT_MAX_FPR,
                    help=f"recommend a metric only when its false-positive rate is below this at 95%% confidence "
@@ -122,6 +124,26 @@ def build_audit_spec(args: argparse.Namespace) -> dict[str, Any]:
             "attacks": attacks, "verifiers": b["verifiers"], "device": args.device}
 
 
+#: the keys of the spec an audit builds (their messages start ``spec: KEY:``), as the audit's options
+_OPTIONS = ((r"victim\.weights", "--weights"), (r"victim\.(?:model|arch)", "--model"),
+            (r"victim\.split_after", "--split-after"), (r"victim\.normalize", "--normalize"),
+            (r"references\.checkpoints\[(\d+)\]", "--references"), (r"dataset", "--data"),
+            (r"attacks\[\d+\]\.source", "--lsd-data"))
+
+
+def _in_audit_terms(e: RemovalNetError, budget: str) -> RemovalNetError:
+    """``spec: victim.weights: ...`` -> ``--weights: ...``; a key of the grid itself names the budget."""
+    m = re.match(r"spec: (\S+?): (.*)", str(e), re.S)
+    if not m:
+        return e
+    key, message = m.groups()
+    for pattern, option in _OPTIONS:
+        k = re.fullmatch(pattern, key)
+        if k:
+            return RemovalNetError(f"{option}{f' (file {int(k[1]) + 1})' if k.groups() else ''}: {message}")
+    return RemovalNetError(f"--budget {budget} ({key} of its grid): {message}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..experiment import make_executor, run_experiment, spec_from_dict  # lazy: keeps torch off the CLI's start
     from ..report.card import build_card, card_html, card_markdown  # lazy: keeps torch off the CLI's start
@@ -130,10 +152,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.max_fpr < 1:   # also NaN
         raise RemovalNetError(f"--max-fpr: a rate in (0, 1), got {args.max_fpr!r}")
     raw = build_audit_spec(args)
-    spec = spec_from_dict(raw)
-    out = Path(args.out) if args.out else Path("runs") / spec.name
-    executor = None if args.dry_run else make_executor(args.executor, args.address)
-    s = run_experiment(spec, out, executor=executor, dry_run=args.dry_run, progress=not args.quiet)
+    try:   # the grid's checks speak of the spec it is run as: say it in the audit's options
+        spec = spec_from_dict(raw)
+        out = Path(args.out) if args.out else Path("runs") / spec.name
+        executor = None if args.dry_run else make_executor(args.executor, args.address)
+        s = run_experiment(spec, out, executor=executor, dry_run=args.dry_run, progress=not args.quiet)
+    except RemovalNetError as e:
+        raise _in_audit_terms(e, args.budget) from None
     if args.dry_run:
         return 0
     print(f"{out}: {s.planned} jobs, {s.skipped_done} already done, {s.ran} ran, {len(s.failed)} failed",

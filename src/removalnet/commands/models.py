@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..params import Option
 from ..utils import RemovalNetError
 from ._modelref import split_after
 
@@ -14,8 +15,8 @@ HELP = ("list the registered architectures (with --details: blocks, split layer 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", choices=("small", "paper"), default=None, help="only this family")
     p.add_argument("--details", action="store_true", help="build each model to show blocks and parameter counts")
-    p.add_argument("--input-size", type=int, default=32, help="input size for --details")
-    p.add_argument("--num-classes", type=int, default=10, help="classes for --details / --inspect")
+    p.add_argument("--input-size", type=Option(int, low=1), default=32, help="input size for --details")
+    p.add_argument("--num-classes", type=Option(int, low=2), default=10, help="classes for --details / --inspect")
     p.add_argument("--inspect", default=None, metavar="MODEL",
                    help="show the blocks (split points, output shapes) and parameter count of MODEL: a registered "
                         "name, path/file.py:Factory, package.module:factory, torchvision:NAME or timm:NAME")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..params import Option
 from ..utils import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_rule_parameters(p)
     p.add_argument("--out", default=None, help="write to this file instead of printing (html: always a file, "
                                                  "default RUN_DIR/report.html)")
-    p.add_argument("--collapse-margin", type=float, default=None,
+    p.add_argument("--collapse-margin", type=Option(float, low=0, high=100), default=None,
                    help="accuracy points a row may lose before it is marked collapsed (default 10)")
     p.add_argument("--figures", default=None,
                    help="folder for a study's figures and tables (default: RUN_DIR/report)")
@@ -71,7 +72,14 @@ def report_run(run_dir: str | Path, fmts: tuple[str, ...] = ("md",), rule=None,
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    from ..guards import check_output_dir, check_output_file  # lazy: keeps torch off the CLI's start
     from ..report import load_results  # lazy: keeps torch off the CLI's start
+    if args.format == "html" and not args.out:   # a page is a file, never a stream on the terminal
+        args.out = str(Path(args.run_dir) / "report.html")
+    if args.out:   # where the report goes is checked before it is built
+        check_output_file(args.out)
+    if args.figures:
+        check_output_dir(args.figures, "--figures")
     if args.rule is None and any(getattr(args, k) is not None for k in ("k", "q", "margin")):
         # parameters alone: the spec's rule with them
         rule = rule_from_args(args, default=load_results(args.run_dir)[0].get("threshold_rule"))
@@ -79,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
         rule = rule_from_args(args)   # checked before the run folder is read
     text = report_run(args.run_dir, (args.format,), rule, args.figures,
                       echo=lambda m: print(m, file=sys.stderr), margin=args.collapse_margin)[args.format]
-    if args.format == "html" and not args.out:   # a page is a file, never a stream on the terminal
-        args.out = str(Path(args.run_dir) / "report.html")
     if args.out:
         atomic_write_bytes(Path(args.out), text.encode())
         print(f"wrote {args.out}")

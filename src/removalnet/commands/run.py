@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..params import Option
 from ..utils import resolve_device
 
 NAME = "run"
@@ -21,12 +22,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run folder (default: RUNS/<spec name>)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
-    p.add_argument("--seeds", type=int, default=None, help="override the spec's seeds with 0..N-1")
+    p.add_argument("--seeds", type=Option(int, low=1), default=None, help="override the spec's seeds with 0..N-1")
     p.add_argument("--device", default=None, help="override the spec's device (cpu, cuda, ...)")
     p.add_argument("--smoke", action="store_true",
                    help="smoke scale: every job of the spec at a tiny size (run folder NAME-smoke; see README)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs (done / to run) without running them")
-    p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
+    p.add_argument("--max-jobs", type=Option(int, low=1), default=None, help="stop after this many jobs (resume later)")
     p.add_argument("--wait", action="store_true",
                    help="if another process is running in the run folder, wait for it instead of failing")
 

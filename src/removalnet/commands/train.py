@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..params import Option
 from ._modelref import add_model_options, build_model
 from ..utils import resolve_device, seed_everything
 
@@ -18,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="architecture: a registered name (see `removalnet models`), path/file.py:Factory, "
                         "package.module:factory, torchvision:NAME or timm:NAME")
     p.add_argument("--width", type=int, default=None, help="base width of the small models")
-    p.add_argument("--input-size", type=int, default=None, help="resize inputs to this size (default: the dataset's)")
+    p.add_argument("--input-size", type=Option(int, low=1), default=None,
+                   help="resize inputs to this size (default: the dataset's)")
     p.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
                    help="input channels (default: the dataset's; 3 repeats grayscale)")
     p.add_argument("--epochs", type=int, default=2)
@@ -30,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
     p.add_argument("--augment", choices=("none", "crop", "crop_flip"), default="none")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=Option(int, low=0), default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out", required=True, help="output directory; the checkpoint is OUT/model.safetensors")
     add_model_options(p, weights_help="initial weights (fine-tune from them): a state dict (.pt/.pth), "

@@ -1,12 +1,15 @@
-"""Checks made before any job of a spec runs (and by ``--dry-run``): the sizes the spec asks of its data
-(``verifier_count``, every attack's substitute set, ``eval_count``) must be servable by the data, class-balanced
-as the jobs draw them, and a given victim's weights must load into its model. Each failure is one line naming
-the spec key (``spec: verifier_count: 1000 samples ...``)."""
+"""Checks made before any job of a spec runs (and by ``--dry-run``): the data's files must be where the spec
+says (one message naming the expected place; a dry run warns instead, so that a grid can be planned away from
+its data), the sizes the spec asks of its data (``verifier_count``, every attack's substitute set,
+``eval_count``) must be servable by the data, class-balanced as the jobs draw them, a user's own model must
+build (its factory is called once) and a given victim's weights must load into its model. Each failure is one
+line naming the spec key (``spec: verifier_count: 1000 samples ...``)."""
 from __future__ import annotations
 
 from typing import Any
 
 from ..data import DataMissingError, balanced_subset, get_dataset_info
+from ..models import is_model_ref
 from ..utils import RemovalNetError
 from .artifacts import dataset, substitute_count, substitute_source, training_split
 from .jobs import user_model
@@ -23,8 +26,8 @@ def _balanced(ds, count: int, what: str, key: str) -> None:
                               f"class-balanced: {e}") from None
 
 
-def _loads(spec: ExperimentSpec, info, weights: str, key: str) -> None:
-    """``weights`` load into the victim's model (as the train job will load them)."""
+def _loads(spec: ExperimentSpec, info, weights: str | None, key: str) -> None:
+    """``weights`` load into the victim's model (as the train job will load them; None: the model builds)."""
     v = spec.victim
     cfg = {"arch": v.arch, "kwargs": {"split_after": v.split_after} if v.split_after else {},
            "normalize": v.normalize, "weights": weights}
@@ -34,15 +37,23 @@ def _loads(spec: ExperimentSpec, info, weights: str, key: str) -> None:
         raise RemovalNetError(f"spec: {key}: {e}") from None
 
 
-def check_spec_data(spec: ExperimentSpec) -> list[str]:
-    """Raise :class:`RemovalNetError` naming the key of the first size the data cannot serve, or a victim /
-    given model whose weights do not load. Returns notes (e.g. data not present here: sizes not checked)."""
+def _missing(key: str, e: DataMissingError, dry_run: bool) -> list[str]:
+    """Data not present here: an error naming ``key``, or on a dry run the note that the run would stop there."""
+    if not dry_run:
+        raise RemovalNetError(f"spec: {key}: {e}") from None
+    return [f"spec: {key}: {e} (the run will stop here until the data is in place)"]
+
+
+def check_spec_data(spec: ExperimentSpec, *, dry_run: bool = False) -> list[str]:
+    """Raise :class:`RemovalNetError` naming the key of missing data, of the first size the data cannot serve,
+    of a user's model that does not build, or of a victim / given model whose weights do not load. With
+    ``dry_run`` missing data is returned as a note instead (the other checks need the data)."""
     data: dict[str, Any] = {"dataset": spec.dataset, "data_root": spec.data_root, "lsd_holdout": spec.lsd_holdout}
     try:
         full = dataset(spec.dataset, "train", spec.data_root)
         test = dataset(spec.dataset, "test", spec.data_root)
     except DataMissingError as e:
-        return [f"data sizes not checked: {e}"]
+        return _missing("dataset", e, dry_run)
     if spec.verifier_count:
         _balanced(test, spec.verifier_count, "the test split", "verifier_count")
     train, holdout = training_split(data)
@@ -52,7 +63,7 @@ def check_spec_data(spec: ExperimentSpec) -> list[str]:
         try:
             source = substitute_source(cfg, holdout)
         except DataMissingError as e:
-            return [f"attacks[{i}].source: sizes not checked: {e}"]
+            return _missing(f"attacks[{i}].source", e, dry_run)
         n = substitute_count(cfg, len(full), holdout)
         base = source if source is not None else train
         name = "the S_LSD partition" if a.source == "partition" else (a.source if source is not None
@@ -66,6 +77,8 @@ def check_spec_data(spec: ExperimentSpec) -> list[str]:
             _balanced(test, a.eval_count, "the test split", f"attacks[{i}].eval_count")
     info = get_dataset_info(spec.dataset)
     v = spec.victim
+    if is_model_ref(v.arch) and v.weights != "pretrained":   # the user's factory runs here, not first in a job
+        _loads(spec, info, None, "victim.model")
     if v.weights is not None and v.weights != "pretrained":
         _loads(spec, info, v.weights, "victim.weights")
     for gname, g in (("references", spec.references), ("negatives", spec.negatives)):

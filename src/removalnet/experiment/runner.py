@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 from tqdm.auto import tqdm
 
-from ..guards import RunLock, check_output_dir
+from ..guards import RunLock, check_output_dir, warn
 from ..utils import RemovalNetError, atomic_write_json, package_versions
 from .jobs import execute
 from .plan import plan_jobs
@@ -109,16 +109,16 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RemovalNetError(f"run folder {str(run_dir)!r} exists and is not a directory")
-    notes = check_spec_data(spec)   # sizes the data cannot serve fail here, before any job
+    notes = check_spec_data(spec, dry_run=dry_run)   # missing data, sizes it cannot serve: here, before any job
     jobs = plan_jobs(spec)
     by_id = {j.id: j for j in jobs}
     if dry_run:
         for n in notes:
-            echo(f"note: {n}")
+            warn(n)
         store_status: dict[str, str] = {}
         db = run_dir / "results.db"
         if db.exists():
-            with ResultStore(db) as s:
+            with ResultStore(db, readonly=True, empty_ok=True) as s:
                 store_status = s.statuses()
         for j in jobs:
             mark = "done" if store_status.get(j.id) == "done" else "todo"
@@ -126,6 +126,8 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
         todo = sum(store_status.get(j.id) != "done" for j in jobs)
         echo(f"{len(jobs)} jobs, {todo} to run")
         return RunSummary(planned=len(jobs), skipped_done=len(jobs) - todo)
+    if (run_dir / "results.db").exists():   # a file that is not our database: refused before anything is written
+        ResultStore(run_dir / "results.db", readonly=True, empty_ok=True).close()
     check_output_dir(run_dir, "run folder").mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor()
     with RunLock(run_dir, wait=wait), ResultStore(run_dir / "results.db") as store:
@@ -148,7 +150,9 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
                     return by_id[d].name
             return None
 
-        bar = tqdm(total=len(todo), desc=f"{spec.name}", unit="job", disable=not progress)
+        if progress and not todo:   # one line, not an empty bar drawn twice
+            print(f"{spec.name}: all {len(jobs)} jobs already done", file=sys.stderr)
+        bar = tqdm(total=len(todo), desc=f"{spec.name}", unit="job", disable=not progress or not todo)
         queue = [j.to_dict() for j in todo]
         ran = 0
         if isinstance(executor, LocalExecutor):
