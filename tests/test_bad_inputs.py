@@ -370,7 +370,7 @@ CASES = [
     ("audit-train-references-1", lambda f, o: [*_audit(f), "--train-references", "1", "--out", o], 2, "at least 2"),
     ("audit-reference-missing-keys", lambda f, o: [*_audit(f), "--references", str(f["dir"] / "lenet.pt"),
                                                    str(f["dir"] / "lenet_missing.pt"), "--out", o], 2,
-     "spec: references.checkpoints[1]"),
+     "--references (file 2): "),
     ("audit-budget", lambda f, o: [*_audit(f), "--budget", "huge", "--out", o], 2, "--budget: invalid choice"),
 ]
 
