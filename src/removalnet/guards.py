@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import sys
 import tempfile
@@ -26,7 +27,8 @@ from .data.refs import canonical_data_ref
 from .utils import RemovalNetError
 from .verify.base import dataset_tensors
 
-__all__ = ["warn", "check_output_dir", "check_output_file", "check_comparable", "require_finite", "RunLock"]
+__all__ = ["warn", "check_output_dir", "check_output_file", "check_comparable", "require_finite", "check_accuracy",
+           "RunLock"]
 
 
 def warn(message: str) -> None:
@@ -109,6 +111,43 @@ def require_finite(model: nn.Module, data: Any, name: str, *, device: Any = None
         model.train(was_training)
     if not bool(torch.isfinite(out).all()):
         raise RemovalNetError(f"{name} outputs non-finite values (nan/inf): refusing to score it")
+
+
+def check_accuracy(model: nn.Module, data: Any, name: str, *, device: Any = None, limit: int = 2000) -> float:
+    """Print ``model``'s top-1 accuracy on (up to ``limit`` class-spread samples of) ``data`` before any work, and
+    warn when it is near chance (at most twice 1/K) or when relabelling the model's classes would raise it by
+    20 points or more: the usual signs of a label-order (``folder:`` numbers classes in sorted folder-name
+    order) or normalisation mismatch between the model and the data. Returns the accuracy in [0, 1]."""
+    from scipy.optimize import linear_sum_assignment
+
+    n = len(data)
+    idx = range(n) if n <= limit else (i * n // limit for i in range(limit))
+    x, y = dataset_tensors(data, list(idx))[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        dev = device if device is not None else next(iter(model.parameters()), torch.empty(0)).device
+        with torch.inference_mode():
+            pred = torch.cat([model(x[i:i + 256].to(dev)).argmax(1).cpu() for i in range(0, len(x), 256)])
+    finally:
+        model.train(was_training)
+    y = torch.as_tensor(y).long()
+    k = int(max(int(y.max()), int(pred.max()))) + 1
+    acc = float((pred == y).float().mean())
+    logging.getLogger("removalnet").info(f"{name}: accuracy {acc * 100:.2f}% on {len(y)} test images")
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    rows, cols = linear_sum_assignment(confusion.numpy(), maximize=True)
+    relabelled = float(confusion.numpy()[rows, cols].sum()) / len(y)
+    if relabelled - acc >= 0.2:
+        moved = ", ".join(f"{r}->{c}" for r, c in zip(rows, cols) if r != c)
+        warn(f"{name} would score {relabelled * 100:.1f}% with its classes renumbered (data class -> model class: "
+             f"{moved}): its class order differs from the data's (folder: numbers classes in sorted folder-name "
+             "order)")
+    elif acc <= 2.0 / max(k, 2):
+        warn(f"{name} is near chance on this data ({acc * 100:.1f}%, chance {100 / max(k, 2):.1f}%): check that "
+             "the model and the data match (class order, --normalize, input size)")
+    return acc
 
 
 class RunLock:
