@@ -171,6 +171,9 @@ def test_confidence_section_by_hand(run_dir):
     assert "Yes (2/3)" in md                      # the paper's table stays as it was
     assert "Ownership with confidence" in to_csv(td) and "Holm, empirical p" in to_latex(td)
     assert "Verdicts with their confidence" in to_html(td)
+    from removalnet.report.terminal import to_terminal   # what `removalnet demo` prints
+    term = to_terminal(td, width=100)
+    assert "Ownership with confidence" in term and "No (0/3, <= 71%)" in term and "1/4 = 0.250" in term
     assert reference_mismatch(0.90, [0.9, 0.9]) is None and reference_mismatch(0.90, [0.92, 0.93]) is None
     text = reference_mismatch(0.734, [0.82, 0.85])
     assert "10.1 points above" in text and "more than 3" in text

@@ -1,11 +1,13 @@
 """Table 1 for a terminal: plain aligned columns that fit its width (wide tables are split into groups of
-columns, each repeating the row labels), the intro and the legend wrapped. The full tables are in the
+columns, each repeating the row labels), the intro and the legend wrapped, then the ownership verdicts with
+their confidence (report/confidence.py). The full tables are in the
 Markdown / HTML files; this is what ``removalnet demo`` prints."""
 from __future__ import annotations
 
 import shutil
 import textwrap
 
+from .confidence import confidence_section
 from .explain import legend, limitations
 from .render import _intro, copy_count_cells, table_cells
 from .table import TableData
@@ -57,4 +59,9 @@ def to_terminal(td: TableData, width: int | None = None) -> str:
     notes = limitations(td)
     if notes:
         parts += ["", "What this run cannot show:"] + [wrap(f"- {t}", "  ") for t in notes.values()]
+    conf = confidence_section(td)
+    if conf is not None:   # the paper's vote beside Holm's, with intervals, and the p-value floor
+        title, head, rows = conf.tables[0]
+        parts += ["", title, "", text_table(head, rows, width=width), ""]
+        parts += [wrap(f"- {f}", "  ") for f in conf.findings]
     return "\n".join(parts) + "\n"
