@@ -77,11 +77,12 @@ def test_the_study_hooks_load_where_the_runner_looks_them_up():
 def test_the_parser_constants_agree_with_the_library():
     from removalnet.commands import audit, report, verify
     from removalnet.report import FORMATS
-    from removalnet.report.card import DEFAULT_MARGIN
+    from removalnet.report.card import DEFAULT_MARGIN, DEFAULT_MAX_FPR
     from removalnet.verify import MIN_REFERENCES, RULES
     assert report.FORMATS == FORMATS and report.RULES == RULES and verify.RULES == RULES
     assert verify.MIN_REFERENCES == MIN_REFERENCES
     assert audit.DEFAULT_MARGIN == DEFAULT_MARGIN   # the same constant, not a computed value
+    assert audit.DEFAULT_MAX_FPR == DEFAULT_MAX_FPR
 
 
 def test_an_unknown_study_name_is_refused_as_argparse_would(capsys):
