@@ -193,6 +193,50 @@ def removal(results: Path, arch: str) -> list[str]:
             + [""] + _aims(d, variants))
 
 
+# component, its removal-benchmark variant, the metrics it aims at
+COMPONENTS = [
+    ("channel permutation (`permute: farthest`)", "permute-only", ["DJ-LOD", "DJ-NOD", "DJ-NAD"]),
+    ("channel rescaling by rank (`rescale: farthest`, spread 4)", "rescale-only", ["DJA-LOD", "DJA-LAD"]),
+    ("the same at spread 16", "rescale-only-16", ["DJA-LOD", "DJA-LAD"]),
+    ("rescaling chosen to flip DeepJudge's activation patterns, on the attacker's images (`rescale: lad`)",
+     "rescale-lad", ["DJ-LAD", "DJA-LAD"]),
+    ("the same on DeepJudge-style test cases made from them (`rescale_inputs: deepjudge`, spread 16)",
+     "rescale-lad-dj", ["DJ-LAD", "DJA-LAD"]),
+    ("boundary shifting (`removalnet-plus` defaults)", "plus", ["IPG-MR"]),
+    ("lighter boundary shifting (`boundary_weight: 0.05`)", "plus-light", ["IPG-MR"]),
+    ("masking-consistency distillation on top of `plus` (`mask_mix: 0.25`)", "plus+mask", ["ZEST-L2", "ZEST-Cos"]),
+    ("the same without boundary shifting, weight 0.8", "distill+mask", ["ZEST-L2", "ZEST-Cos"]),
+    ("CutMix-target distillation (`cutmix_mix: 0.25`, uniform)", "plus+cutmix", ["SAC"]),
+    ("all combined (`plus-adaptive`)", "plus-adaptive", []),
+]
+
+
+def arms_race(results: Path) -> list[str]:
+    data = {a: _json(results, f"removal-{a}.json") for a in ARCHS}
+    rows = []
+    for text, label, aimed in COMPONENTS:
+        row = [text, f"`{label}`", _join(aimed) if aimed else "every metric"]
+        for a in ARCHS:
+            d = data[a]
+            r = d["summary"].get(label)
+            if r is None:
+                row += ["not run"] * 3
+                continue
+            n = r["n"]
+            if aimed:
+                ev = ", ".join(f"{m} {n - r['copies'][m]}/{n}" if m in d["metrics"] else f"{m} degenerate"
+                               for m in aimed)
+            else:
+                ev = f"every metric {r['evades_all']}/{n}"
+            caught = [m for m in d["metrics"] if r["copies"][m] == n]
+            xft = r.get("cost_vs_ft")
+            row += [ev, f"{r['drop']:.2f}" + ("" if xft is None else f", {xft:.1f}x"), _join(caught)]
+        rows.append(row)
+    head = ["component", "variant", "aimed at"] + [f"{a} {c}" for a in ARCHS for c in
+                                                   ("evaded in (seeds)", "drop (pts), x FT", "caught in every seed by")]
+    return _table_md(head, rows)
+
+
 def cost(results: Path) -> list[str]:
     data = {a: _json(results, f"removal-{a}.json")["summary"] for a in ARCHS}
     labels = list(dict.fromkeys(k for a in ARCHS for k in data[a] if data[a][k].get("retime")))
@@ -294,6 +338,7 @@ BLOCKS = {
     "fig4": ([f"table1-{a}.md" for a in ARCHS], fig4),
     "removal-vgg_small": (["removal-vgg_small.json"], lambda r: removal(r, "vgg_small")),
     "removal-resnet_small": (["removal-resnet_small.json"], lambda r: removal(r, "resnet_small")),
+    "arms-race": ([f"removal-{a}.json" for a in ARCHS], arms_race),
     "cost": ([f"removal-{a}.json" for a in ARCHS], cost),
     "thresholds": ([f"removal-{a}.json" for a in ARCHS], thresholds),
     "deepjudge-reach": (["deepjudge_reach.json"], reach),
@@ -347,23 +392,35 @@ def prose(doc: str) -> str:
     return re.sub(r"<!--.*?-->", "", doc, flags=re.S)
 
 
+def _numbers(text: str) -> set[str]:
+    """Every number written in ``text``, and every long float (json) at the precisions prose uses."""
+    out = set(re.findall(r"\d+(?:\.\d+)?", text))
+    out.update(x[:-2] for x in re.findall(r"\d+\.0\b", text))
+    for x in re.findall(r"\d+\.\d{3,}", text):
+        for p in (0, 1, 2, 3):
+            out.update((f"{float(x):.{p}f}", f"{100 * float(x):.{p}f}"))
+    return out
+
+
 def unmatched(doc: str, results: Path, extra: list[Path]) -> list[str]:
-    """The numbers of the prose (outside generated blocks; with a decimal point or of two or more digits)
-    that no results file (nor an ``extra`` file) holds as written."""
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(results.glob("*.md"))
-             + sorted(results.glob("*.json")) + sorted(results.glob("*.html")) + extra if p.is_file()]
-    hay = set()
-    for t in texts:
-        hay.update(re.findall(r"\d+(?:\.\d+)?", t))
-        for x in re.findall(r"-?\d+\.\d{4,}", t):   # json floats at the precisions the prose uses
-            for p in (0, 1, 2, 3):
-                hay.add(f"{abs(float(x)):.{p}f}")
-                hay.add(f"{100 * abs(float(x)):.{p}f}")
+    """The numbers of the prose (outside generated blocks; with a decimal point or of two or more digits) that
+    the results files its paragraph cites (every results file when it cites none) and the ``extra`` files do
+    not hold as written."""
+    files = {p.name: p for p in results.iterdir() if p.suffix in (".md", ".json") and p.is_file()}
+    every = set().union(*(_numbers(p.read_text(encoding="utf-8")) for p in files.values())) if files else set()
+    base = set().union(*(_numbers(p.read_text(encoding="utf-8", errors="replace")) for p in extra)) if extra else set()
     out = []
-    for ln, line in enumerate(prose(doc).splitlines(), 1):
-        for x in re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?![\w])", line):
-            if ("." in x or len(x) > 1) and x not in hay and x.rstrip("0").rstrip(".") not in hay:
-                out.append(f"{x}: {line.strip()[:100]}")
+    for chunk in re.split(r"\n\s*\n|\n(?=- )", prose(doc)):
+        cited = set()
+        for name in re.findall(r"[\w<>-]+\.(?:md|json)", chunk):
+            cited.update(n for n in ([name.replace("<arch>", a) for a in ARCHS] if "<arch>" in name else [name])
+                         if n in files)
+        hay = base | (set().union(*(_numbers(files[n].read_text(encoding="utf-8")) for n in cited))
+                      if cited else every)
+        for x in re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])", chunk):
+            if ("." in x or len(x) > 1) and x not in hay:
+                line = next(ln for ln in chunk.splitlines() if x in ln)
+                out.append(f"{x} ({', '.join(sorted(cited)) or 'no file cited'}): {line.strip()[:90]}")
     return out
 
 
@@ -375,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, default=DOC)
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--also", type=Path, nargs="*", default=[],
-                    help="with --unmatched: further files that may hold a number (e.g. the paper)")
+                    help="with --unmatched: further files that may hold a number (e.g. the paper); the Table 1 "
+                         "specs and the studies' configs always count")
     args = ap.parse_args(argv)
     try:
         if not args.doc.is_file():
@@ -384,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             raise FindingsError(f"no results folder {args.results}")
         doc = args.doc.read_text(encoding="utf-8")
         if args.unmatched:
-            miss = unmatched(doc, args.results, args.also)
+            settings = sorted((ROOT / "benchmarks" / "specs").glob("*.yaml")) + sorted(
+                (ROOT / "src" / "removalnet" / "configs" / "studies").glob("*.yaml"))
+            miss = unmatched(doc, args.results, settings + args.also)
             print("\n".join(miss) if miss else "every number of the prose is in a results file")
             return 1 if miss else 0
         new, changed = render(doc, args.results)

@@ -106,4 +106,16 @@ def test_unmatched_lists_numbers_found_in_no_results_file(copy, capsys):
     doc.write_text(doc.read_text() + "\nThe drop is 4.71 points, not 97.531.\n")
     assert F.main(["--unmatched", "--doc", str(doc), "--results", str(results)]) == 1
     out = capsys.readouterr().out
-    assert "97.531" in out and "4.71:" not in out and "86.4213" in out
+    assert "97.531" in out and "4.71 (" not in out and "86.4213" in out
+
+
+def test_unmatched_checks_a_number_against_the_file_its_paragraph_cites(copy, capsys):
+    doc, results = copy
+    doc.write_text(doc.read_text() + "\nThe drop is 4.71 points (deepjudge_reach.json).\n")
+    assert F.main(["--unmatched", "--doc", str(doc), "--results", str(results)]) == 1
+    assert "4.71 (deepjudge_reach.json)" in capsys.readouterr().out
+
+
+def test_committed_findings_are_current(capsys):
+    """docs/findings.md as committed matches benchmarks/results/: run `make findings` after a benchmark."""
+    assert F.main(["--check"]) == 0, capsys.readouterr().out
