@@ -223,3 +223,14 @@ def test_an_attack_that_returned_its_start_is_no_attack(audited, tmp_path, capsy
     report = capsys.readouterr().out
     assert "returned the start in 1/1 seeds (the permutation alone)" in report
     assert "removalnet-plus S_LTD (returned the start in 1/1 seeds)" in report
+
+
+@pytest.mark.parametrize("bad", ["0", "1", "nan", "-0.1"])
+def test_a_bad_max_fpr_is_refused_before_anything_runs(audited, tmp_path, capsys, monkeypatch, bad):
+    monkeypatch.chdir(audited)
+    run = tmp_path / "run"
+    assert main(["audit", "--model", "mymodel.py:LeNet", "--weights", "model.pt", "--data", "folder:digits",
+                 "--max-fpr", bad, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --max-fpr") and err.count("\n") == 1
+    assert not run.exists()
