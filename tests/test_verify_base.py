@@ -163,7 +163,9 @@ def test_cache_extracts_once_and_score_checks_the_victim(tmp_path, data, monkeyp
     victim, other = _model(0), _model(1)
     dj = DeepJudge(**TINY)
     fp1 = FingerprintCache(tmp_path).get_or_extract(dj, victim, data[1], seed=0)
-    assert len(calls) == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
+    # the fingerprint and the test generation it was made from (shared with the other DeepJudge verifiers)
+    stored = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.glob("*.safetensors"))
+    assert len(calls) == 1 and stored == ["deepjudge", "deepjudge-tests"]
     # a new cache object on the same directory loads from disk; batch_size does not change the key
     fp2 = FingerprintCache(tmp_path).get_or_extract(DeepJudge(**{**TINY, "batch_size": 7}), victim, data[1], seed=0)
     assert len(calls) == 1
@@ -175,7 +177,8 @@ def test_cache_extracts_once_and_score_checks_the_victim(tmp_path, data, monkeyp
     FingerprintCache(tmp_path).get_or_extract(dj, other, data[1], seed=0)
     FingerprintCache(tmp_path).get_or_extract(dj, victim, TensorDataset(data[0][:40], data[1].tensors[1][:40]))
     FingerprintCache(tmp_path).get_or_extract(DeepJudge(**{**TINY, "m": 2.0}), victim, data[1])
-    assert len(calls) == 5 and len(list(tmp_path.glob("*.json"))) == 5
+    assert len(calls) == 5 and len(list(tmp_path.glob("deepjudge-[0-9a-f]*.json"))) == 5
+    assert len(list(tmp_path.glob("deepjudge-tests-*.json"))) == 5
     # a fingerprint of another victim is refused
     with pytest.raises(RemovalNetError, match="another victim"):
         dj.score(fp1, other, victim)
@@ -270,7 +273,8 @@ def test_cli_verify_end_to_end(checkpoints, tmp_path, capsys, monkeypatch):
     # Holm over the judged metrics: 4 x 1/3 can never reach 5% (the paper's vote may still say copy)
     assert copy["combined"]["method"] == "holm" and copy["combined"]["empirical"]["copy"] is False
     assert copy["combined"]["empirical"]["min_adjusted_p"] == pytest.approx(1.0)
-    assert len(list(cache.glob("deepjudge-*.safetensors"))) == 1
+    assert len(list(cache.glob("deepjudge-[0-9a-f]*.safetensors"))) == 1     # and its test generation:
+    assert len(list(cache.glob("deepjudge-tests-*.safetensors"))) == 1
 
     # a second run reuses the cached fingerprint and prints a table
     def no_extract(*a, **kw):

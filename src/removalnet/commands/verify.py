@@ -2,9 +2,10 @@
 
 The fingerprint data D_fp is the verifier's own: the TEST split of the victim's dataset (the ``dataset``
 key of the victim's sidecar, or ``--data``), never an attacker's substitute set. Each verifier extracts
-its fingerprint once (stored under ``--fp-cache DIR`` when given, and reused by later runs); every
-suspect is then scored with every chosen verifier. ModelDiff's profiling inputs are searched for each
-(victim, suspect) pair when that suspect is scored (also stored under ``--fp-cache``). With
+its fingerprint once (stored under ``--fp-cache DIR`` when given, and reused by later runs; the three
+DeepJudge verifiers share one test generation); every suspect is then scored with every chosen verifier.
+ModelDiff's profiling inputs are searched for each (victim, suspect) pair when that suspect is scored (also
+stored under ``--fp-cache``). With
 ``--references`` (independently trained models), each metric's threshold tau is calibrated from them
 (paper section 4.1.4, ``--rule``) and every value gets a verdict: "copy" when a distance < tau or a similarity > tau,
 beside its p-values against the references (empirical, never below 1/(n+1), and Student-t; docs/confidence.md) and a
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     for name, model, meta in refs + susp:
         check_comparable(vmeta, meta, what=f"the {name}")
         require_finite(model, data, f"the {name}", device=device)
-    cache = FingerprintCache(args.fp_cache) if args.fp_cache else None
+    # without --fp-cache, in memory: the DeepJudge verifiers still share one test generation
+    cache = FingerprintCache(args.fp_cache or None)
     fps, extract_info, skipped = {}, {}, {}
     from tqdm import tqdm
     # one bar over the whole command: each verifier's fingerprint, then each (model, verifier) score
@@ -124,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         bar.set_postfix_str(f"fingerprint {v.name}")
         try:
-            fp = (cache.get_or_extract(v, victim, data, seed=args.seed, device=device) if cache
-                  else v.extract(victim, data, seed=args.seed, device=device))
+            fp = cache.get_or_extract(v, victim, data, seed=args.seed, device=device)
         except NotSplittableError as e:  # a white-box verifier on a model without split layers
             skipped[v.name] = f"{v.name} cannot run: {e}"
             bar.clear()
@@ -155,9 +156,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {m} is degenerate for this victim (no test case): it is not judged", file=sys.stderr)
 
     def paired(model) -> dict:
-        """The fingerprints to score ``model`` with: per-suspect ones (ModelDiff) paired through the cache if given."""
+        """The fingerprints to score ``model`` with: per-suspect ones (ModelDiff) paired through the cache."""
         return {v.name: (cache.get_or_extract(v, victim, data, seed=args.seed, device=device, suspect=model)
-                         if cache and v.per_suspect else fps[v.name]) for v in verifiers}
+                         if v.per_suspect else fps[v.name]) for v in verifiers}
 
     def step(what: str):
         """A progress callback: one (model, verifier) score done; the bar names what comes next."""

@@ -141,7 +141,10 @@ def _fingerprint(job: dict[str, Any], run_dir: Path, **_: Any) -> dict[str, Any]
         verifier, victim, verifier_data(cfg), seed=cfg["seed"], device=cfg["device"],
         train_data=verifier_train_data(verifier, cfg))
     # metrics the fingerprint declares degenerate (e.g. DeepJudge's RobD/JSD without an adversarial example)
-    return {"time_s": time.perf_counter() - t0, "key": fp.key, "degenerate": list(fp.meta.get("degenerate", []))}
+    out = {"time_s": time.perf_counter() - t0, "key": fp.key, "degenerate": list(fp.meta.get("degenerate", []))}
+    if "generation" in fp.meta:   # the test generation it shares with other verifiers (made by the first of them)
+        out["generation"] = fp.meta["generation"]["key"]
+    return out
 
 
 def _score(job: dict[str, Any], run_dir: Path, fp_jobs: dict[str, dict[str, Any]] | None = None,

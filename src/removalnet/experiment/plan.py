@@ -4,12 +4,17 @@ fingerprints once per victim, then the scoring of every model, then a study's an
 Every job's id is a hash of its kind, its configuration and the ids of the jobs it depends on, so a rerun
 recognises finished work (resume) and a changed configuration gets a new id (and is run again). Its
 ``name`` is human-readable and is also where its artifacts live under the run folder.
+
+Verifiers that share a test generation (deepjudge, deepjudge_aligned and deepjudge_scaled with the same
+generation parameters) generate it once: the first of their fingerprint jobs makes it and stores it in the
+run's fingerprint cache, the later ones read it and wait for the first (an ordering dependency, not part of
+their ids: what they compute is decided by their own configuration, so their ids are those they always had).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..attacks import create_attack
@@ -111,13 +116,21 @@ def plan_jobs(spec: ExperimentSpec) -> list[Job]:
                 for t in range(0, params.get("iterations", 0) + 1, every):
                     models.append((j, {"role": "checkpoint", "label": a.label, "index": s, "t": t}))
     fps = []
+    makers: dict[str, Job] = {}    # a shared test generation -> the fingerprint job that makes it
     for vname, vparams in spec.verifiers.items():
         # every parameter resolved, defaults included (as for attacks): a verifier whose parameters or defaults
         # change gets new fingerprint and score jobs instead of resuming the values of the old definition
-        vparams = create_verifier(vname, **vparams).fingerprint_params()
+        verifier = create_verifier(vname, **vparams)
+        vparams = verifier.fingerprint_params()
         j = _job("fingerprint", fingerprint_job(vname), {**data, "verifier": vname, "params": vparams,
                                                           "verifier_count": spec.verifier_count, "seed": 0,
                                                           "device": spec.device}, [victim], seed=0, gpu=gpu)
+        if verifier.generation is not None:
+            shared = json.dumps([verifier.generation, verifier.generation_params()], sort_keys=True)
+            if shared in makers:   # read the generation of an earlier job (ordering only: the id stays)
+                j = replace(j, deps=tuple(sorted({*j.deps, makers[shared].id})))
+            else:
+                makers[shared] = j
         jobs.append(j)
         fps.append(j)
     for mj, info in models:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..guards import RunLock, check_output_dir, warn
 from ..utils import RemovalNetError, atomic_write_json, package_versions
+from .estimate import RunEstimate, format_left
 from .jobs import execute
 from .plan import plan_jobs
 from .preflight import check_spec_data
@@ -152,8 +153,16 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
 
         if progress and not todo:   # one line, not an empty bar drawn twice
             print(f"{spec.name}: all {len(jobs)} jobs already done", file=sys.stderr)
-        bar = tqdm(total=len(todo), desc=f"{spec.name}", unit="job", disable=not progress or not todo)
+        # the time left is estimated from the kinds of the jobs left (estimate.py), not tqdm's mean per job
+        bar = tqdm(total=len(todo), desc=f"{spec.name}", unit="job", disable=not progress or not todo,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         queue = [j.to_dict() for j in todo]
+        estimate = RunEstimate(queue)
+
+        def show(name: str | None = None) -> None:
+            left = format_left(estimate.seconds_left())
+            bar.set_postfix_str(f"{name}, {left}" if name else left)
+
         ran = 0
         if isinstance(executor, LocalExecutor):
             for jd in queue:
@@ -165,23 +174,29 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
                     state[jd["id"]] = "skipped"
                     store.record(jd, "skipped", error=f"dependency {dep} did not finish")
                     summary.skipped_deps.append(jd["name"])
+                    estimate.skip(jd)
                     bar.update(1)
                     continue
-                bar.set_postfix_str(jd["name"])
+                show(jd["name"])
                 result = execute(jd, run_dir, fp_jobs)
                 ran += 1
                 _record(store, jd, result, state, summary)
+                estimate.finish(jd, result["finished"] - result["started"])
                 bar.update(1)
         else:
+            show()
             for jd, result in executor.run(queue, run_dir, fp_jobs, is_ready):
                 if result is None:
                     dep = blocked(jd) or "a dependency"
                     state[jd["id"]] = "skipped"
                     store.record(jd, "skipped", error=f"dependency {dep} did not finish")
                     summary.skipped_deps.append(jd["name"])
+                    estimate.skip(jd)
                 else:
                     ran += 1
                     _record(store, jd, result, state, summary)
+                    estimate.finish(jd, result["finished"] - result["started"])
+                show()
                 bar.update(1)
         bar.close()
         summary.ran = ran

@@ -33,6 +33,14 @@ both models) split the fingerprint in two: ``extract`` builds the victim-side pa
 and ``pair(fp, victim, suspect)`` (``_pair`` in the subclass) completes it for one suspect. The paired
 fingerprint carries the suspect's weights hash, which is part of its key; ``score`` pairs on the fly
 when handed an unpaired fingerprint and refuses one paired with another suspect.
+
+Verifiers of one family that start from the same costly stage (DeepJudge's seeds and test cases, shared by
+``deepjudge``, ``deepjudge_aligned`` and ``deepjudge_scaled``) name it in ``generation`` and implement
+``_generate`` and ``generation_params``: ``generate`` returns that stage as a fingerprint of its own (verifier
+name ``generation``, keyed by the generation parameters only), and ``extract(..., generation=...)`` builds the
+verifier's fingerprint from it, adding only the verifier's own statistics (``_extract`` receives it as
+``generation=``). :class:`FingerprintCache` stores the generation beside the fingerprints, so the family
+generates once per (victim, data, seed, generation parameters).
 """
 from __future__ import annotations
 
@@ -59,10 +67,12 @@ __all__ = [
     "Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
     "list_verifiers", "verifier_class", "all_metrics", "fingerprint_key", "data_digest", "prepared_models",
     "dataset_tensors", "input_normalization", "batched_apply", "batched_logits", "verifier_defaults",
-    "FORMAT_VERSION",
+    "FORMAT_VERSION", "RUN_META",
 ]
 
 FORMAT_VERSION = 1
+#: the meta entries every extraction adds (the rest of a fingerprint's meta is the verifier's own)
+RUN_META = frozenset({"seed", "data_digest", "data_size", "runtime_params", "extract_seconds", "device", "versions"})
 
 
 class Metric(NamedTuple):
@@ -140,6 +150,11 @@ class Fingerprint:
         params = {k: v for k, v in self.params.items() if k not in runtime}
         return fingerprint_key(self.verifier, params, self.victim_hash, self.seed, self.meta.get("data_digest"),
                                self.suspect_hash)
+
+    @property
+    def verifier_meta(self) -> dict:
+        """The meta the verifier wrote (without the entries :data:`RUN_META` every extraction adds)."""
+        return {k: v for k, v in self.meta.items() if k not in RUN_META}
 
     @staticmethod
     def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -261,6 +276,19 @@ def batched_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int, device
     return batched_apply(model, x, batch_size=batch_size, device=device)
 
 
+def _checked_inputs(victim: nn.Module, data: Dataset) -> int:
+    """The size of ``data``; a victim that is no torch model, or data that is not a non-empty sized Dataset, refused."""
+    if not isinstance(victim, nn.Module):
+        raise RemovalNetError(f"the victim must be a torch model (nn.Module), got {type(victim).__name__}")
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError as e:
+        raise RemovalNetError(f"the verifier's data must be a sized Dataset of (x, y), got {type(data).__name__}") from e
+    if n == 0:
+        raise RemovalNetError("the verifier's data set is empty")
+    return n
+
+
 # --------------------------------------------------------------------------------------- the verifier
 class Verifier(abc.ABC):
     """Base class of every verifier; see the module docstring for what subclasses implement.
@@ -284,6 +312,8 @@ class Verifier(abc.ABC):
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     #: True when ``_extract`` also takes ``train_data`` (the victim's training data, e.g. DeepJudge's k)
     uses_train_data: ClassVar[bool] = False
+    #: the name of a first stage shared with other verifiers (DeepJudge's test generation), or None
+    generation: ClassVar[str | None] = None
 
     def __init__(self, **params: Any):
         values = validate_params(self.param_spec(), params, f"verifier {self.name!r}", keep_ints=True)
@@ -328,39 +358,82 @@ class Verifier(abc.ABC):
         return f"{data_digest(data)}+train:{data_digest(train_data)}"
 
     # ------------------------------------------------------------------------------------ extraction
+    def generation_params(self) -> dict:
+        """The parameters that decide the shared generation (verifiers with a ``generation``; else empty)."""
+        return {}
+
+    def generation_key(self, victim: nn.Module, data: Dataset, *, seed: int = 0,
+                       train_data: Dataset | None = None) -> str | None:
+        """The key of the shared generation this verifier's fingerprint starts from (None without one): the
+        same for every verifier of the family with the same generation parameters."""
+        if self.generation is None:
+            return None
+        return fingerprint_key(self.generation, self.generation_params(), weights_hash(victim), seed,
+                               self._data_digest(data, train_data))
+
+    def generate(self, victim: nn.Module, data: Dataset, *, seed: int = 0, device: str | torch.device | None = None,
+                 train_data: Dataset | None = None) -> Fingerprint:
+        """The shared first stage alone (verifiers with a ``generation``), as a fingerprint named after it whose
+        key is :meth:`generation_key`; ``extract(..., generation=)`` of any verifier of the family reads it."""
+        if self.generation is None:
+            raise RemovalNetError(f"verifier {self.name!r} shares no generation with other verifiers")
+        params = {**self.generation_params(), **{k: self.params[k] for k in self.runtime_params}}
+        return self._run(self.generation, params, self._generate, victim, data, seed=seed, device=device,
+                         train_data=train_data)
+
+    def _generate(self, victim: nn.Module, data: Dataset, *, seed: int, generator: torch.Generator,
+                  device: torch.device, **kw: Any) -> tuple[dict[str, torch.Tensor], dict]:
+        """Verifiers with a ``generation``: return its (tensors, meta), as ``_extract`` does."""
+        raise NotImplementedError(f"verifier {self.name!r} names a generation but implements no _generate")
+
     def extract(self, victim: nn.Module, data: Dataset, *, seed: int = 0,
-                device: str | torch.device | None = None, train_data: Dataset | None = None) -> Fingerprint:
+                device: str | torch.device | None = None, train_data: Dataset | None = None,
+                generation: Fingerprint | None = None) -> Fingerprint:
         """E(F_V, D_fp): build the fingerprint from the verifier's own data ``data`` (a Dataset of (x, y)).
 
         ``train_data``: the victim's training data, for verifiers with ``uses_train_data`` only (part of the key).
+        ``generation``: the shared first stage (:meth:`generate`) of a verifier with a ``generation``, made by
+        any verifier of the family for the same victim, data, seed and generation parameters; None: generated
+        here.
         """
+        extra: dict[str, Any] = {}
+        if self.generation is not None:
+            _checked_inputs(victim, data)
+            gkey = self.generation_key(victim, data, seed=seed, train_data=train_data)
+            if generation is None:
+                generation = self.generate(victim, data, seed=seed, device=device, train_data=train_data)
+            elif generation.verifier != self.generation or generation.key != gkey:
+                raise RemovalNetError(f"this {generation.verifier} generation was made for another victim, data, seed "
+                                      f"or parameters than this {self.name} verifier's ({self.generation} {gkey[:12]}...)")
+            extra["generation"] = generation
+        elif generation is not None:
+            raise RemovalNetError(f"verifier {self.name!r} shares no generation with other verifiers")
+        return self._run(self.name, dict(self.params), self._extract, victim, data, seed=seed, device=device,
+                         train_data=train_data, extra=extra)
+
+    def _run(self, name: str, params: dict, fn, victim: nn.Module, data: Dataset, *, seed: int,
+             device: str | torch.device | None, train_data: Dataset | None, extra: dict | None = None) -> Fingerprint:
+        """Run ``fn`` (``_extract`` or ``_generate``) on the prepared victim, seeded; check and wrap its result."""
         dev = resolve_device(device)
-        if not isinstance(victim, nn.Module):
-            raise RemovalNetError(f"the victim must be a torch model (nn.Module), got {type(victim).__name__}")
-        try:
-            n = len(data)  # type: ignore[arg-type]
-        except TypeError as e:
-            raise RemovalNetError(f"the verifier's data must be a sized Dataset of (x, y), got {type(data).__name__}") from e
-        if n == 0:
-            raise RemovalNetError("the verifier's data set is empty")
+        n = _checked_inputs(victim, data)
         vhash = weights_hash(victim)
         digest = self._data_digest(data, train_data)
-        extra = {"train_data": train_data} if self.uses_train_data else {}
+        extra = {**({"train_data": train_data} if self.uses_train_data else {}), **(extra or {})}
         generator = seed_everything(seed)
         t0 = time.perf_counter()
         with prepared_models(victim, device=dev):
-            tensors, meta = self._extract(victim, data, seed=seed, generator=generator, device=dev, **extra)
+            tensors, meta = fn(victim, data, seed=seed, generator=generator, device=dev, **extra)
         elapsed = time.perf_counter() - t0
         if weights_hash(victim) != vhash:
-            raise AssertionError(f"{self.name}: extraction modified the victim's weights")
+            raise AssertionError(f"{name}: extraction modified the victim's weights")
         bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
         if bad:
-            raise AssertionError(f"{self.name}: fingerprint entry {bad[0]!r} is not a tensor")
+            raise AssertionError(f"{name}: fingerprint entry {bad[0]!r} is not a tensor")
         meta = _jsonable({**meta, "seed": seed, "data_digest": digest, "data_size": n,
                           "runtime_params": sorted(self.runtime_params), "extract_seconds": round(elapsed, 3),
-                          "device": str(dev), "versions": package_versions()}, f"{self.name} fingerprint meta")
+                          "device": str(dev), "versions": package_versions()}, f"{name} fingerprint meta")
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        return Fingerprint(verifier=self.name, params=dict(self.params), victim_hash=vhash, tensors=tensors, meta=meta)
+        return Fingerprint(verifier=name, params=params, victim_hash=vhash, tensors=tensors, meta=meta)
 
     @abc.abstractmethod
     def _extract(self, victim: nn.Module, data: Dataset, *, seed: int, generator: torch.Generator,
@@ -496,33 +569,58 @@ def all_metrics() -> dict[str, Metric]:
 
 # -------------------------------------------------------------------------------------------- caching
 class FingerprintCache:
-    """Fingerprints on disk under ``directory``, keyed by :attr:`Fingerprint.key`.
+    """Fingerprints on disk under ``directory`` (None: in memory, for one process), keyed by :attr:`Fingerprint.key`.
 
     ``get_or_extract`` loads the stored fingerprint when one with the same key exists, else extracts
     and stores it; scoring further suspects then never regenerates it. For a per-suspect verifier
     given a ``suspect``, it returns the fingerprint paired with that suspect (its key includes the
-    suspect's weights hash), pairing and storing it once.
+    suspect's weights hash), pairing and storing it once. A verifier with a shared ``generation``
+    (DeepJudge's test generation) extracts from the stored generation of its family, generating and
+    storing it (``<generation>-<key>``) only when no verifier of the family has yet.
     """
 
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
+    def __init__(self, directory: str | Path | None):
+        self.directory = None if directory is None else Path(directory)
+        self._memory: dict[str, Fingerprint] = {}
 
     def path_for(self, verifier: Verifier, key: str) -> Path:
-        return self.directory / f"{verifier.name}-{key[:24]}"
+        return self._path(verifier.name, key)
 
-    def _stored(self, verifier: Verifier, key: str) -> Fingerprint | None:
-        path = self.path_for(verifier, key)
+    def _path(self, name: str, key: str) -> Path:
+        if self.directory is None:
+            raise RemovalNetError("this fingerprint cache is in memory: it has no files")
+        return self.directory / f"{name}-{key[:24]}"
+
+    def _stored(self, name: str, key: str) -> Fingerprint | None:
+        if self.directory is None:
+            return self._memory.get(key)
+        path = self._path(name, key)
         if Fingerprint._paths(path)[1].is_file():
             fp = Fingerprint.load(path)
             if fp.key == key:
                 return fp
         return None
 
-    def _store(self, verifier: Verifier, key: str, fp: Fingerprint) -> Fingerprint:
+    def _store(self, name: str, key: str, fp: Fingerprint) -> Fingerprint:
         if fp.key != key:
-            raise AssertionError(f"{verifier.name}: fingerprint key changed during extraction")
-        fp.save(self.path_for(verifier, key))
+            raise AssertionError(f"{name}: fingerprint key changed during extraction")
+        if self.directory is None:
+            self._memory[key] = fp
+        else:
+            fp.save(self._path(name, key))
         return fp
+
+    def generation(self, verifier: Verifier, victim: nn.Module, data: Dataset, *, seed: int = 0,
+                   device: str | torch.device | None = None, train_data: Dataset | None = None) -> Fingerprint | None:
+        """The stored shared generation of ``verifier``'s family (made and stored once); None without one."""
+        gkey = verifier.generation_key(victim, data, seed=seed, train_data=train_data)
+        if gkey is None:
+            return None
+        gen = self._stored(verifier.generation, gkey)
+        if gen is None:
+            gen = self._store(verifier.generation, gkey,
+                              verifier.generate(victim, data, seed=seed, device=device, train_data=train_data))
+        return gen
 
     def get_or_extract(self, verifier: Verifier, victim: nn.Module, data: Dataset, *, seed: int = 0,
                        device: str | torch.device | None = None, train_data: Dataset | None = None,
@@ -530,14 +628,15 @@ class FingerprintCache:
         """The fingerprint of (verifier, victim, data[, train_data], seed); paired with ``suspect`` when the
         verifier is per-suspect and a suspect is given (``suspect`` is ignored by the other verifiers)."""
         key = verifier.key(victim, data, seed=seed, train_data=train_data)
-        fp = self._stored(verifier, key)
+        fp = self._stored(verifier.name, key)
         if fp is None:
-            fp = self._store(verifier, key, verifier.extract(victim, data, seed=seed, device=device,
-                                                             train_data=train_data))
+            gen = self.generation(verifier, victim, data, seed=seed, device=device, train_data=train_data)
+            fp = self._store(verifier.name, key, verifier.extract(victim, data, seed=seed, device=device,
+                                                                  train_data=train_data, generation=gen))
         if suspect is None or not verifier.per_suspect:
             return fp
         pkey = verifier.key(victim, data, seed=seed, train_data=train_data, suspect=suspect)
-        paired = self._stored(verifier, pkey)
+        paired = self._stored(verifier.name, pkey)
         if paired is None:
-            paired = self._store(verifier, pkey, verifier.pair(fp, victim, suspect, device=device))
+            paired = self._store(verifier.name, pkey, verifier.pair(fp, victim, suspect, device=device))
         return paired

@@ -55,6 +55,9 @@ Fingerprint (``extract``):
    DJ-JSD, and their score is NaN (never a silent 0; the threshold code refuses to judge NaN).
 
 The fingerprint stores these inputs and the victim's values on them; ``score`` runs only the suspect.
+Steps 1-3 are the test generation (``generate``: a fingerprint of its own, ``deepjudge-tests``, keyed by the
+``GENERATION_PARAMS`` alone), which ``deepjudge_aligned`` and ``deepjudge_scaled`` share: through a
+:class:`~removalnet.verify.FingerprintCache`, the three verifiers generate once.
 
 Limitation, measured in the tests: DeepJudge is white-box and assumes the two models' neurons are
 aligned (same architecture, channel c of the victim is channel c of the suspect). Permuting the
@@ -343,6 +346,13 @@ class DeepJudge(Verifier):
         "pgd_random_start": Param(True, bool, doc="PGD starts at a uniform random point of the eps-box"),
     }
     uses_train_data = True
+    generation = "deepjudge-tests"
+    #: the parameters that decide the seeds and the test cases (the others only decide how a suspect is measured)
+    GENERATION_PARAMS = ("layer", "num_seeds", "adv_seeds", "m", "step", "max_iters", "max_tests", "k_images",
+                         "adv_method", "pgd_eps", "pgd_steps", "pgd_step_size", "pgd_random_start")
+
+    def generation_params(self) -> dict:
+        return {k: self.params[k] for k in self.GENERATION_PARAMS}
 
     def _layer(self, victim: nn.Module) -> int:
         layer = self.params["layer"] if self.params["layer"] is not None else getattr(victim, "default_layer", None)
@@ -363,8 +373,10 @@ class DeepJudge(Verifier):
             best = a if best is None else torch.maximum(best, a)
         return best
 
-    def _extract(self, victim, data: Dataset, *, seed: int, generator: torch.Generator, device: torch.device,
-                 train_data: Dataset | None = None):
+    def _generate(self, victim, data: Dataset, *, seed: int, generator: torch.Generator, device: torch.device,
+                  train_data: Dataset | None = None):
+        """The seeds, the white-box and the black-box test cases and the victim's values on them (steps 1-3 of
+        the module docstring): what deepjudge, deepjudge_aligned and deepjudge_scaled share."""
         P, bs = self.params, self.params["batch_size"]
         layer = self._layer(victim)
         # 1. seeds: one batched pass over the verifier's data
@@ -428,10 +440,19 @@ class DeepJudge(Verifier):
             "mean_iters_reached": float(gen["iters"][reached].double().mean()) if reached.any() else None,
             "adv_tried": int(len(adv_seeds_x)), "adv_kept": kept,
             "victim_adv_accuracy": None if kept == 0 else float(victim_adv_acc),
-            "degenerate": ([] if kept else ["DJ-RobD", "DJ-JSD"])
-                          + ([m.name for m in self.metrics if m.name not in ("DJ-RobD", "DJ-JSD")] if fallback else []),
         }
         return tensors, meta
+
+    def _extract(self, victim, data: Dataset, *, seed: int, generator: torch.Generator, device: torch.device,
+                 train_data: Dataset | None = None, generation: Fingerprint):
+        """DeepJudge's fingerprint: the shared generation's tensors and meta, and the metrics it leaves without
+        evidence (``degenerate``)."""
+        meta = generation.verifier_meta
+        meta["degenerate"] = (([] if meta["adv_kept"] else ["DJ-RobD", "DJ-JSD"])
+                              + ([m.name for m in self.metrics if m.name not in ("DJ-RobD", "DJ-JSD")]
+                                 if meta["fallback_unreached"] else []))
+        meta["generation"] = {"key": generation.key, "seconds": generation.meta.get("extract_seconds")}
+        return dict(generation.tensors), meta
 
     def _score(self, fp: Fingerprint, victim, suspect, *, device: torch.device) -> dict[str, float]:
         P, T, bs = fp.params, fp.tensors, self.params["batch_size"]

@@ -10,8 +10,9 @@ maximises the total correlation (Hungarian, scipy); LOD and LAD are then compute
 says, the official sum by default). A permuted copy gets exactly the LOD/LAD of the unpermuted one.
 Reference models are matched the same way, so tau stays honest: matching can only lower their distances too.
 
-Parameters and fingerprint are DeepJudge's (same seeds, test cases and layer); the fingerprint also stores
-the victim's channel means on the seeds and test cases (the alignment data).
+Parameters and fingerprint are DeepJudge's (same seeds, test cases and layer: the test generation is
+DeepJudge's, shared with ``deepjudge`` and ``deepjudge_scaled`` through the fingerprint cache); the fingerprint
+also stores the victim's channel means on the seeds and test cases (the alignment data).
 """
 from __future__ import annotations
 
@@ -44,9 +45,9 @@ class DeepJudgeAligned(DeepJudge):
     metrics = (Metric("DJA-LOD", "distance"), Metric("DJA-LAD", "distance"))
 
     def _extract(self, victim, data, *, seed: int, generator: torch.Generator, device: torch.device,
-                 train_data=None):
+                 train_data=None, generation: Fingerprint):
         tensors, meta = super()._extract(victim, data, seed=seed, generator=generator, device=device,
-                                         train_data=train_data)
+                                         train_data=train_data, generation=generation)
         layer = int(meta["layer"])
         inputs = torch.cat([tensors["seeds_x"], tensors["tests_x"]])
         tensors["victim_align"] = layer_means(victim, layer, inputs, batch_size=self.params["batch_size"],
