@@ -206,6 +206,9 @@ CASES = [
     ("train-weights-other-architecture", lambda f, o: [*TRAIN, "--model", "torchvision:resnet18", "--weights",
                                                        str(f["dir"] / "lenet.pt"), "--out", o],
      "lenet.pt' does not match the architecture: missing 121 tensor(s), e.g. 'bn1.bias'"),
+    ("train-weights-registered-other-architecture", lambda f, o: [*TRAIN, "--model", "resnet18", "--weights",
+                                                                  str(f["dir"] / "lenet.pt"), "--out", o],
+     "lenet.pt' does not match the architecture: missing 121 tensor(s), e.g. 'bn1.bias'"),
     ("train-weights-pickled-model", lambda f, o: [*TRAIN, "--model", f"{f['dir'] / 'mymodel.py'}:LeNet", "--weights",
                                                   str(f["dir"] / "whole.pt"), "--out", o],
      "save the weights alone with `torch.save(model.state_dict(), PATH)`"),
@@ -280,7 +283,8 @@ def test_bad_input(f, tmp_path, capsys, monkeypatch, case, argv, fragment):
 
 def test_wrong_architecture_speaks_the_users_names(f, tmp_path, capsys):
     """No internal name (blocks.*) and none of the toolkit's own buffers (normalize.*) in the count."""
-    for model, weights in (("torchvision:resnet18", "lenet.pt"), (f"{f['dir'] / 'mymodel.py'}:LeNet", "other.pt")):
+    for model, weights in (("torchvision:resnet18", "lenet.pt"), ("resnet18", "lenet.pt"),
+                           (f"{f['dir'] / 'mymodel.py'}:LeNet", "other.pt")):
         assert main([*TRAIN, "--model", model, "--weights", str(f["dir"] / weights), "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert "does not match the architecture" in err and "blocks." not in err and "normalize" not in err, err

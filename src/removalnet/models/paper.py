@@ -298,7 +298,8 @@ def from_torchvision(name: str, module: nn.Module, *, mean: Sequence[float] | No
 
     The SplitModel holds the module's own layers (no copy), so it computes the same logits from the same
     weights; ``mean``/``std`` become its first step (inputs in [0, 1]). Inception's auxiliary head, if
-    any, is not part of the SplitModel (it only acts in training).
+    any, is not part of the SplitModel (it only acts in training). It maps its tensor names to the module's
+    (``source_keys``): a state dict named as torchvision's loads into it.
     """
     family = _family(name)
     split, cls = _SPLITS[family]
@@ -306,8 +307,9 @@ def from_torchvision(name: str, module: nn.Module, *, mean: Sequence[float] | No
         raise RemovalNetError(f"{name} expects a torchvision {cls.__name__}, got {type(module).__name__}")
     blocks, classifier = split(module)
     in_chans = _first_conv(module).in_channels
-    return SplitModel(blocks, classifier, in_chans=in_chans, mean=mean, std=std,
-                      default_layer=default_layer or _DEFAULT_LAYER[family], arch=name)
+    model = SplitModel(blocks, classifier, in_chans=in_chans, mean=mean, std=std,
+                       default_layer=default_layer or _DEFAULT_LAYER[family], arch=name)
+    return model.record_source(module)   # torchvision's own tensor names load too, and name what a mismatch lacks
 
 
 def torchvision_family(module: nn.Module) -> str | None:
