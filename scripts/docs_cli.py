@@ -35,7 +35,7 @@ def cli_reference() -> str:
         parser = build_parser()
         out = ["## removalnet", "", _fence(parser.format_help())]
         for name, sub in subcommands(parser).items():
-            out += [f"## removalnet {name}", "", sub.description or "", "", _fence(sub.format_help())]
+            out += [f"## removalnet {name}", "", _fence(sub.format_help())]    # the help holds the description
             for action in sub._actions:
                 make = getattr(action, "make", None)      # --list: generated from the registry
                 if callable(make):
