@@ -190,6 +190,27 @@ def test_cache_extracts_once_and_score_checks_the_victim(tmp_path, data, monkeyp
         dj.score(fp_bad, victim, other)
 
 
+@pytest.mark.parametrize("name,params", [("sac", {"num_samples": 8, "source": "cutmix"}),
+                                         ("ipguard", {"num_points": 6, "max_iter": 5}),
+                                         ("modeldiff_pgd", {"num_pairs": 6, "steps": 2})])
+def test_victim_outputs_computed_once_for_all_suspects(data, name, params):
+    victim, suspects = _model(0), [_model(1), _model(2), _model(0)]
+    fp = create_verifier(name, **params).extract(victim, data[1], seed=0)
+    calls = []
+    hook = victim.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        create_verifier(name, **params).score(fp, victim, suspects[0])
+        one = len(calls)
+        v = create_verifier(name, **params)
+        shared = [v.score(fp, victim, s) for s in suspects]
+    finally:
+        hook.remove()
+    assert one >= 1 and len(calls) == 2 * one        # three suspects: the victim's passes of one
+    fresh = [create_verifier(name, **params).score(fp, victim, s) for s in suspects]
+    assert shared == fresh                           # the same values, the victim's from memory
+    assert shared[2] == pytest.approx(dict.fromkeys(shared[2], 1.0 if name != "sac" else 0.0))
+
+
 def test_base_checks_what_subclasses_return(data):
     class Bad(Verifier):
         name = "bad-test"

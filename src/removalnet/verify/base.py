@@ -51,7 +51,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Literal, NamedTuple, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -264,9 +264,10 @@ def input_normalization(model: nn.Module, channels: int) -> tuple[torch.Tensor, 
 
 
 def batched_apply(fn, x: torch.Tensor, *, batch_size: int, device: torch.device) -> torch.Tensor:
-    """``torch.cat([fn(chunk on device) for chunks of x])`` on the CPU, without gradients."""
+    """``torch.cat([fn(chunk on device) for chunks of x])`` on the CPU, under ``torch.inference_mode`` (the result,
+    concatenated outside it, is an ordinary tensor that autograd may use later)."""
     outs = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for i in range(0, len(x), batch_size):
             outs.append(fn(x[i:i + batch_size].to(device)).detach().float().cpu())
     return torch.cat(outs)
@@ -319,6 +320,7 @@ class Verifier(abc.ABC):
         values = validate_params(self.param_spec(), params, f"verifier {self.name!r}", keep_ints=True)
         self.params: dict[str, Any] = _jsonable(values, f"parameters of verifier {self.name!r}")
         self.validate_params(self.params)
+        self._victim_memo: dict[tuple, tuple[torch.Tensor, Any]] = {}
 
     @classmethod
     def param_spec(cls) -> dict[str, Param]:
@@ -522,6 +524,24 @@ class Verifier(abc.ABC):
     def _score(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *,
                device: torch.device) -> dict[str, float]:
         """Return {metric name: value}; models are in eval mode on ``device`` with frozen parameters."""
+
+    #: how many (fingerprint inputs, device) results :meth:`victim_outputs` keeps
+    VICTIM_MEMO = 8
+
+    def victim_outputs(self, fp: Fingerprint, inputs: str, fn: Callable[[], Any], device: torch.device) -> Any:
+        """``fn()``: the victim's outputs on the fingerprint's tensor ``inputs``, computed once per (those
+        inputs, device, batch size) by this verifier object, so the suspects and references of one ``verify``
+        share them. For ``_score`` only: ``score`` has checked the victim's weights against the fingerprint."""
+        x = fp.tensors[inputs]
+        key = (fp.victim_hash, inputs, id(x), str(device), self.params["batch_size"])
+        hit = self._victim_memo.get(key)
+        if hit is not None and hit[0] is x:      # the memo holds x, so its id is not reused while it is there
+            return hit[1]
+        out = fn()
+        while len(self._victim_memo) >= self.VICTIM_MEMO:
+            self._victim_memo.pop(next(iter(self._victim_memo)))
+        self._victim_memo[key] = (x, out)
+        return out
 
 
 # ------------------------------------------------------------------------------------------- registry

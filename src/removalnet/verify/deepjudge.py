@@ -381,7 +381,7 @@ class DeepJudge(Verifier):
         layer = self._layer(victim)
         # 1. seeds: one batched pass over the verifier's data
         logits, labels = [], []
-        with torch.no_grad():
+        with torch.inference_mode():
             for x, y in DataLoader(data, batch_size=bs, shuffle=False, num_workers=0):
                 logits.append(victim(torch.as_tensor(x, dtype=torch.float32).to(device)).float().cpu())
                 labels.append(torch.as_tensor(y, dtype=torch.int64))

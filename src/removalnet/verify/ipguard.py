@@ -153,6 +153,7 @@ class IPGuard(Verifier):
 
     def _score(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *, device: torch.device):
         pts, bs = fp.tensors["points"], self.params["batch_size"]
-        pred_v = batched_logits(victim, pts, batch_size=bs, device=device).argmax(dim=1)
+        pred_v = self.victim_outputs(fp, "points", lambda: batched_logits(victim, pts, batch_size=bs, device=device)
+                                     .argmax(dim=1), device)
         pred_s = batched_logits(suspect, pts, batch_size=bs, device=device).argmax(dim=1)
         return {"IPG-MR": matching_rate(pred_v, pred_s)}

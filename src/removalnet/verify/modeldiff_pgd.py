@@ -83,6 +83,6 @@ class ModelDiffPGD(Verifier):
 
     def _score(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *, device: torch.device):
         seeds, variants = fp.tensors["seeds"], fp.tensors["variants"]
-        ddv_v = self._ddv(victim, seeds, variants, device)
+        ddv_v = self.victim_outputs(fp, "variants", lambda: self._ddv(victim, seeds, variants, device), device)
         ddv_s = self._ddv(suspect, seeds, variants, device)
         return {"MD-PGD-DDV": ddv_similarity(ddv_v, ddv_s)}

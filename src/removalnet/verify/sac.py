@@ -157,6 +157,6 @@ class SAC(Verifier):
 
     def _score(self, fp: Fingerprint, victim: nn.Module, suspect: nn.Module, *, device: torch.device):
         x = fp.tensors["samples"]
-        c_v = correlation_matrix(self._outputs(victim, x, device))
+        c_v = self.victim_outputs(fp, "samples", lambda: correlation_matrix(self._outputs(victim, x, device)), device)
         c_s = correlation_matrix(self._outputs(suspect, x, device))
         return {"SAC": sac_distance(c_v, c_s)}

@@ -140,7 +140,7 @@ def lime_signature(model: nn.Module, images: torch.Tensor, segments: torch.Tenso
     n, m, _ = masks.shape
     coefs, icepts = [], []
     images_d, segments_d, masks_d, fill_d = (t.to(device) for t in (images, segments, masks, fill))
-    with torch.no_grad():
+    with torch.inference_mode():     # the results, concatenated outside it, are ordinary tensors
         for g0 in range(0, n, group):
             g1 = min(n, g0 + group)
             total = (g1 - g0) * m
