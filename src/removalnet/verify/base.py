@@ -284,7 +284,8 @@ def _checked_inputs(victim: nn.Module, data: Dataset) -> int:
     try:
         n = len(data)  # type: ignore[arg-type]
     except TypeError as e:
-        raise RemovalNetError(f"the verifier's data must be a sized Dataset of (x, y), got {type(data).__name__}") from e
+        raise RemovalNetError(f"the verifier's data must be a sized Dataset of (x, y), "
+                              f"got {type(data).__name__}") from e
     if n == 0:
         raise RemovalNetError("the verifier's data set is empty")
     return n
@@ -406,7 +407,8 @@ class Verifier(abc.ABC):
                 generation = self.generate(victim, data, seed=seed, device=device, train_data=train_data)
             elif generation.verifier != self.generation or generation.key != gkey:
                 raise RemovalNetError(f"this {generation.verifier} generation was made for another victim, data, seed "
-                                      f"or parameters than this {self.name} verifier's ({self.generation} {gkey[:12]}...)")
+                                      f"or parameters than this {self.name} verifier's "
+                                      f"({self.generation} {gkey[:12]}...)")
             extra["generation"] = generation
         elif generation is not None:
             raise RemovalNetError(f"verifier {self.name!r} shares no generation with other verifiers")
