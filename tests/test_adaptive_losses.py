@@ -68,7 +68,7 @@ def test_cutmix_batch_is_sacs_cutmix_and_its_area_is_the_patch():
     # image a is the constant a + 1: the pixels that changed are exactly the patch
     x = (torch.arange(6, dtype=torch.float32) + 1)[:, None, None, None].expand(6, 2, 30, 30).clone()
     xc, partner, lam = adaptive.cutmix_batch(x, torch.Generator().manual_seed(4), 0.2)
-    assert torch.equal(xc, cutmix(x, torch.Generator().manual_seed(4), 0.2))    # one implementation
+    assert torch.equal(xc, cutmix(x, torch.Generator().manual_seed(4), 0.2, mode="per_sample"))  # one implementation
     for a in range(6):
         changed = xc[a, 0] != x[a, 0]
         assert int(partner[a]) != a

@@ -84,9 +84,11 @@ def mask_targets(kind: str, victim_logits: torch.Tensor, temperature: float) -> 
 def cutmix_batch(images: torch.Tensor, generator: torch.Generator, cut_ratio: float = SAC_CUT_RATIO
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SAC's CutMix variants of ``images`` (B >= 2): (mixed images, partner B (positions in the batch), lam B
-    float32: the share of each mixed image's pixels that comes from its partner)."""
+    float32: the share of each mixed image's pixels that comes from its partner). The attacker draws a partner
+    other than the sample and a corner box per sample (SAC's ``per_sample`` sampler): every image of a batch is
+    mixed, where the official sampler's one box for all can fall on a blank corner of every image."""
     n, _, h, w = images.shape
-    partner, boxes = cutmix_boxes(n, h, w, generator, cut_ratio)
+    partner, boxes = cutmix_boxes(n, h, w, generator, cut_ratio, mode="per_sample")
     lam = ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).float() / (h * w)
     return paste_patches(images, partner.to(images.device), boxes), partner, lam
 

@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.refs import canonical_data_ref  # lazy: keeps torch off the CLI's start
     from ..train import evaluate  # lazy: keeps torch off the CLI's start
     from tqdm.auto import tqdm
+    from ..guards import check_accuracy  # lazy: keeps torch off the CLI's start
     params = parse_params(args.param)
     if args.iterations is not None:
         if "iterations" in params and params["iterations"] != args.iterations:
@@ -173,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(in_chans=victim.in_chans, input_size=bc.get("input_size"))
     train = load_dataset(args.data, "train", args.data_root, **kw)
     test = load_dataset(args.data, "test", args.data_root, **kw)
+    check_accuracy(victim, test, f"the victim ({victim_file(args)})", device=device)
     source = load_dataset(args.source, "train", args.data_root, **kw) if args.source else None
     fraction = args.fraction if (args.fraction is not None or args.count is not None) else 0.1
     count = args.count

@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lsd-data", default=None, metavar="DATA",
                    help="another dataset of the same task: the attacks also run on it (S_LSD)")
     p.add_argument("--budget", choices=tuple(BUDGETS), default="quick",
-                   help="quick (minutes on a CPU for a LeNet on MNIST), standard, paper (see the README)")
+                   help="quick (minutes on a CPU for a LeNet on MNIST), standard, paper (docs/guide/audit.md)")
     p.add_argument("--margin", type=Option(float, low=0, high=100), default=DEFAULT_MARGIN,
                    help=f"accuracy points an attack may lose before it counts as collapsed (default {DEFAULT_MARGIN:g})")
     p.add_argument("--max-fpr", type=float, default=DEFAULT_MAX_FPR,

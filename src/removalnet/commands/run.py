@@ -25,7 +25,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=Option(int, low=1), default=None, help="override the spec's seeds with 0..N-1")
     p.add_argument("--device", default=None, help="override the spec's device (cpu, cuda, ...)")
     p.add_argument("--smoke", action="store_true",
-                   help="smoke scale: every job of the spec at a tiny size (run folder NAME-smoke; see README)")
+                   help="smoke scale: every job of the spec at a tiny size (run folder NAME-smoke; docs/guide/paper.md)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs (done / to run) without running them")
     p.add_argument("--max-jobs", type=Option(int, low=1), default=None, help="stop after this many jobs (resume later)")
     p.add_argument("--wait", action="store_true",
