@@ -19,7 +19,7 @@ from removalnet.report.table import build_table
 from paper_fixtures import accept_tiny_files
 
 # a smoke run calibrates tau from 2 reference models, which the report rightly warns about
-pytestmark = [pytest.mark.paper, pytest.mark.filterwarnings("ignore:threshold for .* calibrated from")]
+pytestmark = [pytest.mark.paper, pytest.mark.filterwarnings("ignore:thresholds? (of|for) .* calibrated from")]
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = sorted((REPO / "configs" / "paper").glob("*.yaml"))

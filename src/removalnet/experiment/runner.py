@@ -155,7 +155,7 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | Path, *, executor: Any =
             print(f"{spec.name}: all {len(jobs)} jobs already done", file=sys.stderr)
         # the time left is estimated from the kinds of the jobs left (estimate.py), not tqdm's mean per job
         bar = tqdm(total=len(todo), desc=f"{spec.name}", unit="job", disable=not progress or not todo,
-                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} jobs [{elapsed}{postfix}]")
         queue = [j.to_dict() for j in todo]
         estimate = RunEstimate(queue)
 

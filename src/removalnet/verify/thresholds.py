@@ -181,16 +181,19 @@ def calibrate(values_by_metric: Mapping[str, Sequence[float]], metrics: Mapping[
     """
     rule = ThresholdRule.parse(rule, k=k, q=q, margin=margin)
     table = _metric_table(metrics)
-    taus = {}
-    for name, metric in table.items():
+    values = {}
+    few: dict[int, list[str]] = {}   # reference count -> the metrics calibrated from so few (one warning each)
+    for name in table:
         if name not in values_by_metric:
             raise RemovalNetError(f"no reference values for metric {name!r}: cannot calibrate its threshold")
-        values = _finite(values_by_metric[name], f"reference values of {name}")
-        if 0 < values.size < min_references:
-            warnings.warn(f"threshold for {name} calibrated from {values.size} reference model(s); "
-                          f"at least {min_references} are recommended", stacklevel=2)
-        taus[name] = _tau(values, metric.direction, rule.name, rule.k, rule.q, rule.margin, name)
-    return taus
+        values[name] = _finite(values_by_metric[name], f"reference values of {name}")
+        if 0 < values[name].size < min_references:
+            few.setdefault(int(values[name].size), []).append(name)
+    for n, names in few.items():
+        warnings.warn(f"thresholds of {', '.join(names)} calibrated from {n} reference model(s); at least "
+                      f"{min_references} independently trained models are recommended", stacklevel=2)
+    return {name: _tau(values[name], metric.direction, rule.name, rule.k, rule.q, rule.margin, name)
+            for name, metric in table.items()}
 
 
 def verdict(metric: Metric | str, value: float, tau: float) -> bool:
