@@ -1,0 +1,81 @@
+"""Capacity sweep: RemovalNet's accuracy drop and every verifier's verdicts against the victim's width.
+
+    python benchmarks/capacity.py [--widths 8 16 32 64] [--runs runs/bench]
+
+Runs (or resumes) benchmarks/specs/capacity-vgg_small-w<W>.yaml for each width (the paper's protocol otherwise:
+10% substitute sets, defaults everywhere, 2 seeds) and writes benchmarks/results/capacity.md and .json: per
+width the victim's accuracy and parameter count, and per attack its drop and the seeds each metric calls a copy
+(minmax thresholds from 5 reference models; negatives as the false-positive check). A width whose run is not
+finished is reported with what is done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from removalnet.experiment import load_spec, make_executor, run_experiment
+from removalnet.models import create_model
+from removalnet.report import build_table
+
+from table1 import commit, machine
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", nargs="+", type=int, default=[8, 16, 32, 64])
+    ap.add_argument("--runs", default="runs/bench")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local")
+    ap.add_argument("--report-only", action="store_true", help="write the results of what is done, run nothing")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("REMOVALNET_THREADS", "1")))
+    results = []
+    for w in args.widths:
+        spec = load_spec(HERE / "specs" / f"capacity-vgg_small-w{w}.yaml")
+        run_dir = Path(args.runs) / spec.name
+        t0 = time.perf_counter()
+        if not args.report_only:
+            run_experiment(spec, run_dir, executor=make_executor(args.executor))
+        if not (run_dir / "results.db").exists():
+            continue
+        td = build_table(run_dir)
+        params = sum(p.numel() for p in create_model("vgg_small", 10, 1, 28, width=w).parameters())
+        rows = {r["label"]: {"n": r["n"], "accuracy": r["accuracy"],
+                             "copies": {m: f"{sum(v)}/{len(v)}" for m, v in r["copies"].items()},
+                             "owned": f"{sum(r['owned'])}/{len(r['owned'])}"} for r in td.rows}
+        results.append({"width": w, "parameters": params, "victim_accuracy": td.victim_accuracy,
+                        "references_accuracy": td.references_accuracy, "metrics": td.metrics,
+                        "degenerate": td.degenerate, "rows": rows, "wall_s": round(time.perf_counter() - t0, 1)})
+    meta = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+            "threads": torch.get_num_threads(), "executor": args.executor}
+    (HERE / "results" / "capacity.json").write_text(json.dumps({"meta": meta, "widths": results}, indent=2) + "\n")
+    lines = ["# Capacity sweep: vgg_small width against RemovalNet's drop and the verdicts", "",
+             f"- machine: {meta['machine']}", f"- commit: {meta['commit']}; date: {meta['date']}; torch threads: "
+             f"{meta['threads']}", "- specs: benchmarks/specs/capacity-vgg_small-w*.yaml (10% substitute sets, "
+             "defaults everywhere, 2 seeds, minmax over 5 references)", ""]
+    for r in results:
+        va = f"{100 * r['victim_accuracy']:.2f}%" if r["victim_accuracy"] is not None else "n/a"
+        lines += [f"## width {r['width']} ({r['parameters']:,} parameters, victim {va})", "",
+                  "| Row | n | drop (points) | " + " | ".join(r["metrics"]) + " | Ownership? |",
+                  "|---|---|---|" + "---|" * (len(r["metrics"]) + 1)]
+        for label, row in r["rows"].items():
+            acc = row["accuracy"]
+            drop = (f"{100 * (r['victim_accuracy'] - sum(acc) / len(acc)):.2f}"
+                    if acc and r["victim_accuracy"] is not None else "-")
+            lines.append(f"| {label} | {row['n']} | {drop} | "
+                         + " | ".join(row["copies"].get(m, "-") for m in r["metrics"]) + f" | {row['owned']} |")
+        if r["degenerate"]:
+            lines.append(f"\nDegenerate (not judged): {', '.join(r['degenerate'])}.")
+        lines.append("")
+    (HERE / "results" / "capacity.md").write_text("\n".join(lines))
+    print("wrote benchmarks/results/capacity.md")
+
+
+if __name__ == "__main__":
+    main()
