@@ -40,7 +40,7 @@ NUMERIC_TESTS ?= tests/test_deepjudge.py tests/test_zest.py tests/test_modeldiff
 	tests/test_ipguard.py tests/test_thresholds.py tests/test_verify_base.py tests/test_permutation_invariance.py \
 	tests/test_removalnet.py tests/test_baselines.py tests/test_attack_base.py tests/test_removal_components.py \
 	tests/test_rescale.py tests/test_deepjudge_scaled.py tests/test_adaptive_losses.py tests/test_report.py \
-	tests/test_confidence.py
+	tests/test_confidence.py tests/test_deepjudge_shared.py tests/test_accuracy_check.py
 test-kernels: venv data
 	for cap in avx2 default; do \
 		echo "== ATEN_CPU_CAPABILITY=$$cap"; \
