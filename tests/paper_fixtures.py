@@ -9,13 +9,15 @@ only torchvision's MD5 checks of the official archives cannot pass on these file
 reduces them to "the file exists" (a monkeypatch, for tests only).
 
 The writers used by single-dataset tests (``write_cifar``, ``write_png``, ``write_celeba``,
-``write_gtsrb``) live here too.
+``write_gtsrb``, ``write_idx``, ``write_fashion_mnist``) live here too.
 """
 from __future__ import annotations
 
+import gzip
 import itertools
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,25 @@ def _class_folders(base: Path, splits: dict[str, int], classes, rng, size=(12, 1
         for c in classes:
             for j in range(n):
                 _random_image(base / split / c / f"{j}.{ext}", rng, size)
+
+
+def write_idx(path: Path, arr: np.ndarray, compress: bool) -> None:
+    """An IDX file of unsigned bytes (gzipped when ``compress``), as Fashion-MNIST ships."""
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    data = bytes((0, 0, 0x08, arr.ndim)) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def write_fashion_mnist(directory: Path, train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS,
+                        seed=0) -> Path:
+    """Fashion-MNIST's four gzipped IDX files (random 28 x 28 images, labels 0..9 in turn) in ``directory``."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, per in (("train", train_per_class), ("t10k", test_per_class)):
+        y = np.arange(10 * per) % 10
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (len(y), 28, 28)), True)
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", y, True)
+    return directory
 
 
 def accept_tiny_files(monkeypatch) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import struct
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from removalnet.data import celeba as celeba_mod
 from removalnet.data import fashion_mnist as fm
 from removalnet.utils import RemovalNetError
 
-from paper_fixtures import write_celeba, write_cifar, write_png
+from paper_fixtures import write_celeba, write_cifar, write_fashion_mnist, write_idx, write_png
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Skipped only outside CI: in CI (CI=true) a missing data package fails these tests instead of hiding them.
@@ -111,12 +110,6 @@ def test_fashion_mnist_channels_size_and_loader():
     assert torch.allclose(xb[3], x)
 
 
-def write_idx(path: Path, arr: np.ndarray, compress: bool) -> None:
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    data = bytes((0, 0, 0x08, arr.ndim)) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
-
-
 def write_fashion_files(d: Path, n_train=6, n_test=4, seed=0) -> dict:
     rng = np.random.default_rng(seed)
     d.mkdir(parents=True, exist_ok=True)
@@ -180,6 +173,34 @@ def test_fashion_mnist_corrupt_files(tmp_path, monkeypatch):
     write_idx(d / "train-labels-idx1-ubyte.gz", np.full(6, 12, np.uint8), True)
     with pytest.raises(RemovalNetError, match="label 12 outside 0..9"):
         load_dataset("fashion-mnist", "train")
+
+
+def test_registered_dataset_name_with_options(tmp_path, monkeypatch):
+    write_fashion_mnist(tmp_path / "fm", train_per_class=1, test_per_class=1)
+    monkeypatch.setenv(fm.DIR_ENV, str(tmp_path / "fm"))
+    name = "fashion-mnist?size=32&channels=3"
+    info, base = get_dataset_info(name), get_dataset_info("fashion-mnist")
+    assert (info.name, info.in_chans, info.input_size, info.classes) == (name, 3, 32, base.classes)
+    assert info.mean == base.mean * 3 and info.std == base.std * 3
+    ds = load_dataset(name, "train")
+    plain = load_dataset("fashion-mnist", "train", in_chans=3, input_size=32)
+    x, y = ds[4]
+    assert x.shape == (3, 32, 32) and y == plain[4][1] and torch.allclose(x, plain[4][0], rtol=0, atol=1e-6)
+    assert ds.data_key == "fashion-mnist:train"   # the same data as the plain name: disjointness holds across both
+    with pytest.raises(RemovalNetError, match="share 1 samples"):
+        assert_disjoint(Subset(ds, [0, 1]), Subset(load_dataset("fashion-mnist", "train"), [1, 2]))
+    gray = get_dataset_info("cifar10?channels=1")   # colour to luminance: the mean luminance-weighted
+    cifar = get_dataset_info("cifar10")
+    assert (gray.in_chans, gray.input_size) == (1, 32)
+    assert abs(gray.mean[0] - (0.2989 * cifar.mean[0] + 0.587 * cifar.mean[1] + 0.114 * cifar.mean[2])) < 1e-3
+    given = get_dataset_info("fashion-mnist?channels=3&mean=0.5&std=0.25,0.5,0.75")
+    assert given.mean == (0.5, 0.5, 0.5) and given.std == (0.25, 0.5, 0.75)
+    for bad, msg in (("fashion-mnist?size=0", "size must be a positive integer"),
+                     ("fashion-mnist?colour=1", "unknown option 'colour=1'"),
+                     ("mnist?size=32", "unknown dataset 'mnist'"),
+                     ("fashion-mnist?channels=3&std=1,2", "std needs 1 or 3 values")):
+        with pytest.raises(RemovalNetError, match=msg):
+            get_dataset_info(bad)
 
 
 def test_fashion_mnist_missing_message(tmp_path, monkeypatch):

@@ -28,7 +28,8 @@ from ..utils import RemovalNetError
 from .base import ImageAdapter, TensorImageDataset, to_float
 from .info import DatasetInfo
 
-__all__ = ["is_data_ref", "data_ref_entry", "canonical_data_ref", "TEST_FRACTION", "SPLIT_SEED"]
+__all__ = ["is_data_ref", "data_ref_entry", "canonical_data_ref", "parse_options", "given_stats", "TEST_FRACTION",
+           "SPLIT_SEED"]
 
 PREFIXES = ("folder:", "npz:")
 TEST_FRACTION = 0.2
@@ -40,11 +41,10 @@ def is_data_ref(name: Any) -> bool:
     return isinstance(name, str) and name.startswith(PREFIXES)
 
 
-def _parse(ref: str) -> tuple[str, Path, dict[str, Any]]:
-    kind, _, rest = ref.partition(":")
-    path, _, query = rest.partition("?")
-    if not path:
-        raise RemovalNetError(f"dataset reference {ref!r} needs a path: {kind}:PATH")
+def parse_options(ref: str, query: str) -> dict[str, Any]:
+    """The options of ``ref`` after its ``?`` (``size=32&channels=3&mean=0.5&std=0.25``), checked: ``size`` and
+    ``channels`` integers (channels 1 or 3), ``mean``/``std`` tuples of floats. Also the options of a
+    registered dataset's name (``fashion-mnist?size=32&channels=3``, see ``registry.py``)."""
     opts: dict[str, Any] = {}
     for item in filter(None, query.split("&")):
         key, sep, value = item.partition("=")
@@ -61,7 +61,15 @@ def _parse(ref: str) -> tuple[str, Path, dict[str, Any]]:
         raise RemovalNetError(f"dataset reference {ref!r}: channels must be 1 or 3")
     if "size" in opts and opts["size"] < 1:
         raise RemovalNetError(f"dataset reference {ref!r}: size must be a positive integer")
-    return kind, Path(path).expanduser().resolve(), opts
+    return opts
+
+
+def _parse(ref: str) -> tuple[str, Path, dict[str, Any]]:
+    kind, _, rest = ref.partition(":")
+    path, _, query = rest.partition("?")
+    if not path:
+        raise RemovalNetError(f"dataset reference {ref!r} needs a path: {kind}:PATH")
+    return kind, Path(path).expanduser().resolve(), parse_options(ref, query)
 
 
 def canonical_data_ref(name: str) -> str:
@@ -249,6 +257,24 @@ def _stats(x: torch.Tensor, clamp: float = _MIN_STD) -> tuple[tuple[float, ...],
     return tuple(round(float(v), 4) for v in flat.mean(1)), tuple(round(max(float(v), clamp), 4) for v in flat.std(1))
 
 
+def given_stats(ref: str, opts: dict[str, Any], in_chans: int, mean: tuple[float, ...], std: tuple[float, ...]
+                ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)``: the ``mean``/``std`` options where given (one value, or one per channel), else the
+    defaults ``mean``/``std``."""
+    out = []
+    for key, default in (("mean", mean), ("std", std)):
+        given = opts.get(key)
+        if given is not None:
+            if len(given) == 1:
+                given = given * in_chans
+            if len(given) != in_chans:
+                raise RemovalNetError(f"{ref}: {key} needs 1 or {in_chans} values, got {len(given)}")
+            if key == "std" and min(given) <= 0:
+                raise RemovalNetError(f"{ref}: std must be positive")
+        out.append(tuple(given) if given is not None else tuple(default))
+    return out[0], out[1]
+
+
 @functools.lru_cache(maxsize=8)
 def _resolve(ref: str, where: str, mtime: float) -> tuple[DatasetInfo, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     kind, path, opts = _parse(ref)
@@ -287,16 +313,7 @@ def _resolve(ref: str, where: str, mtime: float) -> tuple[DatasetInfo, dict[str,
               f"model learns nothing there, and --normalize data divides by a std clamped to {_MIN_STD}")
     if in_chans != x_train.shape[1]:     # npz with channels=...: statistics of the converted images
         mean, std = _stats(ImageAdapter(in_chans, int(x_train.shape[2])).adapt(to_float(x_train)))
-    for key, default in (("mean", mean), ("std", std)):
-        given = opts.get(key)
-        if given is not None:
-            if len(given) == 1:
-                given = given * in_chans
-            if len(given) != in_chans:
-                raise RemovalNetError(f"{ref}: {key} needs 1 or {in_chans} values, got {len(given)}")
-            if key == "std" and min(given) <= 0:
-                raise RemovalNetError(f"{ref}: std must be positive")
-        opts[key] = tuple(given) if given is not None else default
+    opts["mean"], opts["std"] = given_stats(ref, opts, in_chans, mean, std)
     info = DatasetInfo(
         name=ref, num_classes=len(classes), in_chans=in_chans, input_size=opts.get("size") or int(x_train.shape[2]),
         mean=opts["mean"], std=opts["std"],

@@ -3,12 +3,19 @@
 Every registered dataset yields ``(x, y)`` with ``x`` a float32 ``C x H x W`` tensor in [0, 1] and ``y`` an int.
 Normalisation is not applied here: models normalise their input internally, with the dataset's
 ``info.mean``/``info.std``.
+
+A registered name takes the options of a user's data reference (``data/refs.py``) after a ``?``:
+``fashion-mnist?size=32&channels=3`` is Fashion-MNIST as 3-channel 32 x 32 images, usable wherever a dataset
+name is (a spec's ``dataset``, ``--data``), so every job of a run sees that size and those channels. Its
+``mean``/``std`` are the dataset's, repeated for 1 -> 3 channels and luminance-weighted for 3 -> 1 (the std
+then an approximation; give ``mean=...&std=...`` to set them). It is the same data as the plain name
+(``data_key``), so disjointness checks hold across both.
 """
 from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +24,7 @@ from torch.utils.data import Dataset
 from ..registry import Registry
 from ..utils import RemovalNetError
 from .info import DatasetInfo
-from .refs import data_ref_entry, is_data_ref
+from .refs import data_ref_entry, given_stats, is_data_ref, parse_options
 
 __all__ = ["DatasetInfo", "DataMissingError", "register_dataset", "list_datasets", "get_dataset_info",
            "load_dataset", "default_root", "DATA_ROOT_ENV"]
@@ -34,6 +41,11 @@ class _Entry:
     info: DatasetInfo
     loader: Callable[..., Dataset]
     defaults: dict[str, Any]
+    loader_info: DatasetInfo | None = None   # the registered dataset's info, for a name with options
+
+
+#: luminance weights of a colour image read as grayscale (torchvision's rgb_to_grayscale)
+_LUMA = (0.2989, 0.587, 0.114)
 
 
 _REGISTRY: Registry[_Entry] = Registry("dataset")
@@ -60,11 +72,31 @@ def _entry(name: str) -> _Entry:
     if is_data_ref(name):   # a user's data (data/refs.py)
         info, loader = data_ref_entry(name)
         return _Entry(info, loader, {})
+    if isinstance(name, str) and "?" in name:   # a registered dataset with options: NAME?size=N&channels=C
+        base, _, query = name.partition("?")
+        entry = _REGISTRY.get(base)
+        return _Entry(_with_options(name, entry.info, parse_options(name, query)), entry.loader, entry.defaults,
+                      entry.info)
     return _REGISTRY.get(name)
 
 
+def _with_options(name: str, info: DatasetInfo, opts: dict[str, Any]) -> DatasetInfo:
+    """The info of ``info``'s dataset read with the options ``opts`` (size, channels, mean, std)."""
+    chans = opts.get("channels", info.in_chans)
+    mean, std = info.mean, info.std
+    if chans == 3 and info.in_chans == 1:
+        mean, std = mean * 3, std * 3
+    elif chans == 1 and info.in_chans == 3:
+        mean, std = ((round(sum(w * v for w, v in zip(_LUMA, vals)), 4),) for vals in (mean, std))
+    mean, std = given_stats(name, opts, chans, mean, std)
+    return replace(info, name=name, in_chans=chans, input_size=opts.get("size", info.input_size), mean=mean,
+                   std=std, description=f"{info.description}; read as {chans}-channel "
+                                        f"{opts.get('size', info.input_size)} px images")
+
+
 def get_dataset_info(name: str) -> DatasetInfo:
-    """The info of a registered dataset, or of a user's ``folder:PATH`` / ``npz:PATH`` (see ``data/refs.py``)."""
+    """The info of a registered dataset (optionally with options, ``fashion-mnist?size=32&channels=3``), or of a
+    user's ``folder:PATH`` / ``npz:PATH`` (see ``data/refs.py``)."""
     return _entry(name).info
 
 
@@ -105,5 +137,5 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         if k not in options:
             raise RemovalNetError(f"dataset {name!r} has no option {k!r}"
                                   + (f"; options: {', '.join(options)}" if options else ""))
-    return entry.loader(info, split, None if root is None else Path(root).expanduser(),
+    return entry.loader(entry.loader_info or info, split, None if root is None else Path(root).expanduser(),
                         in_chans=in_chans, input_size=input_size, download=download, **kwargs)

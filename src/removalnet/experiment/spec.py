@@ -259,9 +259,14 @@ def spec_from_dict(raw: dict[str, Any]) -> ExperimentSpec:
             get_dataset_info(raw["dataset"])
         except RemovalNetError as e:
             _fail("dataset", str(e))
-    elif raw.get("dataset", "fashion-mnist") not in list_datasets():
+    elif str(raw.get("dataset", "fashion-mnist")).partition("?")[0] not in list_datasets():
         _fail("dataset", f"unknown dataset {raw.get('dataset')!r} (known: {', '.join(list_datasets())}; "
                          "or folder:PATH, npz:PATH)")
+    elif "?" in str(raw.get("dataset", "")):   # a registered dataset with options (fashion-mnist?size=32&channels=3)
+        try:
+            get_dataset_info(raw["dataset"])
+        except RemovalNetError as e:
+            _fail("dataset", str(e))
     victim = ModelSpec(**_take(raw.pop("victim", {}), ModelSpec, "victim"))
     _check_victim(victim)
     _int(victim.seed, "victim.seed", 0)
