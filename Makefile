@@ -29,8 +29,9 @@ test-paper: venv
 	REMOVALNET_THREADS=1 $(VENV)/bin/python -m pytest -m paper -q --durations=0 $(PYTEST_ARGS)
 
 # What CI runs of test-paper: everything but the ImageNet/ViT-B/32 grid (about 10 GB of memory and 9 minutes
-# on a CPU at 224 px), which runs with make test-paper.
-PAPER_CI ?= not (grid_smoke and imagenet)
+# on a CPU at 224 px) and the GPU benchmark's Fashion-MNIST smoke run (the CIFAR one covers its code path; the
+# dataset option it adds has fast tests in test_data.py and test_benchmarks_gpu.py), which run with make test-paper.
+PAPER_CI ?= not (grid_smoke and imagenet) and not fashion_mnist_smoke
 test-paper-ci: venv data
 	REMOVALNET_THREADS=1 $(VENV)/bin/python -m pytest -m paper -q --durations=0 -k "$(PAPER_CI)" $(PYTEST_ARGS)
 
