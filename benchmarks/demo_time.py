@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -20,26 +19,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from table1 import commit, machine   # benchmarks/ is the script's folder, as in capacity.py
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> int:
@@ -66,9 +49,8 @@ def main() -> int:
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024),
         "victim_accuracy_pct": float(victim.group(1)) if victim else None,
         "degenerate_metrics": degenerate, "metrics_missing_the_baselines": cannot,
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        "python": platform.python_version(), "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in load_after], "commit": _commit(),
+        "machine": machine(), "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after], "commit": commit(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -77,7 +59,7 @@ def main() -> int:
     lines = [
         "# The demo's wall time", "",
         f"`{result['command']}` from an empty run folder, as a whole process (`python benchmarks/demo_time.py`).", "",
-        f"- machine: {result['machine']}, Python {result['python']}",
+        f"- machine: {result['machine']}",
         f"- commit: {result['commit']}; date: {result['date']}",
         f"- load average before / after: {result['load_average_before']} / {result['load_average_after']}", "",
         "| wall | CPU | peak memory | victim accuracy | degenerate metrics | metrics that miss the baselines |",

@@ -1,4 +1,5 @@
 """The CLI on a user's own model file, plain state dict and image folder / npz data."""
+import argparse
 import json
 import numpy as np
 import pytest
@@ -85,6 +86,14 @@ def test_train_attack_verify_on_a_user_model(user, capsys, monkeypatch, tmp_path
     sur = tmp_path / "a" / "surrogate.safetensors"
     side = json.loads(sur.with_suffix(".json").read_text())
     assert side["victim"] == "model.pt" and side["dataset"] == f"folder:{user / 'digits'}"   # absolute: usable anywhere
+    # the plain state dict records no accuracy: the victim's is measured once on the whole test split
+    from removalnet.commands._modelref import build_model
+    from removalnet.data import get_dataset_info, load_dataset
+    from removalnet.train import evaluate
+    args = argparse.Namespace(model="mymodel.py:LeNet", split_after=None, normalize=None)
+    victim = build_model(args, get_dataset_info("folder:digits"), weights="model.pt")
+    assert side["victim_test_accuracy"] == pytest.approx(evaluate(victim, load_dataset("folder:digits", "test")),
+                                                         abs=1e-9)
     # every checkpoint rebuilds the user's model from its sidecar (no --model needed)
     res = _verify_json(capsys, ["--victim", str(tmp_path / "v" / "model.safetensors"), "--suspect", str(sur),
                                 "--data", data, "--verifier", "modeldiff", *MD])

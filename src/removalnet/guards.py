@@ -113,25 +113,28 @@ def require_finite(model: nn.Module, data: Any, name: str, *, device: Any = None
         raise RemovalNetError(f"{name} outputs non-finite values (nan/inf): refusing to score it")
 
 
-def check_accuracy(model: nn.Module, data: Any, name: str, *, device: Any = None, limit: int = 2000) -> float:
-    """Print ``model``'s top-1 accuracy on (up to ``limit`` class-spread samples of) ``data`` before any work, and
-    warn when it is near chance (at most twice 1/K) or when relabelling the model's classes would raise it by
-    20 points or more: the usual signs of a label-order (``folder:`` numbers classes in sorted folder-name
-    order) or normalisation mismatch between the model and the data. Returns the accuracy in [0, 1]."""
+def check_accuracy(model: nn.Module, data: Any, name: str, *, device: Any = None, limit: int | None = 2000) -> float:
+    """Print ``model``'s top-1 accuracy on ``data`` (up to ``limit`` evenly spread samples; None: all of them)
+    before any work, and warn when it is near chance (at most twice 1/K) or when relabelling the model's classes
+    would raise it by 20 points or more: the usual signs of a label-order (``folder:`` numbers classes in sorted
+    folder-name order) or normalisation mismatch between the model and the data. Returns the accuracy in [0, 1]."""
     from scipy.optimize import linear_sum_assignment
 
     n = len(data)
-    idx = range(n) if n <= limit else (i * n // limit for i in range(limit))
-    x, y = dataset_tensors(data, list(idx))[:2]
+    idx = list(range(n)) if limit is None or n <= limit else [i * n // limit for i in range(limit)]
     was_training = model.training
     model.eval()
+    preds, labels = [], []
     try:
         dev = device if device is not None else next(iter(model.parameters()), torch.empty(0)).device
         with torch.inference_mode():
-            pred = torch.cat([model(x[i:i + 256].to(dev)).argmax(1).cpu() for i in range(0, len(x), 256)])
+            for i in range(0, len(idx), 256):   # a batch of images in memory at a time
+                x, yb = dataset_tensors(data, idx[i:i + 256])[:2]
+                preds.append(model(x.to(dev)).argmax(1).cpu())
+                labels.append(yb)
     finally:
         model.train(was_training)
-    y = torch.as_tensor(y).long()
+    pred, y = torch.cat(preds), torch.cat(labels).long()
     k = int(max(int(y.max()), int(pred.max()))) + 1
     acc = float((pred == y).float().mean())
     logging.getLogger("removalnet").info(f"{name}: accuracy {acc * 100:.2f}% on {len(y)} test images")

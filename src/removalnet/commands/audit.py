@@ -17,7 +17,7 @@ from typing import Any
 
 from ..params import Option
 from ..utils import RemovalNetError, atomic_write_bytes
-from ._modelref import load_model, split_after
+from ._modelref import split_after
 
 NAME = "audit"
 HELP = "audit your own trained model: run the removal attacks against it and grade every verifier"
@@ -144,19 +144,8 @@ def _in_audit_terms(e: RemovalNetError, budget: str) -> RemovalNetError:
     return RemovalNetError(f"--budget {budget} ({key} of its grid): {message}")
 
 
-def _victim_accuracy(args: argparse.Namespace) -> None:
-    """The user's model on their data's test split, said first (a near-chance score warns of a class-order or
-    normalisation mismatch before the grid spends its time)."""
-    from ..data import load_dataset  # lazy: keeps torch off the CLI's start
-    from ..guards import check_accuracy  # lazy: keeps torch off the CLI's start
-    victim, meta = load_model(args.weights, args, data=args.data, device="cpu")
-    test = load_dataset(args.data, "test", in_chans=meta.get("in_chans"), input_size=meta.get("input_size"))
-    check_accuracy(victim, test, f"your model ({args.weights})")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..experiment import make_executor, run_experiment, spec_from_dict  # lazy: keeps torch off the CLI's start
-    from ..experiment.preflight import check_spec_data  # lazy: keeps torch off the CLI's start
     from ..report.card import build_card, card_html, card_markdown  # lazy: keeps torch off the CLI's start
     if args.references is not None and len(args.references) < 2:
         raise RemovalNetError("--references: give at least 2 models (thresholds and leave-one-out need them)")
@@ -166,9 +155,6 @@ def run(args: argparse.Namespace) -> int:
     try:   # the grid's checks speak of the spec it is run as: say it in the audit's options
         spec = spec_from_dict(raw)
         out = Path(args.out) if args.out else Path("runs") / spec.name
-        if not args.dry_run and Path(args.weights).is_file():
-            check_spec_data(spec)   # the grid's own checks first: their errors name the audit's options
-            _victim_accuracy(args)
         executor = None if args.dry_run else make_executor(args.executor, args.address)
         s = run_experiment(spec, out, executor=executor, dry_run=args.dry_run, progress=not args.quiet)
     except RemovalNetError as e:

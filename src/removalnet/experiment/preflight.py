@@ -2,13 +2,16 @@
 says (one message naming the expected place; a dry run warns instead, so that a grid can be planned away from
 its data), the sizes the spec asks of its data (``verifier_count``, every attack's substitute set,
 ``eval_count``) must be servable by the data, class-balanced as the jobs draw them, a user's own model must
-build (its factory is called once) and a given victim's weights must load into its model. Each failure is one
-line naming the spec key (``spec: verifier_count: 1000 samples ...``)."""
+build (its factory is called once) and a given victim's weights must load into its model, whose accuracy on the
+test split is then said first (:func:`~removalnet.guards.check_accuracy`: near chance or a permuted class order
+warns before the grid spends its time). Each failure is one line naming the spec key
+(``spec: verifier_count: 1000 samples ...``)."""
 from __future__ import annotations
 
 from typing import Any
 
 from ..data import DataMissingError, balanced_subset, get_dataset_info
+from ..guards import check_accuracy
 from ..models import is_model_ref
 from ..utils import RemovalNetError
 from .artifacts import dataset, substitute_count, substitute_source, training_split
@@ -26,13 +29,14 @@ def _balanced(ds, count: int, what: str, key: str) -> None:
                               f"class-balanced: {e}") from None
 
 
-def _loads(spec: ExperimentSpec, info, weights: str | None, key: str) -> None:
-    """``weights`` load into the victim's model (as the train job will load them; None: the model builds)."""
+def _loads(spec: ExperimentSpec, info, weights: str | None, key: str) -> Any:
+    """``weights`` load into the victim's model (as the train job will load them; None: the model builds);
+    returns the model."""
     v = spec.victim
     cfg = {"arch": v.arch, "kwargs": {"split_after": v.split_after} if v.split_after else {},
            "normalize": v.normalize, "weights": weights}
     try:
-        user_model(cfg, info, weights)
+        return user_model(cfg, info, weights)
     except RemovalNetError as e:
         raise RemovalNetError(f"spec: {key}: {e}") from None
 
@@ -80,7 +84,9 @@ def check_spec_data(spec: ExperimentSpec, *, dry_run: bool = False) -> list[str]
     if is_model_ref(v.arch) and v.weights != "pretrained":   # the user's factory runs here, not first in a job
         _loads(spec, info, None, "victim.model")
     if v.weights is not None and v.weights != "pretrained":
-        _loads(spec, info, v.weights, "victim.weights")
+        victim = _loads(spec, info, v.weights, "victim.weights")
+        if not dry_run:
+            check_accuracy(victim, test, f"the victim ({v.weights})")
     for gname, g in (("references", spec.references), ("negatives", spec.negatives)):
         for i, c in enumerate(g.checkpoints or []):
             _loads(spec, info, c, f"{gname}.checkpoints[{i}]")
