@@ -161,3 +161,16 @@ def test_malicious_pickle_weights_exit_2(user, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: refusing to load") and err.count("\n") == 1
     assert not target.exists()
+
+
+def test_verify_shows_its_progress_unless_quiet(user, capsys, monkeypatch):
+    monkeypatch.chdir(user)
+    base = ["verify", "--victim", "model.pt", "--model", "mymodel.py:LeNet", "--data", "folder:digits",
+            "--suspect", "model.pt", "model.pt", "--references", "model.pt", "--verifier", "modeldiff", *MD]
+    capsys.readouterr()
+    assert main(base) == 0
+    err = capsys.readouterr().err
+    # one bar: the fingerprint, then the reference and the two suspects scored (4 steps), naming what runs
+    assert "verify:" in err and "4/4" in err and "scoring suspect model.pt" in err
+    assert main(base + ["-q"]) == 0
+    assert "verify:" not in capsys.readouterr().err

@@ -134,8 +134,6 @@ def run(args: argparse.Namespace) -> int:
             bar.total -= len(refs) + len(susp)
             bar.update(1)
             continue
-        finally:
-            bar.refresh()
         bar.update(1)
         fps[v.name] = fp
         extract_info[v.name] = {"key": fp.key, "params": fp.params, "seconds": round(time.perf_counter() - t0, 3),
