@@ -159,6 +159,7 @@ def _digits_victim():
     from removalnet.data import load_dataset
     from removalnet.train import TrainConfig, train_model
     train = load_dataset("digits", "train")
+    torch.manual_seed(0)   # the same victim whatever ran before (create_model draws from the global generator)
     v = create_model("vgg_small", 10, 1, 8, width=4)
     train_model(v, train, None, TrainConfig(iterations=60, batch_size=64, lr=0.05), seed=0, progress=False)
     sub = build_substitute(v, train, scenario="ltd", count=100, seed=0)
