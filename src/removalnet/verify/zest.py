@@ -127,7 +127,7 @@ def lime_pinv(masks: torch.Tensor, intercept: bool = False) -> torch.Tensor:
 
 
 def lime_signature(model: nn.Module, images: torch.Tensor, segments: torch.Tensor, masks: torch.Tensor,
-                   fill: torch.Tensor, *, intercept: bool = False, output: str = "logits", batch_size: int = 500,
+                   fill: torch.Tensor, *, intercept: bool = False, output: str = "logits", batch_size: int = 128,
                    device: torch.device | str = "cpu", group: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """OLS coefficients of ``model``'s outputs on the masks, for every image.
 
@@ -205,7 +205,7 @@ class ZEST(Verifier):
         "image_range": Param(255, float, low=0.0, low_open=True, doc="value range of the images quickshift sees"),
         "intercept": Param(False, bool, doc="fit the OLS with a constant column (reference: no)"),
         "output": Param("logits", str, choices=OUTPUTS, doc="outputs the explanation regresses (reference: logits)"),
-        "batch_size": Param(500, int, low=1, doc="inputs per forward pass (speed only: not part of the fingerprint)"),
+        "batch_size": Param(128, int, low=1, doc="inputs per forward pass (speed only: not part of the fingerprint)"),
     }
 
     def _signature(self, model: nn.Module, t: dict[str, torch.Tensor], device: torch.device):

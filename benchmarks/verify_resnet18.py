@@ -1,0 +1,243 @@
+"""A model owner's first real model, verified and audited before and after a change: ``removalnet verify`` and
+``removalnet audit --budget quick`` on a torchvision resnet18 at 32 px, run from two source trees (two commits)
+on the same machine in one run, as whole processes (wall clock, CPU seconds, peak memory), with every value
+they print compared.
+
+The case (``prepare``): an image folder of Fashion-MNIST as 32 px RGB PNGs (``train/`` 2,000 images, 200 a
+class; ``test/`` 1,000, 100 a class), a resnet18 (``torchvision:resnet18``, 10 classes) trained on it (the
+victim), a copy of it fine-tuned on half of the training images and an independently trained resnet18 (the two
+suspects), all saved as plain state dicts (``.pt``), as a user has them.
+
+    python benchmarks/verify_resnet18.py prepare --work /tmp/rn18
+    python benchmarks/verify_resnet18.py run --work /tmp/rn18 --tree /path/to/old/checkout --label before --what verify
+    python benchmarks/verify_resnet18.py run --work /tmp/rn18 --tree . --label after --what verify
+    python benchmarks/verify_resnet18.py run ... --what audit     (likewise)
+    python benchmarks/verify_resnet18.py render --work /tmp/rn18  # -> benchmarks/results/verify-resnet18.md/.json
+
+``run`` runs ``python -m removalnet`` of the tree given (its ``src/`` first on the path, this environment's
+packages) with one torch thread and records its time and output under ``--work``; run the pairs in turn
+(before, after, before, ...) so that a drift of the machine's speed touches both. ``verify`` runs every
+verifier at reduced sizes that both trees accept (``VERIFY_PARAMS``: the full defaults take hours on a resnet18
+on one CPU thread, mostly ZEST's 128,000 forward passes per model), and, where the later tree changed a
+verifier's definition to the official one (DeepJudge's black-box seeds, IPGuard's target class and stopping,
+ZEST's reference images), the options that select the earlier definition (``AFTER_COMPAT``), so that both
+trees do the same work and their values can be compared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from table1 import machine   # benchmarks/ is the script's folder, as in capacity.py
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+TRAIN_PER_CLASS, TEST_PER_CLASS, SIZE = 200, 100, 32
+VERIFY_PARAMS = {
+    **{f"{v}.{k}": x for v in ("deepjudge", "deepjudge_aligned", "deepjudge_scaled")
+       for k, x in (("max_iters", 100), ("max_tests", 16))},
+    "ipguard.max_iter": 100, "ipguard.num_points": 16, "modeldiff.iterations": 250, "modeldiff_pgd.steps": 10,
+    "zest.num_images": 4,
+}
+#: options of the later tree that select the definitions of the earlier one (see docs/verifiers.md)
+AFTER_COMPAT = {
+    **{f"{v}.adv_seeds": 100 for v in ("deepjudge", "deepjudge_aligned", "deepjudge_scaled")},
+    "ipguard.target": "random", "ipguard.tol": 0.0, "zest.order": "random",
+}
+
+
+def tree_commit(tree: Path) -> str:
+    """The tree's commit, ``+dirty`` when its tracked files differ from it."""
+    try:
+        sha = subprocess.check_output(["git", "-C", str(tree), "rev-parse", "HEAD"], text=True).strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD"]).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def _save_pngs(images, labels, folder: Path) -> None:
+    from PIL import Image
+    for i, (img, y) in enumerate(zip(images, labels)):
+        d = folder / f"{int(y)}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).resize((SIZE, SIZE), Image.BILINEAR).convert("RGB").save(d / f"{i:05d}.png")
+
+
+def _balanced(labels, per_class: int, seed: int):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(10)]))
+
+
+def _train(model, x, y, *, epochs: int, lr: float, seed: int):
+    import torch
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def prepare(work: Path) -> None:
+    """The image folder and the three state dicts (victim, fine-tuned copy, independent model)."""
+    import numpy as np
+    import torch
+    import torchvision
+    from removalnet.data.fashion_mnist import load_fashion_mnist_arrays
+    torch.set_num_threads(1)
+    folder = work / "data"
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        images, labels, _ = load_fashion_mnist_arrays(split)
+        keep = _balanced(labels, per_class, seed=0)
+        _save_pngs(images[keep], labels[keep], folder / split)
+    images, labels, _ = load_fashion_mnist_arrays("train")
+    keep = _balanced(labels, TRAIN_PER_CLASS, seed=0)
+    x = torch.nn.functional.interpolate(torch.from_numpy(images[keep]).float().div(255).unsqueeze(1),
+                                        size=SIZE, mode="bilinear").repeat(1, 3, 1, 1)
+    y = torch.from_numpy(labels[keep]).long()
+    models = {}
+    for name, seed in (("victim", 0), ("independent", 1)):
+        torch.manual_seed(seed)
+        models[name] = _train(torchvision.models.resnet18(num_classes=10), x, y, epochs=4, lr=0.02, seed=seed)
+    copy = torchvision.models.resnet18(num_classes=10)
+    copy.load_state_dict(models["victim"].state_dict())
+    half = torch.from_numpy(np.arange(0, len(x), 2))
+    models["finetuned"] = _train(copy, x[half], y[half], epochs=1, lr=0.005, seed=2)
+    for name, m in models.items():
+        torch.save(m.state_dict(), work / f"{name}.pt")
+    print(f"prepared {work}: {len(x)} training images, victim, finetuned, independent")
+
+
+def _command(work: Path, label: str, what: str) -> list[str]:
+    base = [sys.executable, "-m", "removalnet", what, "--threads", "1", "--model", "torchvision:resnet18",
+            "--weights", str(work / "victim.pt"), "--data", f"folder:{work / 'data'}"]
+    if what == "audit":
+        return base + ["--budget", "quick", "--quiet", "--out", str(work / f"audit-{label}")]
+    params = dict(VERIFY_PARAMS, **(AFTER_COMPAT if label == "after" else {}))
+    return base + ["--suspect", str(work / "finetuned.pt"), str(work / "independent.pt"), "--json", "--quiet",
+                   *[a for k, v in params.items() for a in ("--param", f"{k}={v}")]]
+
+
+def run(work: Path, tree: Path, label: str, what: str) -> int:
+    """One command of one tree as a whole process; its time, memory and output go to ``work/<label>-<what>.json``."""
+    cmd = _command(work, label, what)
+    env = dict(os.environ, PYTHONPATH=str(tree.resolve() / "src"), REMOVALNET_THREADS="1")
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    # the child's own accounting (wait4 through Popen is not exposed; RUSAGE_CHILDREN of a process that ran
+    # one child is that child's)
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rec = {"label": label, "what": what, "tree": str(tree), "commit": tree_commit(tree), "returncode": proc.returncode,
+           "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+           "peak_rss_mb": round(usage.ru_maxrss / 1024), "load_average_before": [round(v, 2) for v in load],
+           "load_average_after": [round(v, 2) for v in os.getloadavg()],
+           "command": " ".join(Path(c).name if c == sys.executable else c for c in cmd),
+           "stdout": out, "stderr_tail": err[-3000:]}
+    (work / f"{label}-{what}.json").write_text(json.dumps(rec, indent=2) + "\n")
+    print(f"{label} {what}: rc {proc.returncode}, wall {wall:.1f} s, cpu {rec['cpu_s']} s, peak {rec['peak_rss_mb']} MB")
+    return proc.returncode
+
+
+def _values(rec: dict) -> dict[tuple[str, str], float]:
+    """(suspect file, metric) -> value from a ``verify --json`` output."""
+    data = json.loads(rec["stdout"])
+    rows = data["results"] if isinstance(data, dict) and "results" in data else data
+    out = {}
+    for r in rows:
+        if r.get("value") is not None:
+            out[(Path(str(r.get("suspect", "?"))).name, r["metric"])] = float(r["value"])
+    return out
+
+
+def _card(work: Path, label: str) -> str:
+    p = work / f"audit-{label}" / "card.md"
+    return p.read_text() if p.exists() else ""
+
+
+def render(work: Path) -> None:
+    recs = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*-*.json"))}
+    result: dict = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                    "case": {"train_images": 10 * TRAIN_PER_CLASS, "test_images": 10 * TEST_PER_CLASS, "size": SIZE,
+                             "verify_params": VERIFY_PARAMS, "after_compat": AFTER_COMPAT}, "runs": {}}
+    lines = ["# verify and audit of a torchvision resnet18, before and after", "",
+             "`python benchmarks/verify_resnet18.py` (its docstring: the case, and how the runs are made). "
+             "Each command is one whole process with one torch thread; the two trees ran in turn on the same machine.",
+             "", f"- machine: {result['machine']}; date: {result['date']}", "",
+             "| command | tree | commit | wall s | CPU s | peak MB | load before | exit |", "|---|---|---|---:|---:|---:|---|---:|"]
+    for what in ("verify", "audit"):
+        for label in ("before", "after"):
+            r = recs.get(f"{label}-{what}")
+            if r is None:
+                continue
+            result["runs"][f"{label}-{what}"] = {k: v for k, v in r.items() if k not in ("stdout", "stderr_tail")}
+            lines.append(f"| {what} | {label} | `{r['commit'][:12]}` | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mb']} "
+                         f"| {r['load_average_before']} | {r['returncode']} |")
+        b, a = recs.get(f"before-{what}"), recs.get(f"after-{what}")
+        if b and a:
+            ratio = a["wall_s"] / b["wall_s"]
+            result[f"{what}_wall_ratio"] = round(ratio, 3)
+            lines.append(f"| {what} | after / before | | {ratio:.2f} | {a['cpu_s'] / b['cpu_s']:.2f} | | | |")
+    b, a = recs.get("before-verify"), recs.get("after-verify")
+    if b and a and b["returncode"] == 0 and a["returncode"] == 0:
+        vb, va = _values(b), _values(a)
+        rows = []
+        for key in sorted(set(vb) | set(va)):
+            x, y = vb.get(key), va.get(key)
+            diff = abs(x - y) if x is not None and y is not None else None
+            rows.append({"suspect": key[0], "metric": key[1], "before": x, "after": y, "abs_diff": diff})
+        result["verify_values"] = rows
+        lines += ["", "## verify's values, before and after", "",
+                  "| suspect | metric | before | after | abs diff |", "|---|---|---:|---:|---:|"]
+        fmt = (lambda v: "-" if v is None else f"{v:.6g}")
+        lines += [f"| {r['suspect']} | {r['metric']} | {fmt(r['before'])} | {fmt(r['after'])} | {fmt(r['abs_diff'])} |"
+                  for r in rows]
+    for label in ("before", "after"):
+        card = _card(work, label)
+        if card:
+            result["runs"].setdefault(f"{label}-audit", {})["card_first_lines"] = card.splitlines()[:40]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "verify-resnet18.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (RESULTS / "verify-resnet18.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("prepare", "run", "render"):
+        p = sub.add_parser(name)
+        p.add_argument("--work", type=Path, required=True, help="folder of the case and of the runs' records")
+        if name == "run":
+            p.add_argument("--tree", type=Path, required=True, help="the source tree (a checkout) whose CLI runs")
+            p.add_argument("--label", choices=("before", "after"), required=True)
+            p.add_argument("--what", choices=("verify", "audit"), required=True)
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.cmd == "prepare":
+        prepare(args.work)
+        return 0
+    if args.cmd == "run":
+        return run(args.work, args.tree, args.label, args.what)
+    render(args.work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
