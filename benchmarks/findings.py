@@ -102,8 +102,15 @@ def _join(items: list[str]) -> str:
 
 # ---------------------------------------------------------------- blocks
 
-def table1(results: Path, arch: str) -> list[str]:
-    src = f"table1-{arch}.md"
+def _models_line(text: str, src: str) -> str:
+    m = re.search(r"^- models: (\S+) (\{[^}]*\})", text, re.M)
+    if not m:
+        raise FindingsError(f"{src}: no '- models:' line")
+    return f"{m.group(1)} {m.group(2)}"
+
+
+def table1(results: Path, arch: str, stem: str | None = None) -> list[str]:
+    src = f"{stem or 'table1-' + arch}.md"
     tables = md_tables(_read(results, src))
     main = _table(tables, "Table 1:", src)
     seeds = _table(tables, "Seeds judged a copy", src)
@@ -128,12 +135,43 @@ def table1(results: Path, arch: str) -> list[str]:
     dead = [m.split(" (")[0] for m in metrics if m not in live]
     tau = _row(main, "Attack", "τ", src)
     md = {r["Attack"]: _mean(r["MD-DDV (↓)"]) for r in main if r["Attack"] != "τ"}
-    return ([f"{arch}: victim accuracy {victim.group(1)}%, 5 seeds, tau by the min/max rule over 5 reference "
+    n_seeds = _row(seeds, "Attack", main[0]["Attack"], src)[live[0]].split("/")[1]
+    return ([f"{arch}: victim accuracy {victim.group(1)}%, {n_seeds} seeds, tau by the min/max rule over 5 reference "
              f"models; the vote is the majority of {vote.group(1)}; degenerate (no evidence): {_join(dead)}.", ""]
             + _table_md(["attack", "fidelity (%)", "drop (pts)", "ownership (vote)", "copy in every seed by",
                          "copy in some seeds", "copy in no seed by"], rows)
             + ["", "MD-DDV (similarity, higher = more alike): "
                + ", ".join(f"{k} {v}" for k, v in md.items()) + f"; tau {tau['MD-DDV (↓)']}."])
+
+
+def proxy_vs_paper(results: Path, arch: str) -> list[str]:
+    """What changed between the width-8 / 1% proxy and the paper's protocol (width 16, 10%): per attack the
+    accuracy drop, the ownership vote and every metric whose count of seeds judged a copy moved."""
+    srcs = (f"table1-{arch}.md", f"table1-{arch}-paper.md")
+    texts = [_read(results, s) for s in srcs]
+    mains = [_table(md_tables(t), "Table 1:", s) for t, s in zip(texts, srcs)]
+    seeds = [_table(md_tables(t), "Seeds judged a copy", s) for t, s in zip(texts, srcs)]
+    acc = [re.search(r"victim accuracy ([\d.]+)%", t) for t in texts]
+    if not all(acc):
+        raise FindingsError(f"{srcs}: no victim accuracy line")
+    models = [_models_line(t, s) for t, s in zip(texts, srcs)]
+    def same(label: str) -> str:          # the proxy tables name RemovalNet's rows Ours(...)
+        return label.replace("Ours(", "RemovalNet(")
+    for t in (*mains, *seeds):
+        for r in t:
+            r["Attack"] = same(r["Attack"])
+    rows = []
+    for r in mains[1]:
+        if r["Attack"] == "τ" or r["Attack"] not in {x["Attack"] for x in mains[0]}:
+            continue
+        old = _row(mains[0], "Attack", r["Attack"], srcs[0])
+        s0, s1 = (_row(t, "Attack", r["Attack"], src) for t, src in zip(seeds, srcs))
+        moved = [f"{m.split(' (')[0]} {s0[m]} -> {s1[m]}" for m in s1 if m != "Attack" and m in s0 and s0[m] != s1[m]]
+        rows.append([r["Attack"], old["Drop"], r["Drop"], old["Ownership?"], r["Ownership?"], _join(moved)])
+    return ([f"{arch}: proxy {models[0]}, victim {acc[0].group(1)}%; paper protocol {models[1]}, victim "
+             f"{acc[1].group(1)}%.", ""]
+            + _table_md(["attack", "drop, proxy", "drop, paper", "ownership, proxy", "ownership, paper",
+                         "seeds judged a copy that moved (proxy -> paper)"], rows))
 
 
 def fig4(results: Path) -> list[str]:

@@ -17,10 +17,8 @@ suspects), all saved as plain state dicts (``.pt``), as a user has them.
 ``run`` runs ``python -m removalnet`` of the tree given (its ``src/`` first on the path, this environment's
 packages) with one torch thread and records its time and output under ``--work``; run the pairs in turn
 (before, after, before, ...) so that a drift of the machine's speed touches both. ``verify`` runs every
-verifier at reduced sizes that both trees accept (``VERIFY_PARAMS``: the full defaults take hours on a resnet18
-on one CPU thread, mostly ZEST's 128,000 forward passes per model), and, where the later tree changed a
-verifier's definition to the official one (DeepJudge's black-box seeds, IPGuard's target class and stopping,
-ZEST's reference images), the options that select the earlier definition (``AFTER_COMPAT``), so that both
+verifier at its defaults, and, where the later tree changed a verifier's definition to the official one
+(DeepJudge's black-box seeds, IPGuard's target class and stopping, ZEST's reference images), the options that select the earlier definition (``AFTER_COMPAT``), so that both
 trees do the same work and their values can be compared.
 """
 from __future__ import annotations
@@ -40,12 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 TRAIN_PER_CLASS, TEST_PER_CLASS, SIZE = 200, 100, 32
-VERIFY_PARAMS = {
-    **{f"{v}.{k}": x for v in ("deepjudge", "deepjudge_aligned", "deepjudge_scaled")
-       for k, x in (("max_iters", 100), ("max_tests", 16))},
-    "ipguard.max_iter": 100, "ipguard.num_points": 16, "modeldiff.iterations": 250, "modeldiff_pgd.steps": 10,
-    "zest.num_images": 4,
-}
 #: options of the later tree that select the definitions of the earlier one (see docs/verifiers.md)
 AFTER_COMPAT = {
     **{f"{v}.adv_seeds": 100 for v in ("deepjudge", "deepjudge_aligned", "deepjudge_scaled")},
@@ -126,7 +118,7 @@ def _command(work: Path, label: str, what: str) -> list[str]:
             "--weights", str(work / "victim.pt"), "--data", f"folder:{work / 'data'}"]
     if what == "audit":
         return base + ["--budget", "quick", "--quiet", "--out", str(work / f"audit-{label}")]
-    params = dict(VERIFY_PARAMS, **(AFTER_COMPAT if label == "after" else {}))
+    params = AFTER_COMPAT if label == "after" else {}
     return base + ["--suspect", str(work / "finetuned.pt"), str(work / "independent.pt"), "--json", "--quiet",
                    *[a for k, v in params.items() for a in ("--param", f"{k}={v}")]]
 
@@ -157,12 +149,11 @@ def run(work: Path, tree: Path, label: str, what: str) -> int:
 
 def _values(rec: dict) -> dict[tuple[str, str], float]:
     """(suspect file, metric) -> value from a ``verify --json`` output."""
-    data = json.loads(rec["stdout"])
-    rows = data["results"] if isinstance(data, dict) and "results" in data else data
     out = {}
-    for r in rows:
-        if r.get("value") is not None:
-            out[(Path(str(r.get("suspect", "?"))).name, r["metric"])] = float(r["value"])
+    for sus in json.loads(rec["stdout"])["suspects"]:
+        for metric, m in sus["metrics"].items():
+            if m.get("value") is not None:
+                out[(Path(sus["path"]).name, metric)] = float(m["value"])
     return out
 
 
@@ -175,7 +166,7 @@ def render(work: Path) -> None:
     recs = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*-*.json"))}
     result: dict = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     "case": {"train_images": 10 * TRAIN_PER_CLASS, "test_images": 10 * TEST_PER_CLASS, "size": SIZE,
-                             "verify_params": VERIFY_PARAMS, "after_compat": AFTER_COMPAT}, "runs": {}}
+                             "after_compat": AFTER_COMPAT}, "runs": {}}
     lines = ["# verify and audit of a torchvision resnet18, before and after", "",
              "`python benchmarks/verify_resnet18.py` (its docstring: the case, and how the runs are made). "
              "Each command is one whole process with one torch thread; the two trees ran in turn on the same machine.",

@@ -119,3 +119,28 @@ def test_unmatched_checks_a_number_against_the_file_its_paragraph_cites(copy, ca
 def test_committed_findings_are_current(capsys):
     """docs/findings.md as committed matches benchmarks/results/: run `make findings` after a benchmark."""
     assert F.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_proxy_vs_paper_names_what_moved(copy):
+    """The paper-protocol comparison: drops and votes side by side, and each metric whose seed count moved."""
+    _, results = copy
+    proxy = (results / "table1-vgg_small.md").read_text()
+    paper = proxy.replace("{'width': 8}", "{'width': 16}").replace("Ours(S_LTD)", "RemovalNet(S_LTD)")
+    lines = paper.splitlines()
+    seeds_at = lines.index("### Seeds judged a copy, per metric")
+    for i in range(seeds_at, len(lines)):           # RemovalNet(S_LTD) now judged a copy by ZEST-L2 in 3 seeds
+        if lines[i].startswith("| RemovalNet(S_LTD) |"):
+            cells = lines[i].split("|")
+            cells[4] = " 3/5 "
+            lines[i] = "|".join(cells)
+            break
+    (results / "table1-vgg_small-paper.md").write_text("\n".join(lines) + "\n")
+    out = "\n".join(F.proxy_vs_paper(results, "vgg_small"))
+    assert "proxy vgg_small {'width': 8}" in out and "paper protocol vgg_small {'width': 16}" in out
+    row = next(line for line in out.splitlines() if line.startswith("| RemovalNet(S_LTD) |"))
+    assert row.split("|")[-2].strip() == "ZEST-L2 0/5 -> 3/5"
+    ft = next(line for line in out.splitlines() if line.startswith("| FT(0.5) |"))
+    assert ft.split("|")[-2].strip() == "none"
+    (results / "table1-vgg_small-paper.md").unlink()
+    with pytest.raises(F.FindingsError, match="missing results file"):
+        F.proxy_vs_paper(results, "vgg_small")
