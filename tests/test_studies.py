@@ -107,6 +107,7 @@ def test_every_study_registered():
     ({"name": "substitute_size", "ratios": [0.5]}, "lsd_holdout"),
     ({"name": "boundary", "iterations_shown": [0, 150, 1000]}, "150 is not a checkpoint"),
     ({"name": "efficiency", "knockoff": {"policy": "greedy"}}, "knockoff"),
+    ({"name": "efficiency", "scenarios": ["lsd"], "fractions": [0.3]}, "S_LSD fractions up to 0.3 need lsd_holdout"),
     ({"name": "robustness", "colour": 1}, "unknown parameter 'colour'"),
 ])
 def test_bad_study_parameters_name_the_problem(study, msg):
@@ -184,6 +185,21 @@ def test_efficiency_end_to_end(tmp_path):
         assert d["iterations_to_reach"] == iterations_to_reach(c["t"], c["accuracy"], d["target_accuracy"])
         if d["iterations_to_reach"] is not None:
             assert d["saved_iterations"] == pytest.approx(1 - 4 / d["iterations_to_reach"])
+
+
+def test_efficiency_at_several_fractions(tmp_path):
+    """fractions: one RemovalNet/KnockoffNets pair per substitute size, each on its own substitute set."""
+    d = {**BASE, "name": "tiny-efficiency-fractions",
+         "study": {**TINY["efficiency"], "name": "efficiency", "scenarios": ["ltd"], "fractions": [0.05, 0.1]}}
+    spec = spec_from_dict(json.loads(json.dumps(d)))
+    assert {a.label: a.fraction for a in spec.attacks} == {
+        "Ours(S_LTD, 5%)": 0.05, "KnockoffNets(S_LTD, 5%)": 0.05, "Ours(S_LTD, 10%)": 0.1, "KnockoffNets(S_LTD, 10%)": 0.1}
+    s = run_experiment(spec, tmp_path / "run", progress=False, echo=lambda m: None)
+    assert s.ok, s.failed
+    rep = build_study_report(tmp_path / "run")
+    head, rows = _table(rep)
+    assert [r[0] for r in rows] == ["S_LTD, 5%", "S_LTD, 10%"]
+    assert set(rep.numbers) == {"S_LTD, 5%", "S_LTD, 10%"}
 
 
 def test_ablation_end_to_end(tmp_path):

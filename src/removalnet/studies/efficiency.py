@@ -1,6 +1,6 @@
 """Computational efficiency against KnockoffNets (paper section 4.4.2, Fig. 7).
 
-For each scenario, KnockoffNets (a fresh model trained on the victim's answers, query budget batch x
+For each scenario (and each substitute size of ``fractions``, when given), KnockoffNets (a fresh model trained on the victim's answers, query budget batch x
 iterations; paper: 10,000 iterations) records its learning curve on a class-balanced test subset; RemovalNet
 runs its usual 1000 iterations on the same substitute set and is evaluated on the same subset. The report gives
 the iterations and the wall time KnockoffNets needs to first reach RemovalNet's fidelity, and the compute
@@ -57,6 +57,8 @@ class Efficiency(Study):
         "scenarios": Param(["ltd", "lsd"], list, choices=("ltd", "lsd"), doc="S_LTD and/or S_LSD"),
         "fraction": Param(0.1, float, low=0.0, low_open=True, high=1.0, nullable=True,
                           doc="substitute set as a fraction of the training set (paper: 10%)"),
+        "fractions": Param(None, list, low=0.0, low_open=True, high=1.0, nullable=True,
+                           doc="several substitute sizes, one RemovalNet/KnockoffNets pair each (instead of fraction)"),
         "source": Param("partition", str, doc="S_LSD source: a dataset name or 'partition'"),
         "knockoff": Param({"iterations": 10000, "eval_every": 250}, dict,
                           doc="KnockoffNets parameters (paper: budget batch x 10,000 iterations)"),
@@ -70,29 +72,45 @@ class Efficiency(Study):
             raise RemovalNetError(f"knockoff: {e}") from None
         self.check_substitute()
 
-    def labels(self, sc: str) -> tuple[str, str]:
-        return f"Ours({SCENARIO_NAMES[sc]})", f"KnockoffNets({SCENARIO_NAMES[sc]})"
+    def cases(self) -> list[tuple[str, float | None]]:
+        """(scenario, fraction) of each RemovalNet/KnockoffNets pair; fraction None: the study's own size."""
+        fr = self.params["fractions"] or [None]
+        return [(sc, f) for sc in self.params["scenarios"] for f in fr]
+
+    @staticmethod
+    def case_name(sc: str, fraction: float | None) -> str:
+        return SCENARIO_NAMES[sc] if fraction is None else f"{SCENARIO_NAMES[sc]}, {fraction * 100:g}%"
+
+    def labels(self, sc: str, fraction: float | None = None) -> tuple[str, str]:
+        name = self.case_name(sc, fraction)
+        return f"Ours({name})", f"KnockoffNets({name})"
 
     def attacks(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
         p = self.params
+        holdout = spec.get("lsd_holdout", 0.0) or 0.0
         rows = []
-        for sc in p["scenarios"]:
-            ours, knock = self.labels(sc)
+        for sc, f in self.cases():
+            if sc == "lsd" and p["source"] == "partition" and f is not None and f > holdout:
+                raise RemovalNetError(f"S_LSD fractions up to {f} need lsd_holdout >= {f} (the spec has {holdout})")
+            ours, knock = self.labels(sc, f)
             base = self.removalnet_row(ours, scenario=sc, eval_count=p["eval_count"])
+            if f is not None:
+                base.pop("count", None)
+                base["fraction"] = f
             rows.append(base)
             rows.append({**base, "name": "knockoff", "label": knock, "params": dict(p["knockoff"])})
         return rows
 
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Per scenario: RemovalNet's fidelity, iterations and time; KnockoffNets' mean curve and the cost to
+        """Per case (scenario, or "scenario, fraction%"): RemovalNet's fidelity, iterations and time; KnockoffNets' mean curve and the cost to
         reach RemovalNet's fidelity; the compute saved."""
         attacks: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             if r["kind"] == "attack" and r["status"] == "done":
                 attacks.setdefault(r["config"]["label"], []).append(r)
         out = {}
-        for sc in self.params["scenarios"]:
-            ours_l, knock_l = self.labels(sc)
+        for sc, f in self.cases():
+            ours_l, knock_l = self.labels(sc, f)
             ours, knock = attacks.get(ours_l, []), attacks.get(knock_l, [])
             if not ours or not knock:
                 continue
@@ -115,7 +133,7 @@ class Efficiency(Study):
                 # never reached: the saving is at least what the whole curve cost
                 d["saved_iterations_at_least"] = 1 - ours_iters / ts[-1]
                 d["saved_time_at_least"] = 1 - ours_time / times[-1] if times[-1] else None
-            out[sc] = d
+            out[self.case_name(sc, f)] = d
         return out
 
     def report(self, spec: dict[str, Any], rows: list[dict[str, Any]], td: Any, run_dir: Path) -> StudyReport:
@@ -132,7 +150,7 @@ class Efficiency(Study):
         table = []
         for sc, d in summ.items():
             reach = d["iterations_to_reach"]
-            table.append([SCENARIO_NAMES[sc], f"{d['target_accuracy'] * 100:.2f}", str(d["removalnet_iterations"]),
+            table.append([sc, f"{d['target_accuracy'] * 100:.2f}", str(d["removalnet_iterations"]),
                           f"{d['removalnet_time_s']:.1f}",
                           f"{d['knockoff_final_accuracy'] * 100:.2f}" if d["knockoff_final_accuracy"] is not None else "-",
                           str(reach) if reach is not None else f"not reached in {d['knockoff_iterations']}",
@@ -140,13 +158,13 @@ class Efficiency(Study):
                           pct(d["saved_iterations"]) if reach is not None else f">= {pct(d.get('saved_iterations_at_least'))}",
                           pct(d["saved_time"]) if reach is not None else f">= {pct(d.get('saved_time_at_least'))}"])
             if reach is not None:
-                rep.findings.append(f"{SCENARIO_NAMES[sc]}: KnockoffNets first reaches RemovalNet's fidelity "
+                rep.findings.append(f"{sc}: KnockoffNets first reaches RemovalNet's fidelity "
                                     f"({d['target_accuracy'] * 100:.2f}%) after {reach} iterations "
                                     f"({d['time_to_reach_s']:.0f} s) against RemovalNet's {d['removalnet_iterations']} "
                                     f"({d['removalnet_time_s']:.0f} s): {pct(d['saved_iterations'])} of the iterations "
                                     f"and {pct(d['saved_time'])} of the time saved")
             else:
-                rep.findings.append(f"{SCENARIO_NAMES[sc]}: KnockoffNets does not reach RemovalNet's fidelity "
+                rep.findings.append(f"{sc}: KnockoffNets does not reach RemovalNet's fidelity "
                                     f"({d['target_accuracy'] * 100:.2f}%) within {d['knockoff_iterations']} iterations "
                                     f"(it ends at {d['knockoff_final_accuracy'] * 100:.2f}%)")
         rep.tables.append(("Iterations and time to RemovalNet's fidelity", head, table))
@@ -170,7 +188,7 @@ class Efficiency(Study):
                        label=f"RemovalNet ({d['removalnet_iterations']} it)")
             if d["iterations_to_reach"] is not None:
                 ax.axvline(d["iterations_to_reach"], ls=":", color="grey", lw=0.8)
-            ax.set_title(SCENARIO_NAMES[sc], fontsize=9)
+            ax.set_title(sc, fontsize=9)
             ax.set_xlabel("iterations", fontsize=8)
             ax.set_ylabel("fidelity (%)", fontsize=8)
             ax.tick_params(labelsize=7)
