@@ -78,7 +78,7 @@ def test_declared_params_keep_the_hashed_defaults(name):
     v = create_verifier(name)
     canon = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731 (type-sensitive: 4 and 4.0 differ)
     assert canon(v.fingerprint_params()) == canon(OLD_DEFAULTS[name])
-    assert v.params["batch_size"] == (500 if name == "zest" else 256)
+    assert v.params["batch_size"] == (128 if name == "zest" else 256)
     key = fingerprint_key(name, v.fingerprint_params(), "ab" * 32, 0)
     assert key == fingerprint_key(name, OLD_DEFAULTS[name], "ab" * 32, 0)
 

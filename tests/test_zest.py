@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 from removalnet import RemovalNetError, create_model, weights_hash
 from removalnet.models import SplitModel
 from removalnet.verify import Fingerprint, create_verifier
-from removalnet.verify.zest import lime_pinv, masked_inputs, random_masks, segment_images, zest_distances
+from removalnet.verify.zest import lime_pinv, lime_signature, masked_inputs, random_masks, segment_images, zest_distances
 
 from helpers import calibrated_vgg, permuted_copy
 
@@ -61,6 +61,26 @@ def test_lime_recovers_linear_model_exactly(intercept, bias):
             torch.testing.assert_close(t["intercept"][n], lin.bias.detach(), atol=1e-4, rtol=1e-4)
     # the masked inputs really put the channel mean (normalised value 0) on masked segments
     torch.testing.assert_close(t["fill"], torch.tensor([0.3]))
+
+
+def test_each_distinct_mask_goes_through_the_model_once():
+    """Four segments allow 16 distinct masks: 2 images x 200 masks make at most 32 inputs, not 400, and the
+    coefficients equal the fit on every mask row computed one by one (repeats included)."""
+    imgs = quadrant_images(2)
+    model = linear_model(bias=True)
+    seen = []
+    model.register_forward_hook(lambda mod, args, out: seen.append(len(args[0])))
+    segments = segment_images(imgs)
+    masks = random_masks(torch.tensor([4, 4]), 200, torch.Generator().manual_seed(0))
+    fill = torch.tensor([0.3])
+    coef, _ = lime_signature(model, imgs, segments, masks, fill, batch_size=5)
+    distinct = sum(len(torch.unique(masks[i], dim=0)) for i in range(2))
+    assert sum(seen) == distinct <= 32 and max(seen) <= 5
+    for i in range(2):
+        with torch.no_grad():
+            y = torch.cat([model(masked_inputs(imgs[i:i + 1], segments[i:i + 1], row[None], fill)) for row in masks[i]])
+        w = torch.linalg.pinv(masks[i].double()) @ y.double()
+        torch.testing.assert_close(coef[i], w.float(), atol=1e-5, rtol=1e-5)
 
 
 def test_masked_inputs_golden():

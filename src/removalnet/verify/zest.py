@@ -132,28 +132,33 @@ def lime_signature(model: nn.Module, images: torch.Tensor, segments: torch.Tenso
     """OLS coefficients of ``model``'s outputs on the masks, for every image.
 
     Returns (coefficients N x S_max x K float32, intercepts N x K float32; zeros without intercept).
-    Forward passes run over the flattened (image, mask) inputs in chunks of ``batch_size``; the
-    least-squares solves run for ``group`` images at a time (bounding memory to group x num_masks x K).
+    Each image's distinct masks go through the model once (an image of S segments has at most 2^S of them:
+    with the few segments quickshift finds on small images most of the 1000 random masks repeat), in chunks
+    of ``batch_size`` inputs; every mask row, repeats included, enters the least squares as in the reference.
+    The solves run for ``group`` images at a time (bounding memory to group x num_masks x K).
     """
     if output not in OUTPUTS:
         raise RemovalNetError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
     n, m, _ = masks.shape
     coefs, icepts = [], []
-    images_d, segments_d, masks_d, fill_d = (t.to(device) for t in (images, segments, masks, fill))
+    images_d, segments_d, fill_d = (t.to(device) for t in (images, segments, fill))
     with torch.inference_mode():     # the results, concatenated outside it, are ordinary tensors
         for g0 in range(0, n, group):
             g1 = min(n, g0 + group)
-            total = (g1 - g0) * m
+            uniq = [torch.unique(masks[i], dim=0, return_inverse=True) for i in range(g0, g1)]
+            rows = torch.cat([u for u, _ in uniq]).to(device)                  # U x S_max distinct (image, mask)
+            sizes = torch.tensor([len(u) for u, _ in uniq])
+            img = torch.repeat_interleave(torch.arange(g0, g1), sizes).to(device)
             ys = []
-            for lo in range(0, total, batch_size):
-                flat = torch.arange(lo, min(total, lo + batch_size), device=images_d.device)
-                img = flat // m + g0
-                x = masked_inputs(images_d[img], segments_d[img], masks_d[img, flat % m], fill_d)
-                y = model(x).float()
+            for lo in range(0, len(rows), batch_size):
+                sl = slice(lo, lo + batch_size)
+                y = model(masked_inputs(images_d[img[sl]], segments_d[img[sl]], rows[sl], fill_d)).float()
                 if output == "softmax":
                     y = F.softmax(y, dim=-1)
                 ys.append(y.cpu())
-            y = torch.cat(ys).reshape(g1 - g0, m, -1).double()
+            y_u = torch.cat(ys)
+            start = torch.cumsum(sizes, 0) - sizes
+            y = torch.stack([y_u[start[j] + inv] for j, (_, inv) in enumerate(uniq)]).double()   # G x m x K
             w = lime_pinv(masks[g0:g1], intercept) @ y                     # G x P x K
             if intercept:
                 icepts.append(w[:, 0].float())
