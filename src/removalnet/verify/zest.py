@@ -14,7 +14,8 @@ Extraction (once per victim):
    Suspect and victim see the same pixel-space inputs.
 4. For every image, ordinary least squares WITHOUT intercept, as the reference
    ``lime_pytorch.train_lime_model`` fits it: ``W = pinv(A^T A) A^T Y`` with A the image's masks
-   (num_masks x segments) and Y the model's output vectors on the masked images (batched over images).
+   (num_masks x segments) and Y the model's output vectors on the masked images (batched over images;
+   a mask that repeats among an image's masks is computed once, its output used for every repeat).
    The per-image coefficient matrix (segments x classes) is the LIME explanation; the signature is the
    concatenation of these matrices over all images.
 
