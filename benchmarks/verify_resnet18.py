@@ -44,6 +44,13 @@ AFTER_COMPAT = {
     "ipguard.target": "random", "ipguard.tol": 0.0, "zest.order": "random",
 }
 
+#: metrics whose definition changed between the trees in a way no option of the later tree undoes
+DEFINITION_CHANGES = {
+    "IPG-MR": "IPGuard's boundary points stop one Adam step past the first iterate with loss <= tol, as the "
+              "reference loop does (the earlier tree stopped at that iterate); with tol=0 the later tree still "
+              "takes that step, so its points, and the matching rates, differ",
+}
+
 
 def tree_commit(tree: Path) -> str:
     """The tree's commit, ``+dirty`` when its tracked files differ from it."""
@@ -118,7 +125,7 @@ def _command(work: Path, label: str, what: str) -> list[str]:
             "--weights", str(work / "victim.pt"), "--data", f"folder:{work / 'data'}"]
     if what == "audit":
         return base + ["--budget", "quick", "--quiet", "--out", str(work / f"audit-{label}")]
-    params = AFTER_COMPAT if label == "after" else {}
+    params = {} if label == "before" else AFTER_COMPAT
     return base + ["--suspect", str(work / "finetuned.pt"), str(work / "independent.pt"), "--json", "--quiet",
                    *[a for k, v in params.items() for a in ("--param", f"{k}={v}")]]
 
@@ -158,55 +165,70 @@ def _values(rec: dict) -> dict[tuple[str, str], float]:
 
 
 def _card(work: Path, label: str) -> str:
-    p = work / f"audit-{label}" / "card.md"
+    p = work / f"audit-{label}" / "report-card.md"
     return p.read_text() if p.exists() else ""
 
 
 def render(work: Path) -> None:
-    recs = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*-*.json"))}
+    recs = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*-*.json"), key=lambda p: p.stat().st_mtime)}
+    labels = ["before"] + list(dict.fromkeys(r["label"] for r in recs.values() if r["label"] != "before"))
     result: dict = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     "case": {"train_images": 10 * TRAIN_PER_CLASS, "test_images": 10 * TEST_PER_CLASS, "size": SIZE,
                              "after_compat": AFTER_COMPAT}, "runs": {}}
     lines = ["# verify and audit of a torchvision resnet18, before and after", "",
              "`python benchmarks/verify_resnet18.py` (its docstring: the case, and how the runs are made). "
-             "Each command is one whole process with one torch thread; the two trees ran in turn on the same machine.",
-             "", f"- machine: {result['machine']}; date: {result['date']}", "",
-             "| command | tree | commit | wall s | CPU s | peak MB | load before | exit |", "|---|---|---|---:|---:|---:|---|---:|"]
+             "Each command is one whole process with one torch thread; each later tree ran in turn with the "
+             "earlier one on the same machine.", "",
+             f"- machine: {result['machine']}; rendered {result['date']}", "",
+             "| command | tree | commit | wall s | CPU s | peak MB | load before | exit | wall / before |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|"]
     for what in ("verify", "audit"):
-        for label in ("before", "after"):
+        b = recs.get(f"before-{what}")
+        for label in labels:
             r = recs.get(f"{label}-{what}")
             if r is None:
                 continue
             result["runs"][f"{label}-{what}"] = {k: v for k, v in r.items() if k not in ("stdout", "stderr_tail")}
+            ratio = r["wall_s"] / b["wall_s"] if b and label != "before" else None
+            if ratio is not None:
+                result["runs"][f"{label}-{what}"]["wall_ratio_to_before"] = round(ratio, 3)
             lines.append(f"| {what} | {label} | `{r['commit'][:12]}` | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mb']} "
-                         f"| {r['load_average_before']} | {r['returncode']} |")
-        b, a = recs.get(f"before-{what}"), recs.get(f"after-{what}")
-        if b and a:
-            ratio = a["wall_s"] / b["wall_s"]
-            result[f"{what}_wall_ratio"] = round(ratio, 3)
-            lines.append(f"| {what} | after / before | | {ratio:.2f} | {a['cpu_s'] / b['cpu_s']:.2f} | | | |")
-    b, a = recs.get("before-verify"), recs.get("after-verify")
-    if b and a and b["returncode"] == 0 and a["returncode"] == 0:
-        vb, va = _values(b), _values(a)
-        rows = []
-        for key in sorted(set(vb) | set(va)):
-            x, y = vb.get(key), va.get(key)
-            diff = abs(x - y) if x is not None and y is not None else None
-            rows.append({"suspect": key[0], "metric": key[1], "before": x, "after": y, "abs_diff": diff})
+                         f"| {r['load_average_before']} | {r['returncode']} | {'-' if ratio is None else f'{ratio:.2f}'} |")
+    b = recs.get("before-verify")
+    others = [l for l in labels[1:] if recs.get(f"{l}-verify", {}).get("returncode") == 0]
+    if b and b["returncode"] == 0 and others:
+        vals = {"before": _values(b), **{l: _values(recs[f"{l}-verify"]) for l in others}}
+        keys = sorted(set().union(*vals.values()))
+        rows = [{"suspect": k[0], "metric": k[1], **{l: vals[l].get(k) for l in vals}} for k in keys]
         result["verify_values"] = rows
-        lines += ["", "## verify's values, before and after", "",
-                  "| suspect | metric | before | after | abs diff |", "|---|---|---:|---:|---:|"]
         fmt = (lambda v: "-" if v is None else f"{v:.6g}")
-        lines += [f"| {r['suspect']} | {r['metric']} | {fmt(r['before'])} | {fmt(r['after'])} | {fmt(r['abs_diff'])} |"
-                  for r in rows]
-    for label in ("before", "after"):
+        diff = (lambda x, y: None if x is None or y is None else abs(x - y))
+        lines += ["", "## verify's values", "",
+                  "| suspect | metric | before | " + " | ".join(f"{l} | abs diff" for l in others) + " |",
+                  "|---|---|---:|" + "---:|---:|" * len(others)]
+        lines += [f"| {r['suspect']} | {r['metric']} | {fmt(r['before'])} | "
+                  + " | ".join(f"{fmt(r[l])} | {fmt(diff(r['before'], r[l]))}" for l in others) + " |" for r in rows]
+        moved = sorted({r["metric"] for r in rows for l in others if (diff(r["before"], r[l]) or 0) > 1e-5 * max(
+            1.0, abs(r["before"] or 0))})
+        result["values_that_differ"] = moved
+        lines += ["", "Values that differ by more than float32 rounding: "
+                  + ("none." if not moved else "; ".join(f"{m} ({DEFINITION_CHANGES.get(m, 'not explained')})"
+                                                         for m in moved) + ".")]
+    for label in labels:
         card = _card(work, label)
-        if card:
-            result["runs"].setdefault(f"{label}-audit", {})["card_first_lines"] = card.splitlines()[:40]
+        if card and f"{label}-audit" in result["runs"]:
+            verdict = card.split("## Verdict", 1)[-1].strip().splitlines()
+            result["runs"][f"{label}-audit"]["card_verdict"] = verdict
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "verify-resnet18.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (RESULTS / "verify-resnet18.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _label(text: str) -> str:
+    if not text.replace("-", "").isalnum():
+        raise argparse.ArgumentTypeError(f"a label of letters, digits and '-', not {text!r}")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--work", type=Path, required=True, help="folder of the case and of the runs' records")
         if name == "run":
             p.add_argument("--tree", type=Path, required=True, help="the source tree (a checkout) whose CLI runs")
-            p.add_argument("--label", choices=("before", "after"), required=True)
+            p.add_argument("--label", required=True, type=_label,
+                           help="before (the earlier tree, its own definitions) or another name (a later tree, with "
+                                "AFTER_COMPAT)")
             p.add_argument("--what", choices=("verify", "audit"), required=True)
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
