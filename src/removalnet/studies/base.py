@@ -209,6 +209,8 @@ def _smoke_section(study: dict[str, Any]) -> dict[str, Any]:
     elif name == "efficiency":
         s["knockoff"] = smoke_attack_params("knockoff", full["knockoff"])
         s["eval_count"] = 8
+        if full["fractions"]:
+            s["fractions"] = two_ends(full["fractions"])
     elif name == "robustness":
         s.update(count=8, pgd_steps=2, deepfool_steps=2, batch_size=8)
     elif name == "saliency":
