@@ -214,6 +214,21 @@ def render(work: Path) -> None:
         lines += ["", "Values that differ by more than float32 rounding: "
                   + ("none." if not moved else "; ".join(f"{m} ({DEFINITION_CHANGES.get(m, 'not explained')})"
                                                          for m in moved) + ".")]
+    kinds_lines = []
+    for label in labels:
+        db = work / f"audit-{label}" / "results.db"
+        if db.exists() and f"{label}-audit" in result["runs"]:
+            import sqlite3
+            with sqlite3.connect(db) as con:
+                rows = con.execute("select kind, count(*), sum(duration_s) from jobs group by kind").fetchall()
+            by_kind = {k: {"jobs": n, "seconds": round(t or 0.0, 1)} for k, n, t in rows}
+            result["runs"][f"{label}-audit"]["job_seconds_by_kind"] = by_kind
+            kinds_lines.append(f"| {label} | " + " | ".join(
+                f"{by_kind.get(k, {}).get('seconds', 0)} ({by_kind.get(k, {}).get('jobs', 0)})"
+                for k in ("train", "attack", "fingerprint", "score")) + " |")
+    if kinds_lines:
+        lines += ["", "## The audit's job time by kind (seconds, jobs)", "",
+                  "| tree | train | attack | fingerprint | score |", "|---|---:|---:|---:|---:|", *kinds_lines]
     for label in labels:
         card = _card(work, label)
         if card and f"{label}-audit" in result["runs"]:
