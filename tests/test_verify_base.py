@@ -14,7 +14,7 @@ from removalnet.utils import RemovalNetError, weights_hash
 from removalnet.verify import (Fingerprint, FingerprintCache, Metric, all_metrics, create_verifier, list_verifiers,
                                register_verifier)
 from removalnet.params import Param
-from removalnet.verify.base import Verifier, fingerprint_key, prepared_models
+from removalnet.verify.base import Verifier, auto_batch_size, fingerprint_key, prepared_models
 from removalnet.verify.deepjudge import DeepJudge
 
 TINY = dict(num_seeds=8, max_tests=8, max_iters=20, step=0.05, pgd_steps=3, batch_size=32)
@@ -78,7 +78,7 @@ def test_declared_params_keep_the_hashed_defaults(name):
     v = create_verifier(name)
     canon = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731 (type-sensitive: 4 and 4.0 differ)
     assert canon(v.fingerprint_params()) == canon(OLD_DEFAULTS[name])
-    assert v.params["batch_size"] == (128 if name == "zest" else 256)
+    assert v.params["batch_size"] is None      # automatic: from the input shape
     key = fingerprint_key(name, v.fingerprint_params(), "ab" * 32, 0)
     assert key == fingerprint_key(name, OLD_DEFAULTS[name], "ab" * 32, 0)
 
@@ -348,3 +348,32 @@ def test_cli_verify_pairs_modeldiff_per_suspect(checkpoints, tmp_path, capsys, m
     again = json.loads(capsys.readouterr().out)
     assert again["suspects"][1]["metrics"]["MD-DDV"]["value"] == pytest.approx(indep["metrics"]["MD-DDV"]["value"],
                                                                                rel=1e-12)
+
+
+def test_auto_batch_size_golden():
+    """About 128 images of 3 x 32 x 32 per pass, a power of two in [8, 256]."""
+    assert auto_batch_size([1, 28, 28]) == 256      # 501 fit
+    assert auto_batch_size([3, 32, 32]) == 128
+    assert auto_batch_size([3, 64, 64]) == 32
+    assert auto_batch_size([3, 96, 96]) == 8        # 14 fit -> 8
+    assert auto_batch_size([3, 224, 224]) == 8      # 2 fit, raised to the floor
+    assert auto_batch_size(None) == 256 and auto_batch_size([]) == 256
+
+
+@pytest.mark.parametrize("given,expected", [(None, 32), (5, 5)])
+def test_verifiers_pass_batches_of_the_automatic_or_given_size(given, expected):
+    """batch_size None: the automatic size of the data's input shape, in extraction and scoring; a given one wins;
+    the parameter reads None again afterwards (it is a runtime parameter, not part of the fingerprint)."""
+    torch.manual_seed(0)
+    x = torch.rand(100, 3, 64, 64)
+    data = TensorDataset(x, torch.randint(0, 10, (100,)))
+    victim, suspect = (create_model("vgg_small", 10, 3, 64, width=4).eval() for _ in range(2))
+    sizes = []
+    for m in (victim, suspect):
+        m.register_forward_hook(lambda mod, args, out: sizes.append(len(args[0])))
+    v = create_verifier("sac", num_samples=60, source="cutmix", batch_size=given)
+    fp = v.extract(victim, data, seed=0)
+    assert fp.meta["input_shape"] == [3, 64, 64]
+    v.score(fp, victim, suspect)
+    assert max(sizes) == expected
+    assert v.params["batch_size"] == given

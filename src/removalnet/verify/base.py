@@ -67,12 +67,30 @@ __all__ = [
     "Metric", "Fingerprint", "Verifier", "FingerprintCache", "register_verifier", "create_verifier",
     "list_verifiers", "verifier_class", "all_metrics", "fingerprint_key", "data_digest", "prepared_models",
     "dataset_tensors", "input_normalization", "batched_apply", "batched_logits", "verifier_defaults",
-    "FORMAT_VERSION", "RUN_META",
+    "FORMAT_VERSION", "RUN_META", "auto_batch_size",
 ]
 
 FORMAT_VERSION = 1
 #: the meta entries every extraction adds (the rest of a fingerprint's meta is the verifier's own)
-RUN_META = frozenset({"seed", "data_digest", "data_size", "runtime_params", "extract_seconds", "device", "versions"})
+RUN_META = frozenset({"seed", "data_digest", "data_size", "runtime_params", "extract_seconds", "device", "versions",
+                      "input_shape"})
+
+#: the automatic ``batch_size``: about this many input elements per forward pass (128 images of 3 x 32 x 32),
+#: as a power of two between AUTO_BATCH_MIN and AUTO_BATCH_MAX. Measured in benchmarks/verify_cost.py: the
+#: fastest batch on one CPU thread is 128-256 at 28-32 px and 8 at 224 px, where 256 costs about 1.5x.
+AUTO_BATCH_ELEMENTS, AUTO_BATCH_MIN, AUTO_BATCH_MAX = 128 * 3 * 32 * 32, 8, 256
+
+
+def auto_batch_size(input_shape: Sequence[int] | None) -> int:
+    """The batch size of the automatic ``batch_size`` for inputs of ``input_shape`` (C x H x W); the largest
+    when the shape is unknown (fingerprints made before it was recorded)."""
+    if not input_shape:
+        return AUTO_BATCH_MAX
+    numel = 1
+    for d in input_shape:
+        numel *= int(d)
+    fit = max(1, AUTO_BATCH_ELEMENTS // max(1, numel))
+    return int(min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, 1 << (fit.bit_length() - 1))))
 
 
 class Metric(NamedTuple):
@@ -291,6 +309,15 @@ def _checked_inputs(victim: nn.Module, data: Dataset) -> int:
     return n
 
 
+def _input_shape(data: Dataset) -> list[int] | None:
+    """The shape of the data's first input (C x H x W), or None when it has none to read."""
+    try:
+        x = data[0][0]  # type: ignore[index]
+    except Exception:   # any Dataset: its own error is not ours to raise here
+        return None
+    return [int(d) for d in x.shape] if isinstance(x, torch.Tensor) else None
+
+
 # --------------------------------------------------------------------------------------- the verifier
 class Verifier(abc.ABC):
     """Base class of every verifier; see the module docstring for what subclasses implement.
@@ -299,7 +326,8 @@ class Verifier(abc.ABC):
     the class hierarchy) and validated at construction; unknown names and bad values raise
     :class:`RemovalNetError`. A float parameter given as an integer keeps it (ZEST's ``kernel_size`` 4 stays 4,
     not 4.0): fingerprint keys and job ids hash the values as written, so existing caches and runs stay valid.
-    ``batch_size`` (default 256) bounds every forward pass. Parameters listed in ``runtime_params``
+    ``batch_size`` bounds every forward pass (default None: :func:`auto_batch_size` of the input shape, 256 at
+    28 px, 128 at 3 x 32 x 32, 8 at 224 px). Parameters listed in ``runtime_params``
     change speed, not the fingerprint: they are left out of the cache key and may differ between
     extraction and scoring; every other parameter must match the fingerprint's.
     ``per_suspect``: the probing inputs depend on the suspect too (see the module docstring).
@@ -309,7 +337,9 @@ class Verifier(abc.ABC):
     metrics: ClassVar[tuple[Metric, ...]]
     per_suspect: ClassVar[bool] = False
     PARAMS: ClassVar[dict[str, Param]] = {
-        "batch_size": Param(256, int, low=1, doc="inputs per forward pass (speed only: not part of the fingerprint)"),
+        "batch_size": Param(None, int, low=1, nullable=True,
+                            doc="inputs per forward pass (speed only: not part of the fingerprint); default: from "
+                                "the input size (256 at 28 px, 128 at 3x32x32, 8 at 224 px)"),
     }
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     #: True when ``_extract`` also takes ``train_data`` (the victim's training data, e.g. DeepJudge's k)
@@ -423,9 +453,10 @@ class Verifier(abc.ABC):
         vhash = weights_hash(victim)
         digest = self._data_digest(data, train_data)
         extra = {**({"train_data": train_data} if self.uses_train_data else {}), **(extra or {})}
+        shape = _input_shape(data)
         generator = seed_everything(seed)
         t0 = time.perf_counter()
-        with prepared_models(victim, device=dev):
+        with prepared_models(victim, device=dev), self._batch_for(shape):
             tensors, meta = fn(victim, data, seed=seed, generator=generator, device=dev, **extra)
         elapsed = time.perf_counter() - t0
         if weights_hash(victim) != vhash:
@@ -433,11 +464,23 @@ class Verifier(abc.ABC):
         bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
         if bad:
             raise AssertionError(f"{name}: fingerprint entry {bad[0]!r} is not a tensor")
-        meta = _jsonable({**meta, "seed": seed, "data_digest": digest, "data_size": n,
+        meta = _jsonable({**meta, "seed": seed, "data_digest": digest, "data_size": n, "input_shape": shape,
                           "runtime_params": sorted(self.runtime_params), "extract_seconds": round(elapsed, 3),
                           "device": str(dev), "versions": package_versions()}, f"{name} fingerprint meta")
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         return Fingerprint(verifier=name, params=params, victim_hash=vhash, tensors=tensors, meta=meta)
+
+    @contextlib.contextmanager
+    def _batch_for(self, input_shape: Sequence[int] | None) -> Iterator[None]:
+        """While open, ``params["batch_size"]`` is a number: the given one, or the automatic one for the shape."""
+        if self.params["batch_size"] is not None:
+            yield
+            return
+        self.params["batch_size"] = auto_batch_size(input_shape)
+        try:
+            yield
+        finally:
+            self.params["batch_size"] = None
 
     @abc.abstractmethod
     def _extract(self, victim: nn.Module, data: Dataset, *, seed: int, generator: torch.Generator,
@@ -464,7 +507,7 @@ class Verifier(abc.ABC):
         vhash, shash = fp.victim_hash, weights_hash(suspect)
         generator = seed_everything(fp.seed)
         t0 = time.perf_counter()
-        with prepared_models(victim, suspect, device=dev):
+        with prepared_models(victim, suspect, device=dev), self._batch_for(fp.meta.get("input_shape")):
             tensors, meta = self._pair(fp, victim, suspect, generator=generator, device=dev)
         elapsed = time.perf_counter() - t0
         if weights_hash(victim) != vhash or weights_hash(suspect) != shash:
@@ -516,7 +559,7 @@ class Verifier(abc.ABC):
                 f"{fp.suspect_hash[:12]}..., the given suspect has {weights_hash(suspect)[:12]}...)")
         if self.per_suspect and fp.suspect_hash is None:
             fp = self.pair(fp, victim, suspect, device=dev)
-        with prepared_models(victim, suspect, device=dev):
+        with prepared_models(victim, suspect, device=dev), self._batch_for(fp.meta.get("input_shape")):
             out = self._score(fp, victim, suspect, device=dev)
         if set(out) != set(self.metric_names):
             raise AssertionError(f"{self.name}: _score returned {sorted(out)}, expected {list(self.metric_names)}")

@@ -211,7 +211,6 @@ class ZEST(Verifier):
         "image_range": Param(255, float, low=0.0, low_open=True, doc="value range of the images quickshift sees"),
         "intercept": Param(False, bool, doc="fit the OLS with a constant column (reference: no)"),
         "output": Param("logits", str, choices=OUTPUTS, doc="outputs the explanation regresses (reference: logits)"),
-        "batch_size": Param(128, int, low=1, doc="inputs per forward pass (speed only: not part of the fingerprint)"),
     }
 
     def _signature(self, model: nn.Module, t: dict[str, torch.Tensor], device: torch.device):
