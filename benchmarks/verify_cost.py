@@ -80,35 +80,30 @@ IMAGENET_REDUCED: dict[str, dict[str, Any]] = {
     "sac": {"num_samples": 16},
 }
 #: what the profiles say keeps a ratio above the aim (written from the committed results; --render puts it in the .md)
-NOTES: list[str] = [
-    "From the run of 06:15 (`verify-cost.md`) and a ZEST-only run on resnet18 after it "
-    "(`verify-cost-zest-resnet18.md`, `--models resnet18 --verifiers zest --profile-above 1.0`). Both runs' "
-    "`+dirty` is docs/architecture.md, edited during them; no code differed from the commit.",
+NOTES = [
+    "From the run of 08:25 UTC on 2026-12-06 (commit 672c9bf, one torch thread; two other benchmarks shared the "
+    "two cores, load average 2.1 to 3.1). 44 of the 45 calls that make passes are within 1.5 times their bound.",
     "",
-    "- **ZEST on resnet18: its default `batch_size` of 500.** 1.34 / 1.31 (extract / score) in the main run, "
-    "1.75 / 1.76 in the ZEST-only run; the profile is all convolution (`torch.conv2d` 29.4 of 35.5 s, no "
-    "Python or segmentation entry near it: quickshift of 4 images is nothing against 4,000 resnet18 passes). "
-    "The same calls with `batch_size=32` took 19.7 / 20.0 s, ratio 0.97 / 0.99, with bit-identical signatures "
-    "and values. Past batch 128 the resnet18 forward at 32 px gets slower per image and its speed depends on "
-    "what the other core does (batch 256: 189 images/s in the main run, 120 in the ZEST-only run, against 196 "
-    "and 197 at the best batch). On vgg_small batch 500 costs nothing (0.93 / 0.87). Left as it is (a default "
-    "change is the maintainers' call); for a model of this size pass `--param zest.batch_size=64` or so to "
-    "`verify`: batch_size is a runtime parameter, so cached fingerprints stay valid.",
-    "- **IPGuard's extraction on vgg_small: 1.55**, 0.92 CPU s. Its profile: the backward passes "
-    "(`run_backward` 0.44 s in 99 calls, one per Adam step of the points not yet on the boundary, 3,414 "
-    "images, 34 a step where the bound uses 256). The same call again in the same process and at the same "
-    "batch size took 0.71 s (1.19): most of the excess is the first use of each shrinking batch shape, paid "
-    "once per process. On resnet18, where a pass costs about 50 times as much, the same loop is at 1.03.",
-    "- Near the aim, not above it: ModelDiff's score on vgg_small (1.38; again at batch 64: 1.34) is its "
-    "sequential hill climb, whose passes are blocks of at most 64 candidates and whose decision loop runs in "
-    "Python (`hill_climb` 0.10 s of own time of 0.90 s); on resnet18 it is at 1.05. DeepJudge-aligned and "
-    "-scaled extractions on vgg_small (1.38 / 1.40) last 0.02 s, so the fixed cost of any extraction (the "
-    "victim's weights hash, the data digest, the package versions of the meta: `feedparser` in the profile) "
-    "is a third of it; on resnet18 that fixed cost is the 0.08 s of deepjudge's pass-free extraction.",
-    "- DeepJudge's shared test generation is at 1.09 (vgg_small, defaults) and 1.15 (resnet18): its (seed, "
-    "neuron) pairs are optimised as a pool of `batch_size` pairs, not one at a time.",
-    "- Ratios of calls under 0.1 s are mostly fixed costs and vary from run to run by 0.1 to 0.3; the counts "
-    "do not vary.",
+    "- **The one above the aim: deepjudge_scaled's extraction on vgg_small, 1.52** for 0.019 CPU s (196 partial "
+    "passes to block 2). A third of it is the fixed cost of any extraction (the victim's weights hash, the data "
+    "digest, the package versions of the meta: `feedparser` in the profile); the same call at batch 256 was at "
+    "1.33, and deepjudge_aligned's identical call at 1.49. Ratios of calls under 0.1 s vary by 0.1 to 0.3 from run "
+    "to run; the counts do not vary.",
+    "- **ZEST computes each distinct masked image once.** Quickshift finds 6 to 9 segments on these small images, "
+    "so most of an image's 1000 random masks repeat: 26,310 forwards for vgg_small's 128,000 mask rows (2.37 CPU s; "
+    "this file at commit 1e080ef: 9.2 s for all 128,000), 1,052 for resnet18's 4,000 at 32 px (5.16 s; 27.31 s at "
+    "1e080ef, at its batch of 500); at 224 px the one image's 64 masks over its many segments are all distinct (64). "
+    "The ratio is against the passes made, so it stays near 1 (1.10 / 0.83, 1.03 / 1.03) while the seconds drop.",
+    "- **Batch size from the input size.** At 224 px the fastest batch is 8: 50 images per CPU second against 32 "
+    "at batch 64, the largest timed there, so a fixed batch of 64 or more costs over 1.5 times the bound; at "
+    "28-32 px the best batches are 128-256. The default now follows the input (256 at 28 px, 128 at 3x32x32, 8 at "
+    "224 px).",
+    "- Near the aim: ZEST's extraction at 224 px (1.39): quickshift of one 224 px image (0.67 s of 1.79 in the "
+    "profile) is work the bound does not count. IPGuard's extraction on vgg_small (1.37; 1.55 in the previous run): "
+    "one Adam step per iteration for the points not yet on the boundary, a shrinking batch whose every new shape "
+    "costs a first use; on resnet18 the same loop is at 1.17 and 1.04.",
+    "- DeepJudge's shared test generation is at 1.14 (vgg_small, defaults), 1.12 (resnet18 at 32 px) and 1.02 "
+    "(224 px): its (seed, neuron) pairs are optimised as a pool of `batch_size` pairs, not one at a time.",
 ]
 MODELS = {
     "vgg_small": {"arch": "vgg_small", "in_chans": 1, "size": 28, "kw": {"width": 8, "mean": [0.286], "std": [0.353]},
