@@ -196,7 +196,7 @@ def test_list_comes_from_the_registry(command, names, capsys):
     text = "\n" + capsys.readouterr().out
     for name in names():
         assert f"\n{name}: " in text
-    assert "    batch_size: int in [1, inf], default 256: " in text if command == "verify" else "    seed: int" in text
+    assert "    batch_size: int in [1, inf] or None, default None: " in text if command == "verify" else "    seed: int" in text
 
 
 def test_registry_helper_rejects_duplicates_and_lists_the_choices():

@@ -338,8 +338,8 @@ class Verifier(abc.ABC):
     per_suspect: ClassVar[bool] = False
     PARAMS: ClassVar[dict[str, Param]] = {
         "batch_size": Param(None, int, low=1, nullable=True,
-                            doc="inputs per forward pass (speed only: not part of the fingerprint); default: from "
-                                "the input size (256 at 28 px, 128 at 3x32x32, 8 at 224 px)"),
+                            doc="inputs per forward pass (speed only: not part of the fingerprint); None: from the "
+                                "input size (256 at 28 px, 128 at 3x32x32, 8 at 224 px)"),
     }
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})
     #: True when ``_extract`` also takes ``train_data`` (the victim's training data, e.g. DeepJudge's k)
