@@ -165,8 +165,9 @@ def proxy_vs_paper(results: Path, arch: str) -> list[str]:
         if r["Attack"] == "τ" or r["Attack"] not in {x["Attack"] for x in mains[0]}:
             continue
         old = _row(mains[0], "Attack", r["Attack"], srcs[0])
-        s0, s1 = (_row(t, "Attack", r["Attack"], src) for t, src in zip(seeds, srcs))
-        moved = [f"{m.split(' (')[0]} {s0[m]} -> {s1[m]}" for m in s1 if m != "Attack" and m in s0 and s0[m] != s1[m]]
+        s0, s1 = ({k.split(" (")[0]: v for k, v in _row(t, "Attack", r["Attack"], src).items()}
+                  for t, src in zip(seeds, srcs))             # "DJ-RobD (degenerate: excluded)" -> "DJ-RobD"
+        moved = [f"{m} {s0[m]} -> {s1[m]}" for m in s1 if m != "Attack" and m in s0 and s0[m] != s1[m]]
         rows.append([r["Attack"], old["Drop"], r["Drop"], old["Ownership?"], r["Ownership?"], _join(moved)])
     return ([f"{arch}: proxy {models[0]}, victim {acc[0].group(1)}%; paper protocol {models[1]}, victim "
              f"{acc[1].group(1)}%.", ""]
@@ -347,8 +348,12 @@ def study_substitute(results: Path) -> list[str]:
 
 def study_ablation(results: Path) -> list[str]:
     rows = _table(_studies(results), "RemovalNet against alpha", "studies.md")
-    cols = ["Sweep", "alpha", "beta", "Fidelity (%)", "DJ-LOD", "DJ-LAD", "ZEST-L2", "ZEST-Cos", "MD-DDV", "IPG-MR"]
-    return _table_md(cols, [[_mean(r[c]) for c in cols] for r in rows])
+    wanted = ["DJ-LOD", "DJ-LAD", "ZEST-L2", "ZEST-Cos", "MD-DDV", "IPG-MR", "SAC"]
+    cols = ["Sweep", "alpha", "beta", "Fidelity (%)"] + [c for c in wanted if c in rows[0]]
+    section = _read(results, "studies.md").split("## Ablation of alpha and beta", 1)[-1]
+    dead = re.search(r"^- (Degenerate \(no evidence, not shown\): [^\n]*)$", section.split("\n## ", 1)[0], re.M)
+    return (([dead.group(1), ""] if dead else [])
+            + _table_md(cols, [[_mean(r[c]) for c in cols] for r in rows]))
 
 
 def study_robustness(results: Path) -> list[str]:
@@ -373,6 +378,9 @@ def study_boundary(results: Path) -> list[str]:
 BLOCKS = {
     "table1-vgg_small": (["table1-vgg_small.md"], lambda r: table1(r, "vgg_small")),
     "table1-resnet_small": (["table1-resnet_small.md"], lambda r: table1(r, "resnet_small")),
+    "table1-vgg_small-paper": (["table1-vgg_small-paper.md"], lambda r: table1(r, "vgg_small", "table1-vgg_small-paper")),
+    "proxy-vs-paper-vgg_small": (["table1-vgg_small.md", "table1-vgg_small-paper.md"],
+                                 lambda r: proxy_vs_paper(r, "vgg_small")),
     "fig4": ([f"table1-{a}.md" for a in ARCHS], fig4),
     "removal-vgg_small": (["removal-vgg_small.json"], lambda r: removal(r, "vgg_small")),
     "removal-resnet_small": (["removal-resnet_small.json"], lambda r: removal(r, "resnet_small")),

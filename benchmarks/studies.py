@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -39,12 +40,14 @@ def main() -> None:
     parts = [f"# The paper's studies on the small offline configs\n\n- machine: {machine()}\n"
              f"- date: {dt.date.today().isoformat()}\n- commit: {commit()}\n- torch threads: {torch.get_num_threads()}\n"
              f"- configs: src/removalnet/configs/studies/<name>.yaml (Fashion-MNIST, vgg_small width 8)\n"]
+    ran_any = False
     for name in args.studies:
         spec = load_study_spec(name, None, {})
         run_dir = Path(args.runs) / spec.name
         t0 = time.perf_counter()
         s = run_experiment(spec, run_dir, progress=False)
         wall = time.perf_counter() - t0
+        ran_any = ran_any or s.ran > 0
         with ResultStore(run_dir / "results.db") as store:
             plan = set(store.get_meta("plan"))
             compute = sum(r["duration_s"] or 0 for r in store.rows() if r["id"] in plan)
@@ -59,7 +62,12 @@ def main() -> None:
                      f"{len(s.failed)} failed; {compute / 60:.1f} min of job time in all)\n\n" + section_markdown(rep, files))
         close_figures([rep])
         print(f"{name}: done", flush=True)
-    (HERE / "results" / "studies.md").write_text("\n".join(parts))
+    out = HERE / "results" / "studies.md"
+    if not ran_any and out.exists():   # a re-render: keep the date and commit of the invocation that ran the jobs
+        kept = re.findall(r"^- (?:date|commit): .*$", out.read_text(), re.M)
+        if len(kept) == 2:
+            parts[0] = re.sub(r"- date: .*\n- commit: .*\n", "\n".join(kept) + "\n", parts[0])
+    out.write_text("\n".join(parts))
     print("wrote benchmarks/results/studies.md")
 
 

@@ -15,10 +15,12 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from removalnet.experiment import load_spec, make_executor, run_experiment
@@ -47,6 +49,32 @@ def commit() -> str:
         return "unknown"
 
 
+def checkpoint_lines(run_dir: Path) -> str:
+    """A section with the mean test accuracy and paper metrics over seeds at each scored checkpoint of every
+    attack with ``score_checkpoints`` (the data of the paper's Fig. 4), or "" when there is none."""
+    from removalnet.experiment.store import ResultStore
+    with ResultStore(run_dir / "results.db") as store:
+        rows = [r for r in store.rows("score") if r["status"] == "done" and re.search(r"/seed-\d+/t\d+$", r["name"])]
+    by: dict[str, dict[int, list[dict]]] = {}
+    for r in rows:
+        slug, t = re.match(r"scores/(.+)/seed-\d+/t(\d+)$", r["name"]).groups()   # type: ignore[union-attr]
+        by.setdefault(slug, {}).setdefault(int(t), []).append(r["metrics"])
+    if not by:
+        return ""
+    lines = ["", "## RemovalNet's checkpoints (paper Fig. 4)", "",
+             "Mean over seeds of the test accuracy (%) and of the paper's metrics at each scored checkpoint "
+             "(iteration t).", ""]
+    for slug, points in sorted(by.items()):
+        ts = sorted(points)
+        n = min(len(points[t]) for t in ts)
+        lines.append(f"- **{slug}, mean of {n} seeds:** accuracy "
+                     + ", ".join(f"{100 * np.mean([m['accuracy'] for m in points[t]]):.2f} (t={t})" for t in ts) + ".")
+        for metric in ("DJ-LOD", "ZEST-L2", "MD-DDV", "IPG-MR"):
+            vals = [(t, [m[metric] for m in points[t] if m.get(metric) is not None]) for t in ts]
+            lines.append(f"  {metric}: " + ", ".join(f"{np.mean(v):.3f} (t={t})" for t, v in vals if v) + ".")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", nargs="+", default=["vgg_small", "resnet_small"])
@@ -63,20 +91,27 @@ def main() -> None:
         over = {"seeds": args.seeds} if args.seeds else {}
         stem = f"table1-{arch}" + ("-paper" if args.protocol == "paper" else "")
         spec = load_spec(HERE / "specs" / f"{stem}.yaml", over)
+        start_commit = commit()      # the code the jobs of this invocation run (HEAD may move during a long run)
         t0 = time.perf_counter()
         summary = run_experiment(spec, Path(args.runs) / spec.name, executor=make_executor(args.executor))
         wall = time.perf_counter() - t0
         td = build_table(Path(args.runs) / spec.name)
-        header = (f"# Table 1 benchmark: {arch} on Fashion-MNIST\n\n"
-                  f"- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n- commit: {commit()}\n"
-                  f"- models: {arch} {spec.victim.kwargs}; executor: {args.executor}; torch threads: {torch.get_num_threads()}\n"
-                  f"- seeds: {len(spec.seeds)}; jobs: {summary.planned} ({summary.ran} ran in this invocation, "
-                  f"{wall / 60:.1f} min; {len(summary.failed)} failed)\n\n")
         out = HERE / "results" / f"{stem}.md"
+        run_lines = (f"- date: {dt.date.today().isoformat()}\n- commit: {start_commit}\n"
+                     f"- models: {arch} {spec.victim.kwargs}; executor: {args.executor}; torch threads: "
+                     f"{torch.get_num_threads()}\n"
+                     f"- seeds: {len(spec.seeds)}; jobs: {summary.planned} ({summary.ran} ran in this invocation, "
+                     f"{wall / 60:.1f} min; {len(summary.failed)} failed)\n")
+        if summary.ran == 0 and out.exists():   # a re-render: keep the lines of the invocation that ran the jobs
+            kept = re.findall(r"^- (?:date|commit|models|seeds): .*$", out.read_text(), re.M)
+            if len(kept) == 4:
+                run_lines = "\n".join(kept) + "\n"
+        header = f"# Table 1 benchmark: {arch} on Fashion-MNIST\n\n- machine: {machine()}\n{run_lines}\n"
+        checkpoints = checkpoint_lines(Path(args.runs) / spec.name)
         notes = ""  # the hand-written reading of the results survives a rerun
         if out.exists() and NOTES in out.read_text():
             notes = "\n" + NOTES + out.read_text().split(NOTES, 1)[1]
-        out.write_text(header + to_markdown(td) + notes)
+        out.write_text(header + to_markdown(td) + checkpoints + notes)
         (HERE / "results" / f"{stem}.html").write_text(to_html(td))
         print(f"wrote benchmarks/results/{stem}.md")
 

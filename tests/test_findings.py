@@ -64,7 +64,9 @@ def test_changed_json_value_makes_check_fail(copy, capsys):
 def test_changed_markdown_value_makes_check_fail(copy, capsys):
     doc, results = copy
     path = results / "studies.md"
-    path.write_text(path.read_text().replace("| S_LTD | 84.15 | 1000 |", "| S_LTD | 81.15 | 1000 |"))
+    text = path.read_text()
+    assert "| S_LTD, 5% | 84.42 | 1000 |" in text
+    path.write_text(text.replace("| S_LTD, 5% | 84.42 | 1000 |", "| S_LTD, 5% | 81.42 | 1000 |"))
     capsys.readouterr()
     assert F.main(["--check", "--doc", str(doc), "--results", str(results)]) == 1
     assert "study-efficiency" in capsys.readouterr().out

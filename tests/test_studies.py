@@ -11,7 +11,7 @@ import yaml
 from removalnet import RemovalNetError
 from removalnet.cli import main
 from removalnet.experiment import plan_jobs, run_experiment, spec_from_dict
-from removalnet.report import write_sections
+from removalnet.report import build_table, write_sections
 from removalnet.studies import build_study_report, create_study, list_studies
 from removalnet.studies.boundary import pair_distance
 from removalnet.studies.efficiency import iterations_to_reach, mean_curve
@@ -200,6 +200,11 @@ def test_efficiency_at_several_fractions(tmp_path):
     head, rows = _table(rep)
     assert [r[0] for r in rows] == ["S_LTD, 5%", "S_LTD, 10%"]
     assert set(rep.numbers) == {"S_LTD, 5%", "S_LTD, 10%"}
+    # a metric without evidence is named, with why, never silently left out of a study's report
+    td = build_table(tmp_path / "run")
+    td.degenerate, td.degenerate_why = ["IPG-MR", "MD-DDV"], {"IPG-MR": "no point", "MD-DDV": "no point"}
+    assert build_study_report(tmp_path / "run", td=td).findings[0] == \
+        "Degenerate (no evidence, not shown): IPG-MR, MD-DDV (no point)"
 
 
 def test_ablation_end_to_end(tmp_path):

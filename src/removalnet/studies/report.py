@@ -18,4 +18,11 @@ def build_study_report(run_dir: str | Path, rule=None, td: TableData | None = No
         return None
     study = create_study(**spec["study"])
     td = td if td is not None else build_table(run_dir, rule=rule)
-    return study.report(spec, rows, td, Path(run_dir))
+    rep = study.report(spec, rows, td, Path(run_dir))
+    if td.degenerate:   # a metric without evidence is left out of the study's tables: say so, and why
+        by_why: dict[str, list[str]] = {}
+        for m in td.degenerate:
+            by_why.setdefault(td.degenerate_why.get(m, "degenerate"), []).append(m)
+        rep.findings.insert(0, "Degenerate (no evidence, not shown): "
+                            + "; ".join(f"{', '.join(ms)} ({why})" for why, ms in by_why.items()))
+    return rep
