@@ -304,3 +304,23 @@ def test_cli_reference_lists_every_subcommand_and_option():
         assert f"`removalnet {kind} --list` prints:" in page
     assert "removalnet-plus:" in page and "deepjudge:" in page and "substitute_size:" in page
     assert "<!-- cli-reference -->" in (ROOT / "docs" / "cli.md").read_text()
+
+
+def test_readme_results_are_copied_from_their_results_file():
+    """The README's Results table: every cell is the cell of the same row and column of the file it cites."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Results", 1)[1].split("\n## ", 1)[0]
+    cited = re.search(r"\]\((benchmarks/results/[\w.-]+\.md)\)", section).group(1)
+    source = (ROOT / cited).read_text().split("## Table 1:", 1)[1].split("\n### ", 1)[0]
+
+    def rows(text):
+        lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+        head = [c.strip() for c in lines[0].strip("|").split("|")]
+        return head, {r[0]: dict(zip(head, r)) for r in
+                      ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])}
+    head, shown = rows(section)
+    _, full = rows(source)
+    assert len(shown) >= 5
+    for attack, row in shown.items():
+        for col in head:
+            assert full[attack][col] == row[col], (attack, col)
