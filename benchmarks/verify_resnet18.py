@@ -18,14 +18,16 @@ suspects), all saved as plain state dicts (``.pt``), as a user has them.
 packages) with one torch thread and records its time and output under ``--work``; run the pairs in turn
 (before, after, before, ...) so that a drift of the machine's speed touches both. ``verify`` runs every
 verifier at its defaults, and, where the later tree changed a verifier's definition to the official one
-(DeepJudge's black-box seeds, IPGuard's target class and stopping, ZEST's reference images), the options that select the earlier definition (``AFTER_COMPAT``), so that both
-trees do the same work and their values can be compared.
+(DeepJudge's black-box seeds, IPGuard's target class and stopping, ZEST's reference images), the options that
+select the earlier definition (``AFTER_COMPAT``), so that both trees do the same work and their values can be
+compared.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -139,9 +141,7 @@ def run(work: Path, tree: Path, label: str, what: str) -> int:
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
-    # the child's own accounting (wait4 through Popen is not exposed; RUSAGE_CHILDREN of a process that ran
-    # one child is that child's)
-    import resource
+    # the child's own accounting: this process runs one child, so its children's usage is that child's
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     rec = {"label": label, "what": what, "tree": str(tree), "commit": tree_commit(tree), "returncode": proc.returncode,
            "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),

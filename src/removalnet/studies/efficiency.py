@@ -1,8 +1,9 @@
 """Computational efficiency against KnockoffNets (paper section 4.4.2, Fig. 7).
 
-For each scenario (and each substitute size of ``fractions``, when given), KnockoffNets (a fresh model trained on the victim's answers, query budget batch x
-iterations; paper: 10,000 iterations) records its learning curve on a class-balanced test subset; RemovalNet
-runs its usual 1000 iterations on the same substitute set and is evaluated on the same subset. The report gives
+For each scenario (and each substitute size of ``fractions``, when given), KnockoffNets (a fresh model
+trained on the victim's answers, query budget batch x iterations; paper: 10,000 iterations) records its
+learning curve on a class-balanced test subset; RemovalNet runs its usual 1000 iterations on the same
+substitute set and is evaluated on the same subset. The report gives
 the iterations and the wall time KnockoffNets needs to first reach RemovalNet's fidelity, and the compute
 saved, ``1 - cost(RemovalNet) / cost(KnockoffNets to that fidelity)``, in iterations and in wall time (the
 paper: 50..85 %). RemovalNet's wall time is its whole attack job (including its 11 checkpoint
@@ -102,8 +103,8 @@ class Efficiency(Study):
         return rows
 
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Per case (scenario, or "scenario, fraction%"): RemovalNet's fidelity, iterations and time; KnockoffNets' mean curve and the cost to
-        reach RemovalNet's fidelity; the compute saved."""
+        """Per case (scenario, or "scenario, fraction%"): RemovalNet's fidelity, iterations and time; KnockoffNets'
+        mean curve and the cost to reach RemovalNet's fidelity; the compute saved."""
         attacks: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             if r["kind"] == "attack" and r["status"] == "done":

@@ -48,6 +48,7 @@ import abc
 import contextlib
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,10 +87,7 @@ def auto_batch_size(input_shape: Sequence[int] | None) -> int:
     when the shape is unknown (fingerprints made before it was recorded)."""
     if not input_shape:
         return AUTO_BATCH_MAX
-    numel = 1
-    for d in input_shape:
-        numel *= int(d)
-    fit = max(1, AUTO_BATCH_ELEMENTS // max(1, numel))
+    fit = max(1, AUTO_BATCH_ELEMENTS // max(1, math.prod(int(d) for d in input_shape)))
     return int(min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, 1 << (fit.bit_length() - 1))))
 
 
