@@ -16,9 +16,11 @@ once for deepjudge, deepjudge_aligned and deepjudge_scaled, whose extractions th
   ``batch_size`` (speed only) at the bound's batch size, its values compared.
 
 Models: ``vgg_small`` width 8 at Fashion-MNIST size (1 x 28 x 28; trained a few hundred iterations, not to
-convergence) at every verifier's defaults, and torchvision ``resnet18`` at 32 px (3 x 32 x 32, Fashion-MNIST
-resized as RGB; random weights with a few training iterations) with the reduced sizes of ``RESNET_REDUCED``
-(its passes are about 50 times as costly; the ratio does not depend much on the count). The suspect is the
+convergence) at every verifier's defaults; the registered ``resnet18`` (torchvision's with the small-input
+stem) at 32 px (3 x 32 x 32, Fashion-MNIST resized as RGB; random weights with a few training iterations) with
+the reduced sizes of ``RESNET_REDUCED`` (its passes are about 50 times as costly; the ratio does not depend much
+on the count); and ``resnet18-224``, torchvision's ImageNet layout at 224 px, at about one batch per verifier
+(``IMAGENET_REDUCED``) with its own bound batch sizes. The suspect is the
 victim with its weights perturbed (1 % noise): the cost does not depend on how related it is.
 
 Writes ``benchmarks/results/verify-cost.json`` and ``.md``.
