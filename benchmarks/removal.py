@@ -1,14 +1,16 @@
 """Which removal attack evades which verifier, at what cost: removalnet-plus and its components against the
 paper's RemovalNet and the baselines, on the Table 1 benchmark's models.
 
-    python benchmarks/removal.py [--arch vgg_small resnet_small] [--seeds 5] [--variants plus ...]
+    python benchmarks/removal.py [--protocol paper|proxy] [--arch vgg_small resnet_small] [--seeds 5] [--variants plus ...]
 
-Reads the finished Table 1 run (runs/bench/table1-<arch>: victim, 5 reference and 5 negative models, the
-baselines' and RemovalNet's surrogates, their scores), runs every removal variant per seed on the same
-substitute sets as the table (S_LTD, 1% of the training data, the table's seeds), scores every model with every
-verifier of the table plus the alignment-aware and the scale-invariant DeepJudge, and
-writes benchmarks/results/removal-<arch>.md and .png (Pareto: accuracy drop against the number of metrics
-evaded). Results are stored per model in runs/bench/removal-<arch>/results.json, so a rerun resumes.
+Reads the finished Table 1 run of the protocol (``paper``, the default: runs/bench/table1-<arch>-paper, width 16,
+S_LTD 10%; ``proxy``: runs/bench/table1-<arch>, width 8, S_LTD 1%; victim, 5 reference and 5 negative models,
+the baselines' and RemovalNet's surrogates, their scores), runs every removal variant per seed on the same
+substitute sets as the table (its S_LTD fraction of the training data, the table's seeds), scores every model
+with every verifier of the table plus the alignment-aware and the scale-invariant DeepJudge, and writes
+benchmarks/results/removal-<arch>[-paper].md, .json and .png (Pareto: accuracy drop against the number of
+metrics evaded). Results are stored per model in runs/bench/removal-<arch>[-paper]/results.json, so a rerun
+resumes.
 
 Verdicts are judged at tau = the closest of the 10 independent models (5 references + 5 negatives): the most
 verifier-friendly threshold that calls none of them a copy. The per-rule table gives each references-only rule's
@@ -34,7 +36,8 @@ from removalnet.attacks import RETURNED_START, build_substitute, create_attack
 from removalnet.checkpoint import load_checkpoint, save_checkpoint
 from removalnet.experiment import load_spec
 from removalnet.experiment.artifacts import (VICTIM, attack_job, dataset, fingerprint_dir, model_job, model_path,
-                                             score_job, slug, training_split, verifier_data, verifier_train_data)
+                                             score_job, slug, substitute_count, training_split, verifier_data,
+                                             verifier_train_data)
 from removalnet.experiment.store import ResultStore
 from removalnet.train import evaluate
 from removalnet.utils import RemovalNetError
@@ -44,6 +47,9 @@ from removalnet.verify.confidence import clopper_pearson, fpr_upper_bound, inter
 
 HERE = Path(__file__).resolve().parent
 from table1 import commit, machine  # noqa: E402
+
+#: the Table 1 spec of each protocol: benchmarks/specs/table1-<arch><suffix>.yaml
+PROTOCOLS = {"paper": "-paper", "proxy": ""}
 
 #: the variants measured; each is removalnet-plus with these parameters
 VARIANTS = {
@@ -93,10 +99,20 @@ EXTRA = ("deepjudge_aligned", "deepjudge_scaled")
 
 
 class Bench:
-    def __init__(self, arch: str, runs: Path):
-        self.spec = load_spec(HERE / "specs" / f"table1-{arch}.yaml")
+    def __init__(self, arch: str, runs: Path, protocol: str = "paper"):
+        suffix = PROTOCOLS[protocol]
+        self.spec = load_spec(HERE / "specs" / f"table1-{arch}{suffix}.yaml")
+        self.name = f"removal-{arch}{suffix}"
         self.run_dir = runs / self.spec.name
-        self.out = runs / f"removal-{arch}"
+        if not (self.run_dir / "results.db").is_file():
+            raise RemovalNetError(f"{self.run_dir}: no Table 1 run here; run `python benchmarks/table1.py --protocol "
+                                  f"{protocol} --arch {arch} --runs {runs}` first")
+        # the substitute sets of the table's S_LTD attacks (one fraction for all of them in a Table 1 spec)
+        fractions = {a.fraction for a in self.spec.attacks if a.scenario == "ltd"}
+        if len(fractions) != 1:
+            raise RemovalNetError(f"{self.spec.name}: the S_LTD attacks use several substitute fractions {fractions}")
+        self.fraction = float(fractions.pop())
+        self.out = runs / self.name
         self.out.mkdir(parents=True, exist_ok=True)
         self.results_path = self.out / "results.json"
         self.results = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
@@ -124,10 +140,12 @@ class Bench:
         self.attack_times = attacks
 
     def substitute(self, seed: int):
-        """The Table 1 run's S_LTD substitute set of ``seed``: 1% of the training data, labelled by the victim."""
+        """The Table 1 run's S_LTD substitute set of ``seed`` (its fraction of the whole training set, drawn from
+        the training split, labelled by the victim): the same samples as the table's S_LTD attacks."""
         train, _ = training_split(self.cfg)
         full = dataset(self.spec.dataset, "train", self.spec.data_root)
-        return build_substitute(self.victim, train, scenario="ltd", count=int(round(0.01 * len(full))), seed=seed)
+        count = substitute_count({"scenario": "ltd", "fraction": self.fraction}, len(full))
+        return build_substitute(self.victim, train, scenario="ltd", count=count, seed=seed)
 
     def save(self, *keys: str) -> None:
         """Write ``keys`` of this process's results into the file, merged with what is on disk (several processes
@@ -556,6 +574,8 @@ def pareto_plot(summary: dict, n_metrics: int, path: Path, title: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", choices=tuple(PROTOCOLS), default="paper",
+                    help="which Table 1 run: the paper's protocol (width 16, S_LTD 10%%) or the width-8 / 1%% proxy")
     ap.add_argument("--arch", nargs="+", default=["vgg_small", "resnet_small"])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
@@ -573,7 +593,10 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("REMOVALNET_THREADS", "1")))
     for arch in args.arch:
         t0 = time.perf_counter()
-        b = Bench(arch, Path(args.runs))
+        try:
+            b = Bench(arch, Path(args.runs), args.protocol)
+        except RemovalNetError as e:
+            raise SystemExit(f"error: {e}") from None
         seeds = b.spec.seeds[:args.seeds]
         for v in args.variants:
             for s in seeds:
@@ -591,18 +614,23 @@ def main() -> None:
             continue
         b.refresh()
         table, data = summarise(b, seeds, args.variants, args.knockoff)
-        png = HERE / "results" / f"removal-{arch}.png"
-        pareto_plot(data["summary"], len(data["metrics"]), png, f"{arch} (width 8), Fashion-MNIST, S_LTD 1%")
-        header = (f"# Removal variants against every verifier: {arch} on Fashion-MNIST\n\n"
+        png = HERE / "results" / f"{b.name}.png"
+        width = b.spec.victim.kwargs.get("width", "default")
+        pareto_plot(data["summary"], len(data["metrics"]), png,
+                    f"{arch} (width {width}), Fashion-MNIST, S_LTD {b.fraction:.0%}")
+        header = (f"# Removal variants against every verifier: {arch} on Fashion-MNIST ({args.protocol} protocol)\n\n"
                   f"- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n- commit: {commit()}\n"
+                  f"- Table 1 run: {b.spec.name} (width {width}, S_LTD {b.fraction:.0%} of the training set)\n"
                   f"- victim accuracy {data['victim_accuracy'] * 100:.2f}%; seeds {seeds}; verdicts at the closest of the "
                   f"{b.spec.references.count} reference and {b.spec.negatives.count} negative (independent) models\n"
                   f"- variants: removalnet-plus with {json.dumps({v: VARIANTS[v] for v in args.variants})}\n"
                   f"- wall time of this invocation {(time.perf_counter() - t0) / 60:.1f} min, torch threads "
-                  f"{torch.get_num_threads()}\n\n![pareto](removal-{arch}.png)\n\n")
-        (HERE / "results" / f"removal-{arch}.md").write_text(header + table + "\n")
-        (HERE / "results" / f"removal-{arch}.json").write_text(json.dumps(data, indent=1))
-        print(f"wrote benchmarks/results/removal-{arch}.md")
+                  f"{torch.get_num_threads()}\n\n![pareto]({b.name}.png)\n\n")
+        data.update(protocol=args.protocol, table1=b.spec.name, width=width, fraction=b.fraction, commit=commit(),
+                    machine=machine())
+        (HERE / "results" / f"{b.name}.md").write_text(header + table + "\n")
+        (HERE / "results" / f"{b.name}.json").write_text(json.dumps(data, indent=1))
+        print(f"wrote benchmarks/results/{b.name}.md")
 
 
 if __name__ == "__main__":

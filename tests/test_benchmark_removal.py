@@ -89,6 +89,7 @@ def _bench_without_runs(r, tmp_path, fp_keys, legacy_keys, scores):
     b.out = tmp_path
     b.results_path = tmp_path / "results.json"
     b.results = {}
+    b.fraction = 0.01   # the proxy protocol's S_LTD fraction
     b.fp_keys, b.legacy_keys = dict(fp_keys), dict(legacy_keys)
     b.verifiers = {"deepjudge": {}, "deepjudge_aligned": {}, "deepjudge_scaled": {}, "zest": {}}
     b.victim = "victim-model"
@@ -179,6 +180,9 @@ def test_retime_times_one_run_records_it_and_resumes(tmp_path, monkeypatch):
     assert b.retime("tiny", seed=3) is b.results["retime/tiny/seed-3"] and len(built) == 2   # resumed, not re-run
     with pytest.raises(RemovalNetError, match="neither a variant nor an S_LTD attack"):
         b.retime("WP(0.5)", seed=0)
+    b.fraction = 0.1   # the paper protocol's: 10% of the whole training set, the seed's own samples
+    b.substitute(seed=7)
+    assert built[-1] == {"scenario": "ltd", "count": 320, "seed": 7}
 
     class Diverges:   # a run that fails the way a diverging one does: recorded as failed, not raised
         trace: list = []
@@ -207,3 +211,13 @@ def test_a_run_that_returned_its_start_and_the_confidence_lines():
     assert any("n too small (10 independent models; >= 19 needed" in line for line in lines)
     # 1 - 0.05^(1/10) = 25.9%: no metric is bounded below 5%, which needs 59
     assert any("below 26% at 95% confidence" in line and "needs 59 independent" in line for line in lines)
+
+
+def test_the_protocol_picks_its_table1_run_and_a_missing_run_is_refused(tmp_path):
+    from removalnet.utils import RemovalNetError
+    r = _removal()
+    assert r.PROTOCOLS == {"paper": "-paper", "proxy": ""}
+    for protocol, folder in (("paper", "table1-vgg_small-paper"), ("proxy", "table1-vgg_small")):
+        with pytest.raises(RemovalNetError, match=f"{folder}: no Table 1 run here; run .*--protocol {protocol}"):
+            r.Bench("vgg_small", tmp_path, protocol)
+    assert list(tmp_path.iterdir()) == []   # nothing written for a run that is not there
