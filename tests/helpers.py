@@ -2,7 +2,9 @@
 model references."""
 import copy
 import importlib.util
+import sys
 import textwrap
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -108,3 +110,16 @@ class Payload:
 
     def __reduce__(self):
         return (exec, (f"open({str(self.target)!r}, 'w').write('pwned')",))
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (as run from benchmarks/: its sibling imports, e.g. ``table1``, resolve)."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", bench / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(bench))

@@ -3,23 +3,16 @@ from that run, any other difference runs its own; a width's rows keep their firs
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
+
+from helpers import load_benchmark
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _capacity():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("capacity_bench", BENCH / "capacity.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("capacity")
 
 
 def test_only_the_width_of_the_table1_run_shares_it():

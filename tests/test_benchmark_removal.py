@@ -2,27 +2,17 @@
 the docstring says (a synthetic summary with known answers)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
 from removalnet.attacks import create_attack
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _removal():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("removal_bench", BENCH / "removal.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("removal")
 
 
 def test_every_variant_is_a_valid_removalnet_plus():
