@@ -206,8 +206,8 @@ def _aims(d: dict, variants: list[str], max_drop=1.5, min_seeds=4, max_cost=3.0)
             + f". Every metric at once (also <= {max_cost}x FT per iteration): {_join(full) if full else 'no variant'}."]
 
 
-def removal(results: Path, arch: str) -> list[str]:
-    src = f"removal-{arch}.json"
+def removal(results: Path, arch: str, stem: str | None = None) -> list[str]:
+    src = f"{stem or 'removal-' + arch}.json"
     d = _json(results, src)
     s, metrics = d["summary"], d["metrics"]
     rows = []
@@ -223,7 +223,9 @@ def removal(results: Path, arch: str) -> list[str]:
                      f"{r['evaded']:.1f}/{len(metrics)}", f"{r['evades_all']}/{n}",
                      "-" if zero is None else f"{zero}/{n}", _join(none), _join(some), _join(every)])
     variants = [v for v in s if v not in ("Negative", "Ours(S_LTD)") + BASELINES]
-    return ([f"{arch}: victim accuracy {100 * d['victim_accuracy']:.2f}%; {len(metrics)} metrics with evidence "
+    setting = (f" (width {d['width']}, S_LTD {100 * d['fraction']:.0f}% of the training set)" if "fraction" in d
+               else "")
+    return ([f"{arch}{setting}: victim accuracy {100 * d['victim_accuracy']:.2f}%; {len(metrics)} metrics with evidence "
              f"({_join(metrics)}); degenerate: {_join(d['degenerate'])}. Verdicts at tau = the closest of the 10 "
              "independent models; 'CPU s' is the `--retime` run (seed 0); 'drop 0.00' counts the seeds of a "
              "trained variant whose returned model scores exactly the victim's accuracy.", ""]

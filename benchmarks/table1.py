@@ -75,6 +75,33 @@ def checkpoint_lines(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def job_time_lines(run_dir: Path) -> str:
+    """A section with the wall seconds of the run's finished jobs per kind (count, mean, total), from its
+    results.db: what a model of this recipe costs to train, attack, fingerprint and score on this machine (the
+    basis of the audit budgets' estimates in docs/confidence.md)."""
+    from removalnet.experiment.store import ResultStore
+    if not (run_dir / "results.db").is_file():
+        return ""
+    with ResultStore(run_dir / "results.db", readonly=True) as store:
+        rows = [r for r in store.rows() if r["status"] == "done" and r.get("duration_s") is not None]
+    if not rows:
+        return ""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["kind"], []).append(float(r["duration_s"]))
+    lines = ["", "## Job times", "",
+             "Wall seconds of the finished jobs of the run, per kind (each job one process thread; the machine's "
+             "other core may have run other work meanwhile).", "",
+             "| Kind | Jobs | Mean (s) | Total (min) |", "|---|---|---|---|"]
+    for kind in ("train", "attack", "fingerprint", "score"):
+        if kind in by:
+            d = by.pop(kind)
+            lines.append(f"| {kind} | {len(d)} | {np.mean(d):.1f} | {sum(d) / 60:.1f} |")
+    for kind, d in sorted(by.items()):
+        lines.append(f"| {kind} | {len(d)} | {np.mean(d):.1f} | {sum(d) / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", nargs="+", default=["vgg_small", "resnet_small"])
@@ -111,7 +138,8 @@ def main() -> None:
         notes = ""  # the hand-written reading of the results survives a rerun
         if out.exists() and NOTES in out.read_text():
             notes = "\n" + NOTES + out.read_text().split(NOTES, 1)[1]
-        out.write_text(header + to_markdown(td) + checkpoints + notes)
+        times = job_time_lines(Path(args.runs) / spec.name)
+        out.write_text(header + to_markdown(td) + checkpoints + times + notes)
         (HERE / "results" / f"{stem}.html").write_text(to_html(td))
         print(f"wrote benchmarks/results/{stem}.md")
 
