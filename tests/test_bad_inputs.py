@@ -171,6 +171,7 @@ CASES = [
     ("train-in-chans-2", lambda f, o: [*TRAIN, "--in-chans", "2", "--out", o], 2, "--in-chans: invalid choice"),
     ("attack-fraction-and-count", lambda f, o: [*_attack(f), "--fraction", "0.1", "--out", o], 2, "not allowed with"),
     ("verify-rule", lambda f, o: [*_verify(f), "--rule", "mean"], 2, "--rule: invalid choice"),
+    ("verify-seed-negative", lambda f, o: [*_verify(f), "--seed", "-1"], 2, "--seed"),
     # train
     ("train-width-negative", lambda f, o: [*TRAIN, "--width", "-2", "--out", o], 2, "width=-2"),
     ("train-width-zero", lambda f, o: [*TRAIN, "--width", "0", "--out", o], 2, "width=0"),

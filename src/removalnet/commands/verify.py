@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ..params import Option
 from ._modelref import add_model_options, load_model, victim_file
 from ..utils import RemovalNetError, resolve_device, weights_hash
 from ._listing import add_list_option, listing
@@ -63,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", default=[], metavar="VERIFIER.KEY=VALUE",
                    help="verifier parameter (value parsed as YAML), repeatable; e.g. --param deepjudge.max_iters=200")
     p.add_argument("--fp-cache", default=None, metavar="DIR", help="store and reuse fingerprints in DIR")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fingerprint extraction")
+    p.add_argument("--seed", type=Option(int, low=0), default=0, help="seed of the fingerprint extraction")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     add_model_options(p, weights_help="the victim's weights (same as --victim)")
