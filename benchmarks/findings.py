@@ -213,6 +213,11 @@ def removal(results: Path, arch: str, stem: str | None = None) -> list[str]:
     rows = []
     for label, r in s.items():
         n, c = r["n"], r["copies"]
+        if not n:   # every seed returned its start (or failed): nothing to judge, never an evasion
+            back = r.get("returned_start", 0)
+            rows.append([label, "0", "-", "-", "-", "-", "-",
+                         f"returned the start in {back} seeds: {r.get('reduced_to') or 'its starting point'}", "-", "-"])
+            continue
         every = [m for m in metrics if c[m] == n]
         none = [m for m in metrics if c[m] == 0]
         some = [f"{m} {c[m]}/{n}" for m in metrics if 0 < c[m] < n]
@@ -222,13 +227,16 @@ def removal(results: Path, arch: str, stem: str | None = None) -> list[str]:
         rows.append([label, str(n), f"{r['drop']:.2f}", "-" if cpu is None else f"{cpu:.1f}",
                      f"{r['evaded']:.1f}/{len(metrics)}", f"{r['evades_all']}/{n}",
                      "-" if zero is None else f"{zero}/{n}", _join(none), _join(some), _join(every)])
-    variants = [v for v in s if v not in ("Negative", "Ours(S_LTD)") + BASELINES]
+    variants = [v for v in s if v not in ("Negative",) + BASELINES and not v.startswith(("Ours(", "RemovalNet("))]
     setting = (f" (width {d['width']}, S_LTD {100 * d['fraction']:.0f}% of the training set)" if "fraction" in d
                else "")
     return ([f"{arch}{setting}: victim accuracy {100 * d['victim_accuracy']:.2f}%; {len(metrics)} metrics with evidence "
              f"({_join(metrics)}); degenerate: {_join(d['degenerate'])}. Verdicts at tau = the closest of the 10 "
-             "independent models; 'CPU s' is the `--retime` run (seed 0); 'drop 0.00' counts the seeds of a "
-             "trained variant whose returned model scores exactly the victim's accuracy.", ""]
+             "independent models; 'CPU s' is the `--retime` run (seed 0)"
+             + ("" if any(r.get("retime") for r in s.values()) else ", not measured for this file (no `--retime` "
+                "run), so no variant's cost is compared with FT's")
+             + "; 'drop 0.00' counts the seeds of a trained variant whose returned model scores exactly the "
+             "victim's accuracy.", ""]
             + _table_md(["model", "n", "drop (pts)", "CPU s", "evaded (mean)", "evades all", "drop 0.00",
                          "evaded in every seed (copy 0/n)", "copy in some seeds", "copy in every seed"], rows)
             + [""] + _aims(d, variants))
@@ -383,6 +391,12 @@ BLOCKS = {
     "table1-vgg_small-paper": (["table1-vgg_small-paper.md"], lambda r: table1(r, "vgg_small", "table1-vgg_small-paper")),
     "proxy-vs-paper-vgg_small": (["table1-vgg_small.md", "table1-vgg_small-paper.md"],
                                  lambda r: proxy_vs_paper(r, "vgg_small")),
+    "table1-resnet_small-paper": (["table1-resnet_small-paper.md"],
+                                  lambda r: table1(r, "resnet_small", "table1-resnet_small-paper")),
+    "proxy-vs-paper-resnet_small": (["table1-resnet_small.md", "table1-resnet_small-paper.md"],
+                                    lambda r: proxy_vs_paper(r, "resnet_small")),
+    "removal-vgg_small-paper": (["removal-vgg_small-paper.json"],
+                                lambda r: removal(r, "vgg_small", "removal-vgg_small-paper")),
     "fig4": ([f"table1-{a}.md" for a in ARCHS], fig4),
     "removal-vgg_small": (["removal-vgg_small.json"], lambda r: removal(r, "vgg_small")),
     "removal-resnet_small": (["removal-resnet_small.json"], lambda r: removal(r, "resnet_small")),
