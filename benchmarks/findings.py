@@ -242,6 +242,31 @@ def removal(results: Path, arch: str, stem: str | None = None) -> list[str]:
             + [""] + _aims(d, variants))
 
 
+def capacity(results: Path) -> list[str]:
+    """Per width of the capacity sweep: the victim, RemovalNet's and FT's drops, the vote, and which metrics
+    call RemovalNet's surrogates a copy in every seed or in none, and the negatives some metric calls a copy."""
+    d = _json(results, "capacity.json")
+    rows = []
+    for w in sorted(d["widths"], key=lambda r: r["width"]):
+        victim, r = w["victim_accuracy"], w["rows"]
+
+        def drop(label: str) -> str:
+            acc = r.get(label, {}).get("accuracy")
+            return f"{100 * (victim - sum(acc) / len(acc)):.2f}" if acc and victim is not None else "-"
+        rn = r.get("RemovalNet(S_LTD)")
+        every = [m for m in w["metrics"] if rn and rn["copies"].get(m, "").split("/")[0] == str(rn["n"])]
+        none = [m for m in w["metrics"] if rn and rn["copies"].get(m, "").startswith("0/")]
+        neg = r.get("Negative", {}).get("copies", {})
+        fp = [f"{m} {v}" for m, v in neg.items() if not v.startswith("0/")]
+        rows.append([str(w["width"]), f"{w['parameters']:,}", "-" if victim is None else f"{100 * victim:.2f}",
+                     drop("RemovalNet(S_LTD)"), drop("FT(0.5)"), rn["owned"] if rn else "-",
+                     r.get("FT(0.5)", {}).get("owned", "-"), _join(every) if rn else "-", _join(none) if rn else "-",
+                     _join(fp), _join(w["degenerate"])])
+    return _table_md(["width", "parameters", "victim (%)", "RemovalNet drop (pts)", "FT(0.5) drop (pts)",
+                      "RemovalNet owned (vote)", "FT(0.5) owned (vote)", "RemovalNet a copy in every seed by",
+                      "in no seed by", "negatives called a copy", "degenerate"], rows)
+
+
 # component, its removal-benchmark variant, the metrics it aims at
 COMPONENTS = [
     ("channel permutation (`permute: farthest`)", "permute-only", ["DJ-LOD", "DJ-NOD", "DJ-NAD"]),
@@ -397,6 +422,7 @@ BLOCKS = {
                                     lambda r: proxy_vs_paper(r, "resnet_small")),
     "removal-vgg_small-paper": (["removal-vgg_small-paper.json"],
                                 lambda r: removal(r, "vgg_small", "removal-vgg_small-paper")),
+    "capacity": (["capacity.json"], capacity),
     "fig4": ([f"table1-{a}.md" for a in ARCHS], fig4),
     "removal-vgg_small": (["removal-vgg_small.json"], lambda r: removal(r, "vgg_small")),
     "removal-resnet_small": (["removal-resnet_small.json"], lambda r: removal(r, "resnet_small")),

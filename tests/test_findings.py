@@ -146,3 +146,21 @@ def test_proxy_vs_paper_names_what_moved(copy):
     (results / "table1-vgg_small-paper.md").unlink()
     with pytest.raises(F.FindingsError, match="missing results file"):
         F.proxy_vs_paper(results, "vgg_small")
+
+
+def test_capacity_rows_per_width(tmp_path):
+    """The capacity block: drops from each width's victim, the seeds' verdicts read as every / none, the
+    negatives some metric calls a copy; a width without a finished RemovalNet row says '-'."""
+    rows16 = {"RemovalNet(S_LTD)": {"n": 2, "accuracy": [0.90, 0.92], "owned": "0/2",
+                                    "copies": {"DJ-LOD": "2/2", "ZEST-L2": "0/2", "SAC": "1/2"}},
+              "FT(0.5)": {"n": 2, "accuracy": [0.925, 0.925], "owned": "2/2", "copies": {"DJ-LOD": "2/2"}},
+              "Negative": {"n": 5, "accuracy": [0.93] * 5, "owned": "0/5",
+                           "copies": {"DJ-LOD": "0/5", "ZEST-L2": "1/5", "SAC": "0/5"}}}
+    data = {"meta": {}, "widths": [
+        {"width": 32, "parameters": 290000, "victim_accuracy": None, "metrics": [], "degenerate": [], "rows": {}},
+        {"width": 16, "parameters": 72666, "victim_accuracy": 0.93, "metrics": ["DJ-LOD", "ZEST-L2", "SAC"],
+         "degenerate": ["DJ-RobD"], "rows": rows16}]}
+    (tmp_path / "capacity.json").write_text(json.dumps(data))
+    out = F.capacity(tmp_path)
+    assert out[2] == ("| 16 | 72,666 | 93.00 | 2.00 | 0.50 | 0/2 | 2/2 | DJ-LOD | ZEST-L2 | ZEST-L2 1/5 | DJ-RobD |")
+    assert out[3] == "| 32 | 290,000 | - | - | - | - | - | - | - | none | none |"
