@@ -42,10 +42,11 @@ def shared_run(spec, table):
             "lsd_holdout", "threshold_rule", "device", "runtime")
     if any(getattr(spec, k) != getattr(table, k) for k in same):
         return False
-    attacks = [dataclasses.asdict(a) for a in table.attacks]
-    # checkpoint scoring adds jobs, never changes the attack's own
-    strip = lambda a: {k: v for k, v in a.items() if k not in ("score_checkpoints", "keep_checkpoints")}  # noqa: E731
-    return (all(strip(dataclasses.asdict(a)) in [strip(t) for t in attacks] for a in spec.attacks)
+
+    def job_settings(a) -> dict:   # checkpoint scoring adds jobs, never changes the attack's own
+        return {k: v for k, v in dataclasses.asdict(a).items() if k not in ("score_checkpoints", "keep_checkpoints")}
+    table_attacks = [job_settings(a) for a in table.attacks]
+    return (all(job_settings(a) in table_attacks for a in spec.attacks)
             and list(spec.seeds) == list(table.seeds)[:len(spec.seeds)])
 
 

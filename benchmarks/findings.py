@@ -213,7 +213,7 @@ def removal(results: Path, arch: str, stem: str | None = None) -> list[str]:
     rows = []
     for label, r in s.items():
         n, c = r["n"], r["copies"]
-        if not n:   # every seed returned its start (or failed): nothing to judge, never an evasion
+        if not n:   # every seed returned its start (failed seeds have no summary): nothing judged, no evasion
             back = r.get("returned_start", 0)
             rows.append([label, "0", "-", "-", "-", "-", "-",
                          f"returned the start in {back} seeds: {r.get('reduced_to') or 'its starting point'}", "-", "-"])
@@ -234,7 +234,7 @@ def removal(results: Path, arch: str, stem: str | None = None) -> list[str]:
              f"({_join(metrics)}); degenerate: {_join(d['degenerate'])}. Verdicts at tau = the closest of the 10 "
              "independent models; 'CPU s' is the `--retime` run (seed 0)"
              + ("" if any(r.get("retime") for r in s.values()) else ", not measured for this file (no `--retime` "
-                "run), so no variant's cost is compared with FT's")
+                "run): its cost ratios to FT are the runs' own wall times, taken with other work on the machine")
              + "; 'drop 0.00' counts the seeds of a trained variant whose returned model scores exactly the "
              "victim's accuracy.", ""]
             + _table_md(["model", "n", "drop (pts)", "CPU s", "evaded (mean)", "evades all", "drop 0.00",

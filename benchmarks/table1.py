@@ -93,11 +93,9 @@ def job_time_lines(run_dir: Path) -> str:
              "Wall seconds of the finished jobs of the run, per kind (each job one process thread; the machine's "
              "other core may have run other work meanwhile).", "",
              "| Kind | Jobs | Mean (s) | Total (min) |", "|---|---|---|---|"]
-    for kind in ("train", "attack", "fingerprint", "score"):
-        if kind in by:
-            d = by.pop(kind)
-            lines.append(f"| {kind} | {len(d)} | {np.mean(d):.1f} | {sum(d) / 60:.1f} |")
-    for kind, d in sorted(by.items()):
+    first = ("train", "attack", "fingerprint", "score")   # the experiment's kinds in their order, then others
+    for kind in sorted(by, key=lambda k: (first.index(k) if k in first else len(first), k)):
+        d = by[kind]
         lines.append(f"| {kind} | {len(d)} | {np.mean(d):.1f} | {sum(d) / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
