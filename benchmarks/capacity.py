@@ -27,6 +27,7 @@ from removalnet.models import create_model
 from removalnet.report import build_table
 
 from table1 import commit, machine
+from removalnet.experiment.store import ResultStore
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,6 +66,20 @@ def width_rows(td, labels: list[str], n_seeds: int) -> dict:
     return out
 
 
+def job_times(run_dir: Path) -> str:
+    """One line with the wall seconds of the run's finished jobs per kind (count, mean, min-max), from its
+    results.db; "" without finished jobs."""
+    with ResultStore(run_dir / "results.db", readonly=True) as store:
+        rows = [r for r in store.rows() if r["status"] == "done" and r.get("duration_s") is not None]
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["kind"], []).append(float(r["duration_s"]))
+    order = ("train", "attack", "fingerprint", "score")
+    parts = [f"{k} {len(d)} (mean {sum(d) / len(d):.0f} s, {min(d):.0f}-{max(d):.0f})"
+             for k, d in sorted(by.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 4, kv[0]))]
+    return "Job wall times (results.db): " + "; ".join(parts) + "." if parts else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", nargs="+", type=int, default=[8, 16, 32, 64])
@@ -80,7 +95,6 @@ def main() -> None:
         run_dir, source = Path(args.runs) / spec.name, spec.name
         if shared_run(spec, table_spec) and (Path(args.runs) / TABLE1 / "results.db").exists():
             run_dir, source = Path(args.runs) / TABLE1, TABLE1   # the same jobs, already done
-        t0 = time.perf_counter()
         if not args.report_only and source == spec.name:
             run_experiment(spec, run_dir, executor=make_executor(args.executor))
         if not (run_dir / "results.db").exists():
@@ -91,19 +105,22 @@ def main() -> None:
         results.append({"width": w, "parameters": params, "victim_accuracy": td.victim_accuracy,
                         "references_accuracy": td.references_accuracy, "metrics": td.metrics,
                         "degenerate": td.degenerate, "rows": rows, "run": source,
-                        "wall_s": round(time.perf_counter() - t0, 1)})
+                        "job_times": job_times(run_dir) if source == spec.name else ""})
     meta = {"machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
             "threads": torch.get_num_threads(), "executor": args.executor}
     (HERE / "results" / "capacity.json").write_text(json.dumps({"meta": meta, "widths": results}, indent=2) + "\n")
     lines = ["# Capacity sweep: vgg_small width against RemovalNet's drop and the verdicts", "",
-             f"- machine: {meta['machine']}", f"- commit: {meta['commit']}; date: {meta['date']}; torch threads: "
-             f"{meta['threads']}", "- specs: benchmarks/specs/capacity-vgg_small-w*.yaml (10% substitute sets, "
+             f"- machine: {meta['machine']}", f"- commit: {meta['commit']}; date: {meta['date']}; "
+             + ("written from finished runs (--report-only)" if args.report_only
+                else f"torch threads of this invocation: {meta['threads']}")
+             + "; jobs done by earlier invocations keep the commit and thread count they ran with", "- specs: benchmarks/specs/capacity-vgg_small-w*.yaml (10% substitute sets, "
              "defaults everywhere, 2 seeds, minmax over 5 references)", ""]
     for r in results:
         va = f"{100 * r['victim_accuracy']:.2f}%" if r["victim_accuracy"] is not None else "n/a"
         lines += [f"## width {r['width']} ({r['parameters']:,} parameters, victim {va})", "",
                   f"Run: `{r['run']}`" + (" (the Table 1 run at the paper's protocol, its first seeds: the same "
                                           "models and settings)" if r["run"] == TABLE1 else "") + ".", "",
+                  *([r["job_times"], ""] if r.get("job_times") else []),
                   "| Row | n | drop (points) | " + " | ".join(r["metrics"]) + " | Ownership? |",
                   "|---|---|---|" + "---|" * (len(r["metrics"]) + 1)]
         for label, row in r["rows"].items():

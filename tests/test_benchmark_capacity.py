@@ -44,3 +44,16 @@ def test_width_rows_keep_the_first_seeds_of_the_attacks_and_every_negative():
     assert list(out) == ["FT(0.5)", "Negative"]
     assert out["FT(0.5)"] == {"n": 2, "accuracy": [0.9, 0.8], "copies": {"DJ-LOD": "1/2"}, "owned": "1/2"}
     assert out["Negative"] == {"n": 3, "accuracy": [0.85, 0.86, 0.87], "copies": {"DJ-LOD": "1/3"}, "owned": "1/3"}
+
+
+def test_job_times_line_per_kind_of_the_finished_jobs(tmp_path):
+    from removalnet.experiment.store import ResultStore
+    c = _capacity()
+    with ResultStore(tmp_path / "results.db") as store:
+        for i, (kind, seconds, status) in enumerate([("score", 6.0, "done"), ("train", 100.0, "done"),
+                                                     ("train", 300.0, "done"), ("attack", 50.0, "failed")]):
+            store.record({"id": str(i), "kind": kind, "name": f"{kind}/{i}", "config": {}}, status,
+                         started=1000.0, finished=1000.0 + seconds)
+    # train before score, mean and range per kind; a failed job is no cost
+    assert c.job_times(tmp_path) == ("Job wall times (results.db): train 2 (mean 200 s, 100-300); "
+                                     "score 1 (mean 6 s, 6-6).")
