@@ -214,10 +214,13 @@ def removal(results: Path, arch: str, stem: str | None = None) -> list[str]:
     for label, r in s.items():
         n, c = r["n"], r["copies"]
         if not n:   # every seed returned its start (failed seeds have no summary): nothing judged, no evasion
-            back = r.get("returned_start", 0)
-            rows.append([label, "0", "-", "-", "-", "-", "-",
-                         f"returned the start in {back} seeds: {r.get('reduced_to') or 'its starting point'}", "-", "-"])
+            back, broken = r.get("returned_start", 0), r.get("collapsed", 0)
+            why = ([f"returned the start in {back} seeds: {r.get('reduced_to') or 'its starting point'}"] if back
+                   else []) + ([f"collapsed in {broken} seeds"] if broken else [])
+            rows.append([label, "0", "-", "-", "-", "-", "-", "; ".join(why), "-", "-"])
             continue
+        if r.get("collapsed"):   # seeds whose surrogate lost more than the collapse margin: never judged
+            label = f"{label} ({r['collapsed']} seed(s) collapsed, not judged)"
         every = [m for m in metrics if c[m] == n]
         none = [m for m in metrics if c[m] == 0]
         some = [f"{m} {c[m]}/{n}" for m in metrics if 0 < c[m] < n]
@@ -422,6 +425,8 @@ BLOCKS = {
                                     lambda r: proxy_vs_paper(r, "resnet_small")),
     "removal-vgg_small-paper": (["removal-vgg_small-paper.json"],
                                 lambda r: removal(r, "vgg_small", "removal-vgg_small-paper")),
+    "removal-resnet_small-paper": (["removal-resnet_small-paper.json"],
+                                   lambda r: removal(r, "resnet_small", "removal-resnet_small-paper")),
     "capacity": (["capacity.json"], capacity),
     "fig4": ([f"table1-{a}.md" for a in ARCHS], fig4),
     "removal-vgg_small": (["removal-vgg_small.json"], lambda r: removal(r, "vgg_small")),

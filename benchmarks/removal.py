@@ -39,6 +39,7 @@ from removalnet.experiment.artifacts import (VICTIM, attack_job, dataset, finger
                                              score_job, slug, substitute_count, training_split, verifier_data,
                                              verifier_train_data)
 from removalnet.experiment.store import ResultStore
+from removalnet.report.table import COLLAPSE_MARGIN
 from removalnet.train import evaluate
 from removalnet.utils import RemovalNetError
 from removalnet.verify import FingerprintCache, all_metrics, calibrate, create_verifier, verdict
@@ -232,7 +233,7 @@ class Bench:
         m = {"accuracy": evaluate(surrogate, self.test), **self.score(surrogate), "time_s": wall,
              "iterations": attack.params["iterations"], "selected_t": attack.selected_t,
              "trained_iterations": len(attack.trace), "fingerprints": dict(self.fp_keys),
-             "status": attack.status, "reduced_to": attack.reduced_to}
+             "status": attack.status, "reduced_to": attack.reduced_to, "torch_threads": torch.get_num_threads()}
         self.results[key] = m
         self.save(key)
         return m
@@ -412,7 +413,9 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
         drops = [(victim_acc - m["accuracy"]) * 100 for m in ms]
         # a seed whose surrogate is its starting point is no attack of the row's name: never an evasion
         back = [m for m in ms if returned_start(m)]
-        trained = [m for m in ms if not returned_start(m)]
+        # ... nor is a seed whose surrogate lost more than COLLAPSE_MARGIN points: a useless model evades trivially
+        broken = [m for m in ms if not returned_start(m) and collapsed(m, victim_acc)]
+        trained = [m for m in ms if not returned_start(m) and not collapsed(m, victim_acc)]
         evaded = [[not verdict(known[k], m[k], taus[k]) for k in counted] for m in trained]
         n_ev = [sum(e) for e in evaded]
         per_metric = [sum(1 for m in trained if verdict(known[k], m[k], taus[k])) for k in metrics]
@@ -422,14 +425,18 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
                           "evaded": float(np.mean(n_ev)) if n_ev else 0.0,
                           "evades_all": sum(all(e) for e in evaded), "n": len(trained),
                           "copies": dict(zip(metrics, per_metric)), "returned_start": len(back),
+                          "collapsed": len(broken),
                           "reduced_to": back[0].get("reduced_to") or "its starting point" if back else None,
                           "per_iteration_s": float(np.mean(per_it)) if per_it else None, "cost_vs_ft": ratio}
         nt = len(trained)
         cells = [label, str(len(ms)), f"{np.mean(drops):.2f}±{np.std(drops, ddof=1) if len(ms) > 1 else 0:.2f}",
                  f"{np.mean(n_ev):.1f}/{len(counted)}" if n_ev else "-", f"{summary[label]['evades_all']}/{nt}"]
         cells += [f"{c}/{nt} copy ({interval_text(*clopper_pearson(c, nt))})" if nt else "-" for c in per_metric]
-        cells.append(f"{RETURNED_START} in {len(back)}/{len(ms)} seeds: {summary[label]['reduced_to']} "
-                     "(never an evasion)" if back else "ok")
+        status = ([f"{RETURNED_START} in {len(back)}/{len(ms)} seeds: {summary[label]['reduced_to']} "
+                   "(never an evasion)"] if back else [])
+        status += ([f"collapsed in {len(broken)}/{len(ms)} seeds (more than {COLLAPSE_MARGIN:g} points lost; "
+                    "never an evasion, not judged)"] if broken else [])
+        cells.append("; ".join(status) or "ok")
         cells += [f"{np.mean(per_it):.3f}" if per_it else "-", f"{ratio:.1f}" if ratio else "-",
                   f"{np.mean(times):.1f}" if times else "-"]
         if knockoff:
@@ -472,7 +479,7 @@ def summarise(b: Bench, seeds: list[int], variants: list[str], knockoff: bool = 
         rules[rule] = {"taus": t, "false_positive_rate": fpr, "baseline_detection_rate": det}
         lines.append(f"| {rule} | false-positive rate (negatives) | " + " | ".join(f"{fpr[m]:.2f}" for m in metrics) + " |")
         lines.append(f"| {rule} | detection rate (FT/WP/Distill) | " + " | ".join(f"{det[m]:.2f}" for m in metrics) + " |")
-    lines += [""] + confidence_lines(groups, refs + negs, metrics)
+    lines += [""] + confidence_lines(groups, refs + negs, metrics, victim_acc)
     lines += ["", "### Aims", ""] + aims(summary, counted, len(seeds), variants)
     if failed:
         lines += ["", "Failed runs (left out of their row's n): "
@@ -491,7 +498,26 @@ def returned_start(m: dict) -> bool:
     return m.get("status") == RETURNED_START or (bool(m.get("iterations")) and m.get("selected_t") == 0)
 
 
-def confidence_lines(groups: dict[str, list[dict]], independent: list[dict], metrics: list[str]) -> list[str]:
+def run_time_line(results: dict) -> str:
+    """The variant runs' own attack wall time in all, from their stored results (a resumed benchmark's runs
+    come from several invocations), with their torch thread counts where recorded."""
+    runs = [r for k, r in results.items() if k.startswith("variant/") and "time_s" in r]
+    threads: dict[str, int] = {}
+    for r in runs:
+        t = str(r.get("torch_threads", "not recorded"))
+        threads[t] = threads.get(t, 0) + 1
+    return (f"variant runs: {len(runs)}, {sum(r['time_s'] for r in runs) / 60:.1f} min of attack wall time in all "
+            f"(torch threads: {', '.join(f'{k} in {v}' for k, v in sorted(threads.items()))})")
+
+
+def collapsed(m: dict, victim_acc: float) -> bool:
+    """Whether a run's surrogate lost more than ``COLLAPSE_MARGIN`` accuracy points against the victim (the
+    report's rule for a collapsed row, applied per seed): it carries no evidence about a verifier."""
+    return 100 * (victim_acc - m["accuracy"]) > COLLAPSE_MARGIN
+
+
+def confidence_lines(groups: dict[str, list[dict]], independent: list[dict], metrics: list[str],
+                     victim_acc: float) -> list[str]:
     """ROC-AUC (95% score interval) of every row's seeds against the independent models, detection at
     FPR <= 5% or "n too small", and which metrics' false-positive rate is bounded below 5% at 95% confidence
     at the closest-of-the-independent-models tau (docs/confidence.md)."""
@@ -499,12 +525,12 @@ def confidence_lines(groups: dict[str, list[dict]], independent: list[dict], met
     n = len(independent)
     out = [f"### Confidence ({n} independent models: references + negatives)", "",
            "ROC-AUC of each row's seeds against the independent models (95% score interval, Newcombe's method 5); "
-           "a seed that returned its start is left out.", "",
+           "a seed that returned its start or collapsed is left out.", "",
            "| Model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for label, ms in groups.items():
         if label == "Negative":
             continue
-        trained = [m for m in ms if not returned_start(m)]
+        trained = [m for m in ms if not returned_start(m) and not collapsed(m, victim_acc)]
         cells = []
         for k in metrics:
             if not trained:
@@ -624,8 +650,8 @@ def main() -> None:
                   f"- victim accuracy {data['victim_accuracy'] * 100:.2f}%; seeds {seeds}; verdicts at the closest of the "
                   f"{b.spec.references.count} reference and {b.spec.negatives.count} negative (independent) models\n"
                   f"- variants: removalnet-plus with {json.dumps({v: VARIANTS[v] for v in args.variants})}\n"
-                  f"- wall time of this invocation {(time.perf_counter() - t0) / 60:.1f} min, torch threads "
-                  f"{torch.get_num_threads()}\n\n![pareto]({b.name}.png)\n\n")
+                  f"- {run_time_line(b.results)}; this invocation {(time.perf_counter() - t0) / 60:.1f} min, torch "
+                  f"threads {torch.get_num_threads()}\n\n![pareto]({b.name}.png)\n\n")
         data.update(protocol=args.protocol, table1=b.spec.name, width=width, fraction=b.fraction, commit=commit(),
                     machine=machine())
         (HERE / "results" / f"{b.name}.md").write_text(header + table + "\n")

@@ -191,13 +191,19 @@ def test_a_run_that_returned_its_start_and_the_confidence_lines():
     assert r.returned_start({"iterations": 150, "selected_t": 0})            # stored before the status
     assert not r.returned_start({"iterations": 0, "selected_t": 0})          # permute-only: nothing trained
     assert not r.returned_start({"status": "ok", "iterations": 150, "selected_t": 25})
-    # SAC is a distance: 10 independent models at 1.0..1.9, two trained seeds far below, one that returned its start
-    independent = [{"SAC": 1.0 + 0.1 * i} for i in range(10)]
-    groups = {"Negative": independent[5:], "plus": [{"SAC": 0.1, "status": "ok"}, {"SAC": 0.2, "status": "ok"},
-                                                    {"SAC": 0.0, "status": "returned the start"}]}
-    lines = r.confidence_lines(groups, independent, ["SAC"])
+    # a surrogate that lost more than the report's collapse margin (10 points) against the victim is collapsed
+    assert r.collapsed({"accuracy": 0.79}, 0.90) and not r.collapsed({"accuracy": 0.81}, 0.90)
+    # SAC is a distance: 10 independent models at 1.0..1.9, two trained seeds far below, one that returned its
+    # start, and one collapsed seed far above every independent model (it would evade SAC)
+    independent = [{"SAC": 1.0 + 0.1 * i, "accuracy": 0.9} for i in range(10)]
+    groups = {"Negative": independent[5:],
+              "plus": [{"SAC": 0.1, "status": "ok", "accuracy": 0.88}, {"SAC": 0.2, "status": "ok", "accuracy": 0.87},
+                       {"SAC": 0.0, "status": "returned the start", "accuracy": 0.9},
+                       {"SAC": 5.0, "status": "ok", "accuracy": 0.34}]}
+    lines = r.confidence_lines(groups, independent, ["SAC"], 0.9)
     row = next(line for line in lines if line.startswith("| plus |"))
-    assert row.startswith("| plus | 1.00 (")                   # the two trained seeds beat every independent model
+    # the two trained seeds beat every independent model; neither the returned start nor the collapsed seed counts
+    assert row.startswith("| plus | 1.00 (")
     assert any("n too small (10 independent models; >= 19 needed" in line for line in lines)
     # 1 - 0.05^(1/10) = 25.9%: no metric is bounded below 5%, which needs 59
     assert any("below 26% at 95% confidence" in line and "needs 59 independent" in line for line in lines)
@@ -211,3 +217,11 @@ def test_the_protocol_picks_its_table1_run_and_a_missing_run_is_refused(tmp_path
         with pytest.raises(RemovalNetError, match=f"{folder}: no Table 1 run here; run .*--protocol {protocol}"):
             r.Bench("vgg_small", tmp_path, protocol)
     assert list(tmp_path.iterdir()) == []   # nothing written for a run that is not there
+
+
+def test_the_run_time_line_sums_the_stored_variant_runs():
+    r = _removal()
+    results = {"variant/plus/seed-0": {"time_s": 60.0, "torch_threads": 2}, "variant/plus/seed-1": {"time_s": 120.0},
+               "variant/plus/seed-2": {"failed": "nan"}, "knockoff/seed-0": [{"t": 0}], "victim": {"time_s": 999.0}}
+    assert r.run_time_line(results) == ("variant runs: 2, 3.0 min of attack wall time in all "
+                                        "(torch threads: 2 in 1, not recorded in 1)")
