@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from removalnet.experiment import load_spec, make_executor, run_experiment
+from removalnet.experiment.store import ResultStore
 from removalnet.models import create_model
 from removalnet.report import build_table
 
 from table1 import commit, machine
-from removalnet.experiment.store import ResultStore
 
 HERE = Path(__file__).resolve().parent
 
@@ -113,8 +113,9 @@ def main() -> None:
              f"- machine: {meta['machine']}", f"- commit: {meta['commit']}; date: {meta['date']}; "
              + ("written from finished runs (--report-only)" if args.report_only
                 else f"torch threads of this invocation: {meta['threads']}")
-             + "; jobs done by earlier invocations keep the commit and thread count they ran with", "- specs: benchmarks/specs/capacity-vgg_small-w*.yaml (10% substitute sets, "
-             "defaults everywhere, 2 seeds, minmax over 5 references)", ""]
+             + "; jobs done by earlier invocations keep the commit and thread count they ran with",
+             "- specs: benchmarks/specs/capacity-vgg_small-w*.yaml (10% substitute sets, defaults everywhere, "
+             "2 seeds, minmax over 5 references)", ""]
     for r in results:
         va = f"{100 * r['victim_accuracy']:.2f}%" if r["victim_accuracy"] is not None else "n/a"
         lines += [f"## width {r['width']} ({r['parameters']:,} parameters, victim {va})", "",
