@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 
 from removalnet.experiment import load_spec, make_executor, run_experiment
-from removalnet.experiment.store import ResultStore
 from removalnet.models import create_model
 from removalnet.report import build_table
 
-from table1 import commit, machine
+from table1 import commit, job_durations, machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,14 +68,8 @@ def width_rows(td, labels: list[str], n_seeds: int) -> dict:
 def job_times(run_dir: Path) -> str:
     """One line with the wall seconds of the run's finished jobs per kind (count, mean, min-max), from its
     results.db; "" without finished jobs."""
-    with ResultStore(run_dir / "results.db", readonly=True) as store:
-        rows = [r for r in store.rows() if r["status"] == "done" and r.get("duration_s") is not None]
-    by: dict[str, list[float]] = {}
-    for r in rows:
-        by.setdefault(r["kind"], []).append(float(r["duration_s"]))
-    order = ("train", "attack", "fingerprint", "score")
     parts = [f"{k} {len(d)} (mean {sum(d) / len(d):.0f} s, {min(d):.0f}-{max(d):.0f})"
-             for k, d in sorted(by.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 4, kv[0]))]
+             for k, d in job_durations(run_dir).items()]
     return "Job wall times (results.db): " + "; ".join(parts) + "." if parts else ""
 
 

@@ -75,27 +75,33 @@ def checkpoint_lines(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def job_durations(run_dir: Path) -> dict[str, list[float]]:
+    """The wall seconds of the run's finished jobs per kind, from its results.db (empty without one), the
+    experiment's kinds first in their order (train, attack, fingerprint, score), then others by name."""
+    from removalnet.experiment.store import ResultStore
+    if not (run_dir / "results.db").is_file():
+        return {}
+    with ResultStore(run_dir / "results.db", readonly=True) as store:
+        rows = [r for r in store.rows() if r["status"] == "done" and r.get("duration_s") is not None]
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["kind"], []).append(float(r["duration_s"]))
+    first = ("train", "attack", "fingerprint", "score")
+    return dict(sorted(by.items(), key=lambda kv: (first.index(kv[0]) if kv[0] in first else len(first), kv[0])))
+
+
 def job_time_lines(run_dir: Path) -> str:
     """A section with the wall seconds of the run's finished jobs per kind (count, mean, total), from its
     results.db: what a model of this recipe costs to train, attack, fingerprint and score on this machine (the
     basis of the audit budgets' estimates in docs/confidence.md)."""
-    from removalnet.experiment.store import ResultStore
-    if not (run_dir / "results.db").is_file():
+    by = job_durations(run_dir)
+    if not by:
         return ""
-    with ResultStore(run_dir / "results.db", readonly=True) as store:
-        rows = [r for r in store.rows() if r["status"] == "done" and r.get("duration_s") is not None]
-    if not rows:
-        return ""
-    by: dict[str, list[float]] = {}
-    for r in rows:
-        by.setdefault(r["kind"], []).append(float(r["duration_s"]))
     lines = ["", "## Job times", "",
              "Wall seconds of the finished jobs of the run, per kind (each job one process thread; the machine's "
              "other core may have run other work meanwhile).", "",
              "| Kind | Jobs | Mean (s) | Total (min) |", "|---|---|---|---|"]
-    first = ("train", "attack", "fingerprint", "score")   # the experiment's kinds in their order, then others
-    for kind in sorted(by, key=lambda k: (first.index(k) if k in first else len(first), k)):
-        d = by[kind]
+    for kind, d in by.items():
         lines.append(f"| {kind} | {len(d)} | {np.mean(d):.1f} | {sum(d) / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
